@@ -1,0 +1,155 @@
+"""One activation: what happens when a message reaches an agent. Shared by every runtime.
+
+The runtime delivers a message and supplies a DurableContext; this module collects converge
+and gather inputs, runs the engine, checks the output contract, waits for approval, and
+returns the messages the output produces. The runtime commits the outcome atomically.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import pydantic
+import pydantic_core
+
+from ._codec import adapter, list_item_type, type_name
+from ._graph import AgentSpec, CompiledApp, Route
+from .errors import ContractViolationError, TerminalError
+from .runtime._base import DurableContext
+
+Status = Literal["completed", "rejected", "absorbed"]
+_CONVERGE = "__roost.converge"
+_GATHER = "__roost.gather"
+_APPROVALS = "__roost.approvals"
+
+
+@dataclass
+class Message:
+    """A message that activates ``target`` in run ``run_id``; its id is the activation id."""
+
+    id: str
+    run_id: str
+    target: str
+    kind: str  # entry | edge | contribution | send | call
+    payload: Any
+    cause: str | None = None
+    meta: dict[str, Any] = field(default_factory=dict)
+    deliver_at: float | None = None
+
+
+@dataclass
+class Outcome:
+    status: Status
+    output: Any = None
+    output_json: Any = None
+    routes: list[Route] = field(default_factory=list)
+
+
+def _field_errors(exc: pydantic.ValidationError) -> str:
+    return "; ".join(
+        f"{'.'.join(map(str, e['loc'])) or '(value)'}: {e['msg']}" for e in exc.errors(include_url=False)
+    )
+
+
+def check_input(spec: AgentSpec, tp: Any, payload: Any, *, source: str | None, run_id: str) -> Any:
+    try:
+        return adapter(tp).validate_python(payload)
+    except pydantic.ValidationError as exc:
+        origin = f"the output of {source!r}" if source else "its input"
+        raise ContractViolationError(
+            f"run {run_id!r}: agent {spec.name!r} cannot accept {origin} as {type_name(tp)}: {_field_errors(exc)}"
+        ) from None
+
+
+def check_output(spec: AgentSpec, value: Any, run_id: str) -> tuple[Any, Any]:
+    """The output as the contract's type, and its JSON-able form."""
+    try:
+        typed = adapter(spec.output_type).validate_python(value)
+    except pydantic.ValidationError as exc:
+        raise ContractViolationError(
+            f"run {run_id!r}: agent {spec.name!r} produced output that does not fit its contract "
+            f"{type_name(spec.output_type)}: {_field_errors(exc)}"
+        ) from None
+    return typed, pydantic_core.to_jsonable_python(typed)
+
+
+async def _collect(ctx: DurableContext, spec: AgentSpec, msg: Message) -> tuple[Any, ...] | None:
+    """Store one contribution; return the engine's arguments once they are all in."""
+    if spec.kind == "converge":
+        got: dict[str, Any] = await ctx.state.get(_CONVERGE) or {"fired": False, "slots": {}}
+        slot = str(msg.meta["slot"])
+        if got["fired"] or slot in got["slots"]:
+            return None  # converge fires once per run; later values are ignored
+        got["slots"][slot] = msg.payload
+        done = len(got["slots"]) == spec.arity
+        got["fired"] = done
+        ctx.state.set(_CONVERGE, got)
+        if not done:
+            return None
+        return tuple(
+            check_input(spec, spec.slot_type(i), got["slots"][str(i)], source=_source_of(spec, i), run_id=ctx.run_id)
+            for i in range(spec.arity)
+        )
+    gathered: dict[str, Any] = await ctx.state.get(_GATHER) or {"items": {}}
+    gathered["items"][str(msg.meta["index"])] = None if msg.meta.get("skip") else msg.payload
+    total = int(msg.meta["total"])
+    if len(gathered["items"]) < total:
+        ctx.state.set(_GATHER, gathered)
+        return None
+    ctx.state.clear(_GATHER)
+    items = [gathered["items"][str(i)] for i in range(total)]
+    item_t = list_item_type(spec.input_type)
+    return ([check_input(spec, item_t, v, source=msg.meta.get("from"), run_id=ctx.run_id) for v in items if v is not None],)
+
+
+def _source_of(spec: AgentSpec, slot: int) -> str:
+    return next(name for name, i in spec.slots.items() if i == slot)
+
+
+async def approval_name(ctx: DurableContext, spec: AgentSpec, key: str) -> str:
+    """The promise an approval waits on: the agent's name for its first activation in a run."""
+    n = int(await ctx.state.get(_APPROVALS) or 0) + 1
+    ctx.state.set(_APPROVALS, n)
+    name = spec.name if key == ctx.run_id else f"{spec.name}[{key[len(ctx.run_id) + 1:]}]"
+    return name if n == 1 else f"{name}#{n}"
+
+
+def is_approved(value: Any) -> bool:
+    if isinstance(value, dict):
+        value = value.get("approved", value.get("approve"))
+    if isinstance(value, str):
+        return value.strip().lower() in ("true", "yes", "y", "1", "approve", "approved")
+    return bool(value)
+
+
+async def execute(app: CompiledApp, ctx: DurableContext, msg: Message, key: str) -> Outcome:
+    """Run one activation to its outcome (raises on failure; the runtime records it)."""
+    spec = app.specs[msg.target]
+    if msg.kind == "contribution":
+        args = await _collect(ctx, spec, msg)
+        if args is None:
+            return Outcome("absorbed")
+    else:
+        tp = spec.input_type
+        args = (check_input(spec, tp, msg.payload, source=msg.meta.get("from"), run_id=ctx.run_id),)
+    raw = await spec.engine.run(ctx, spec, args)
+    output, output_json = check_output(spec, raw, ctx.run_id)
+    meta = {**msg.meta, "_activation": msg.id}
+    if spec.approval and not is_approved(await ctx.promise(await approval_name(ctx, spec, key))):
+        return Outcome("rejected", output, output_json, _routes(app, spec, output, meta, ctx.run_id, rejected=True))
+    return Outcome("completed", output, output_json, _routes(app, spec, output, meta, ctx.run_id))
+
+
+def _routes(app: CompiledApp, spec: AgentSpec, output: Any, meta: dict[str, Any], run_id: str, *, rejected: bool = False) -> list[Route]:
+    try:
+        routes = app.routes(spec.name, output, meta, rejected=rejected)
+    except Exception as exc:  # a user's when= or map= function failed
+        raise TerminalError(
+            f"run {run_id!r}: a when= or map= function on an edge from agent {spec.name!r} raised "
+            f"{type(exc).__name__}: {exc}"
+        ) from exc
+    for r in routes:
+        if r.payload is not None and not isinstance(r.payload, (dict, list, str, int, float, bool)):
+            object.__setattr__(r, "payload", pydantic_core.to_jsonable_python(r.payload))
+    return routes

@@ -1,0 +1,246 @@
+"""App: a validated set of agents, and the calls that run it (run/arun/start/resolve)."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import inspect
+import json
+import os
+import uuid
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import pydantic
+import pydantic_core
+from pydantic import BaseModel
+
+from ._codec import adapter, fits, type_name
+from ._graph import CompiledApp
+from .agent import Agent
+from .errors import ConfigError, InputValidationError, RunFailedError
+from .result import FINISHED, RunRecord, RunResult
+from .runtime import DurableRuntime, Submission, get_runtime
+
+Listener = Callable[[dict[str, Any]], None]
+
+
+class RunHandle:
+    """A started run: ``await handle.result()``; ``await handle.approval()`` for what it waits on."""
+
+    def __init__(self, app: App, runtime: DurableRuntime, run_id: str) -> None:
+        self.app, self._runtime, self.run_id = app, runtime, run_id
+
+    async def result(self, timeout: float | None = None, *, raise_on_failure: bool = True) -> RunResult:
+        record = await self._runtime.wait(self.run_id, timeout)
+        return self.app._result(record, raise_on_failure)
+
+    async def record(self) -> RunRecord:
+        return await self._runtime.get(self.run_id)
+
+    async def approval(self, timeout: float | None = 30.0) -> str | None:
+        """Wait until the run waits for an approval or promise and return its name (None if the
+        run finished first)."""
+        event = asyncio.Event()
+
+        def listener(data: dict[str, Any]) -> None:
+            if data["run_id"] == self.run_id and data["event"] in ("waiting", "finished"):
+                event.set()
+
+        listeners: list[Listener] = getattr(self._runtime, "listeners", [])
+        listeners.append(listener)
+        try:
+            async with asyncio.timeout(timeout):
+                while True:
+                    rec = await self._runtime.get(self.run_id)
+                    if rec.waiting_on:
+                        return rec.waiting_on[0]
+                    if rec.status in FINISHED:
+                        return None
+                    event.clear()
+                    await event.wait()
+        finally:
+            listeners.remove(listener)
+
+
+class App:
+    """Agents wired together, validated when built (``DefinitionError`` names what is wrong).
+
+    ``durability``: ``process`` (default), ``machine`` or ``memory`` for the local runtime;
+    ``journal``: its SQLite file (default ``$ROOST_JOURNAL`` or ``.roost/roost.db``).
+    """
+
+    def __init__(
+        self,
+        agents: Sequence[Agent],
+        *,
+        name: str = "app",
+        journal: str | os.PathLike[str] | None = None,
+        durability: str = "process",
+        max_activations: int = 1000,
+        runtime: DurableRuntime | None = None,
+    ) -> None:
+        self.compiled = CompiledApp(name, agents, max_activations)
+        self.name = name
+        self.journal = journal
+        self.durability = durability
+        self._runtime = runtime
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self.listeners: list[Listener] = []
+        caller = inspect.stack(context=0)[1].filename
+        self.app_ref = os.path.abspath(caller) if os.path.exists(caller) else None
+
+    @property
+    def agents(self) -> list[str]:
+        return list(self.compiled.specs)
+
+    # -- runtime selection ------------------------------------------------------------------
+
+    def _new_runtime(self, mode: str | None) -> DurableRuntime:
+        mode = mode or os.environ.get("ROOST_MODE") or "local"
+        if mode == "local":
+            name = "local"
+        elif mode == "prod":
+            name = os.environ.get("ROOST_RUNTIME") or "restate"
+        else:
+            raise ConfigError(f"mode must be 'local' or 'prod', got {mode!r}")
+        options: dict[str, Any] = {}
+        if name == "local":
+            options = {"path": self.journal, "durability": self.durability}
+        runtime = get_runtime(name, **options)
+        register = getattr(runtime, "register", None)
+        if register is not None:
+            register(self.compiled, self.app_ref)
+        runtime_listeners: list[Listener] | None = getattr(runtime, "listeners", None)
+        if runtime_listeners is not None:
+            runtime_listeners.append(self._emit)
+        return runtime
+
+    def _emit(self, data: dict[str, Any]) -> None:
+        for listener in self.listeners:
+            listener(data)
+
+    async def runtime(self, mode: str | None = None) -> DurableRuntime:
+        """The runtime serving this app in the running event loop (opened on first use)."""
+        loop = asyncio.get_running_loop()
+        if self._runtime is None or self._loop is not loop:
+            self._runtime = self._new_runtime(mode)
+            self._loop = loop
+            await self._runtime.open()
+        return self._runtime
+
+    async def aclose(self) -> None:
+        if self._runtime is not None:
+            await self._runtime.close()
+            self._runtime, self._loop = None, None
+
+    async def __aenter__(self) -> App:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    # -- input ------------------------------------------------------------------------------
+
+    def submission(self, input: Any, run_id: str | None = None) -> Submission:  # noqa: A002
+        """Validate ``input`` against the entry agents (InputValidationError if none accepts it)."""
+        if isinstance(input, (str, bytes)):
+            try:
+                input = json.loads(input)
+            except json.JSONDecodeError as exc:
+                raise InputValidationError(f"the run input is not valid JSON: {exc}") from None
+        entries: list[tuple[str, Any]] = []
+        problems: list[str] = []
+        for spec in self.compiled.entries:
+            if isinstance(input, BaseModel) and not fits(type(input), spec.input_type):
+                problems.append(f"entry agent {spec.name!r} takes {type_name(spec.input_type)}, not {type(input).__name__}")
+                continue
+            try:
+                value = adapter(spec.input_type).validate_python(input)
+            except pydantic.ValidationError as exc:
+                fields = "; ".join(
+                    f"field {'.'.join(map(str, e['loc'])) or '(input)'}: {e['msg']}" for e in exc.errors(include_url=False)
+                )
+                problems.append(f"entry agent {spec.name!r} ({type_name(spec.input_type)}): {fields}")
+                continue
+            entries.append((spec.name, pydantic_core.to_jsonable_python(value)))
+        if not entries:
+            raise InputValidationError(
+                "the run input fits no entry agent's input contract, so no run was started: " + " | ".join(problems),
+                agent=self.compiled.entries[0].name if len(self.compiled.entries) == 1 else None,
+                errors=problems,
+            )
+        canonical = json.dumps(entries, sort_keys=True, separators=(",", ":"))
+        return Submission(
+            app=self.compiled,
+            run_id=run_id or f"run-{uuid.uuid4().hex[:12]}",
+            input_json=json.dumps(pydantic_core.to_jsonable_python(input)),
+            input_hash=hashlib.blake2b(canonical.encode(), digest_size=16).hexdigest(),
+            entries=entries,
+        )
+
+    # -- running ----------------------------------------------------------------------------
+
+    async def start(self, input: Any, run_id: str | None = None, *, mode: str | None = None) -> RunHandle:  # noqa: A002
+        """Start a run (or attach to the run with this id) without waiting for it."""
+        sub = self.submission(input, run_id)
+        runtime = await self.runtime(mode)
+        await runtime.submit(sub)
+        return RunHandle(self, runtime, sub.run_id)
+
+    async def arun(self, input: Any, run_id: str | None = None, *, mode: str | None = None,  # noqa: A002
+                   timeout: float | None = None) -> RunResult:
+        """Run to the end and return the result; with a known run id, return its recorded result."""
+        handle = await self.start(input, run_id, mode=mode)
+        return await handle.result(timeout)
+
+    def run(self, input: Any, run_id: str | None = None, *, mode: str | None = None,  # noqa: A002
+            timeout: float | None = None) -> RunResult:
+        """Blocking ``arun``; opens the runtime for this call and closes it after."""
+        self._no_running_loop("run", "arun")
+
+        async def once() -> RunResult:
+            try:
+                return await self.arun(input, run_id, mode=mode, timeout=timeout)
+            finally:
+                await self.aclose()
+
+        return asyncio.run(once())
+
+    async def aresolve(self, run_id: str, name: str, value: Any, *, mode: str | None = None) -> None:
+        """Answer an approval (``value`` True/False) or resolve a durable promise by name."""
+        await (await self.runtime(mode)).resolve(run_id, name, value)
+
+    def resolve(self, run_id: str, name: str, value: Any, *, mode: str | None = None) -> None:
+        self._no_running_loop("resolve", "aresolve")
+
+        async def once() -> None:
+            try:
+                await self.aresolve(run_id, name, value, mode=mode)
+            finally:
+                await self.aclose()
+
+        asyncio.run(once())
+
+    async def aget(self, run_id: str, *, mode: str | None = None) -> RunResult:
+        """The run's result as it is now (status may be running or waiting)."""
+        return self._result(await (await self.runtime(mode)).get(run_id), raise_on_failure=False)
+
+    async def aresume(self, run_id: str, *, mode: str | None = None, timeout: float | None = None) -> RunResult:
+        runtime = await self.runtime(mode)
+        await runtime.resume(self.compiled, run_id)
+        return self._result(await runtime.wait(run_id, timeout), raise_on_failure=True)
+
+    def _result(self, record: RunRecord, raise_on_failure: bool) -> RunResult:
+        result = RunResult(record, self.compiled)
+        if raise_on_failure and record.status == "failed" and record.error:
+            raise RunFailedError.from_json(record.run_id, record.error)
+        return result
+
+    @staticmethod
+    def _no_running_loop(sync: str, async_: str) -> None:
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            return
+        raise ConfigError(f"App.{sync}() blocks, so it cannot be called inside an event loop; use 'await app.{async_}(...)'")

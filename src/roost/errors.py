@@ -1,0 +1,217 @@
+"""Every error roost raises, in one hierarchy.
+
+::
+
+    RoostError
+    ├── DefinitionError            the app is wired wrong (raised when App is built)
+    ├── InputValidationError       a run input does not fit the entry contract (no run started)
+    ├── ConfigError                a setting or runtime name is wrong
+    │   └── MissingExtraError      an optional backend is not installed (says what to pip install)
+    ├── JournalError               the journal cannot be used as it is
+    │   ├── JournalVersionError    written by an incompatible roost version
+    │   └── NonDeterminismError    replay asked for something other than what was recorded
+    ├── RunError                   about one run (carries run_id)
+    │   ├── RunNotFoundError
+    │   ├── RunConflictError       same run id, different input or app
+    │   ├── RunFailedError         an agent failed for good; carries agent, step, attempts, cause
+    │   ├── StepFailedError        a step failed after its retry policy (seen inside orchestration code)
+    │   ├── ActivationLimitError   a loop went past the per-run activation limit
+    │   └── PromiseError           resolving something that is not waiting / already resolved
+    ├── TerminalError              raise it in a step to fail at once, never retried
+    │   ├── ContractViolationError an engine's output does not fit the output contract
+    │   └── SerializationError     a step result or payload cannot be journaled as JSON
+    └── RetryableError             raise it in a step to ask for a retry (optionally after a delay)
+
+Control-flow signals used internally (suspension, cancellation) derive from
+``BaseException`` so that a user's ``except Exception`` cannot swallow them.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = [
+    "ActivationLimitError",
+    "ConfigError",
+    "ContractViolationError",
+    "DefinitionError",
+    "InputValidationError",
+    "JournalError",
+    "JournalVersionError",
+    "MissingExtraError",
+    "NonDeterminismError",
+    "PromiseError",
+    "RetryableError",
+    "RoostError",
+    "RunConflictError",
+    "RunError",
+    "RunFailedError",
+    "RunNotFoundError",
+    "SerializationError",
+    "StepFailedError",
+    "TerminalError",
+]
+
+
+class RoostError(Exception):
+    """Base of every error roost raises on purpose."""
+
+
+class DefinitionError(RoostError):
+    """The agents or their wiring are wrong; raised when the App is built."""
+
+
+class InputValidationError(RoostError):
+    """A run input does not validate against any entry agent's input contract."""
+
+    def __init__(self, message: str, *, agent: str | None = None, errors: list[Any] | None = None) -> None:
+        super().__init__(message)
+        self.agent = agent
+        self.errors = errors or []
+
+
+class ConfigError(RoostError):
+    """A configuration value (runtime name, path, durability mode) is wrong."""
+
+
+class MissingExtraError(ConfigError):
+    """An optional backend's dependencies are not installed."""
+
+    def __init__(self, feature: str, extra: str) -> None:
+        super().__init__(f'{feature} needs the optional dependencies: pip install "roost[{extra}]"')
+        self.extra = extra
+
+
+class JournalError(RoostError):
+    """The journal cannot be used as it is."""
+
+
+class JournalVersionError(JournalError):
+    """The journal was written by an incompatible version of roost."""
+
+
+class NonDeterminismError(JournalError):
+    """Replaying orchestration code asked for a different step than the journal recorded."""
+
+    def __init__(self, *, run_id: str, agent: str, position: int, recorded: str, requested: str) -> None:
+        super().__init__(
+            f"run {run_id!r}, agent {agent!r}: on replay, journal entry #{position} was recorded as "
+            f"{recorded} but the code now asks for {requested}. Orchestration code (an engine taking "
+            "ctx) must call ctx.step/sleep/promise in the same order each time; put anything that "
+            "varies (time, randomness, I/O) inside a step."
+        )
+        self.run_id = run_id
+        self.agent = agent
+        self.position = position
+        self.recorded = recorded
+        self.requested = requested
+
+
+class RunError(RoostError):
+    """An error about one run."""
+
+    def __init__(self, message: str, *, run_id: str) -> None:
+        super().__init__(message)
+        self.run_id = run_id
+
+
+class RunNotFoundError(RunError):
+    def __init__(self, run_id: str) -> None:
+        super().__init__(f"no run with id {run_id!r} in the journal", run_id=run_id)
+
+
+class RunConflictError(RunError):
+    """The run id exists already, for a different input or a different app."""
+
+
+class RunFailedError(RunError):
+    """An agent failed after its retry policy; the run is failed.
+
+    ``agent``, ``step`` and ``attempts`` say where; ``error_type`` and ``error_message``
+    describe the last exception (``__cause__`` holds it when it was raised in this process).
+    """
+
+    def __init__(
+        self,
+        *,
+        run_id: str,
+        agent: str,
+        step: str | None,
+        attempts: int,
+        error_type: str,
+        error_message: str,
+    ) -> None:
+        where = f"agent {agent!r}" + (f", step {step!r}" if step else "")
+        super().__init__(
+            f"run {run_id!r} failed: {where} failed after {attempts} attempt(s): {error_type}: {error_message}",
+            run_id=run_id,
+        )
+        self.agent = agent
+        self.step = step
+        self.attempts = attempts
+        self.error_type = error_type
+        self.error_message = error_message
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "agent": self.agent,
+            "step": self.step,
+            "attempts": self.attempts,
+            "error_type": self.error_type,
+            "error_message": self.error_message,
+        }
+
+    @classmethod
+    def from_json(cls, run_id: str, data: dict[str, Any]) -> RunFailedError:
+        return cls(
+            run_id=run_id,
+            agent=data["agent"],
+            step=data.get("step"),
+            attempts=int(data.get("attempts", 0)),
+            error_type=data.get("error_type", "Error"),
+            error_message=data.get("error_message", ""),
+        )
+
+
+class StepFailedError(RunError):
+    """A durable step failed after its retry policy. Orchestration code may catch it; if it does
+    not, the agent fails and so does the run."""
+
+    def __init__(self, *, run_id: str, agent: str, step: str, attempts: int, cause: BaseException) -> None:
+        super().__init__(
+            f"run {run_id!r}: agent {agent!r}, step {step!r} failed after {attempts} attempt(s): "
+            f"{type(cause).__name__}: {cause}",
+            run_id=run_id,
+        )
+        self.agent = agent
+        self.step = step
+        self.attempts = attempts
+        self.cause = cause
+
+
+class ActivationLimitError(RunError):
+    """A run activated agents more often than its limit allows (an unbounded loop)."""
+
+
+class PromiseError(RunError):
+    """A promise or approval cannot be resolved as asked."""
+
+
+class TerminalError(RoostError):
+    """Fails the step (and its agent) at once, without retries."""
+
+
+class ContractViolationError(TerminalError):
+    """An engine produced output that does not fit the agent's output contract."""
+
+
+class SerializationError(TerminalError):
+    """A value cannot be journaled: it is not JSON-serializable."""
+
+
+class RetryableError(RoostError):
+    """Asks for the step to be retried, after ``retry_after`` seconds if given."""
+
+    def __init__(self, message: str = "", *, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after

@@ -1,0 +1,203 @@
+"""The DurableRuntime interface: what engines see (DurableContext) and what backends provide.
+
+Core code (agents, wiring, the activation logic) talks only to these abstract classes;
+each backend under ``roost.runtime.<name>`` implements them.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import random as _random
+import uuid as _uuid
+from abc import ABC, abstractmethod
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from ._retry import RetryPolicy
+
+if TYPE_CHECKING:
+    from .._graph import CompiledApp
+    from ..result import RunRecord
+
+T = TypeVar("T")
+
+
+class RunAborted(BaseException):
+    """Internal: the run failed elsewhere; a waiting activation stops (not a user error)."""
+
+
+@dataclass(frozen=True)
+class StepInfo:
+    """What a running step may know about itself (read it with :func:`current_step`)."""
+
+    run_id: str
+    agent: str
+    name: str
+    attempt: int
+    idempotency_key: str
+    """Stable across retries and recoveries: pass it to external APIs to deduplicate."""
+
+
+_current_step: contextvars.ContextVar[StepInfo | None] = contextvars.ContextVar("roost_step", default=None)
+
+
+def current_step() -> StepInfo:
+    """The step being executed; raises RuntimeError outside a step."""
+    info = _current_step.get()
+    if info is None:
+        raise RuntimeError("roost.current_step() called outside a durable step")
+    return info
+
+
+class State(ABC):
+    """Key/value state of one entity (an agent and a key), committed with the activation."""
+
+    @abstractmethod
+    async def get(self, key: str, default: Any = None) -> Any: ...
+
+    @abstractmethod
+    def set(self, key: str, value: Any) -> None: ...
+
+    @abstractmethod
+    def clear(self, key: str) -> None: ...
+
+    @abstractmethod
+    async def keys(self) -> list[str]: ...
+
+
+class DurableContext(ABC):
+    """The handle orchestration code receives as ``ctx``.
+
+    Every call is journaled: after a crash the code is replayed and each call returns what it
+    returned the first time. Code between calls must do the same thing each time; put side
+    effects (I/O, clocks, randomness) inside ``step``.
+    """
+
+    run_id: str
+    """The run id, which is also the correlation id of every message in the run."""
+    agent: str
+    activation_id: str
+    caused_by: str | None
+    """The activation whose output caused this one (None for entry activations)."""
+
+    @property
+    @abstractmethod
+    def state(self) -> State: ...
+
+    @abstractmethod
+    async def step(
+        self,
+        name: str,
+        fn: Callable[..., T] | Callable[..., Awaitable[T]],
+        *args: Any,
+        retry: RetryPolicy | None = None,
+        **kwargs: Any,
+    ) -> T:
+        """Run ``fn`` at least once until its result is journaled, and never again after."""
+
+    @abstractmethod
+    async def sleep(self, duration: float | timedelta) -> None:
+        """A durable timer: survives restarts and fires once the duration has passed."""
+
+    @abstractmethod
+    async def promise(self, name: str) -> Any:
+        """Wait for a value resolved from outside the run (``app.resolve(run_id, name, v)``)."""
+
+    @abstractmethod
+    async def now(self) -> datetime:
+        """The current time, journaled (the same value on replay)."""
+
+    @abstractmethod
+    async def send(self, agent: str, payload: Any, *, delay: float | timedelta | None = None) -> None:
+        """One-way message that activates ``agent`` in this run, optionally after ``delay``."""
+
+    @abstractmethod
+    async def call(self, agent: str, payload: Any) -> Any:
+        """Request/response: activate ``agent`` in this run and wait for its output."""
+
+    def _seed(self) -> int:
+        return int.from_bytes(_uuid.uuid5(_uuid.NAMESPACE_URL, self.activation_id).bytes[:8], "big")
+
+    def uuid(self) -> _uuid.UUID:
+        """A UUID that is the same on replay (derived from the activation id and a counter)."""
+        return _uuid.UUID(int=self._rng().getrandbits(128), version=4)
+
+    def random(self) -> _random.Random:
+        """A random generator seeded per activation: the same numbers on replay."""
+        return self._rng()
+
+    def _rng(self) -> _random.Random:
+        rng: _random.Random | None = getattr(self, "_roost_rng", None)
+        if rng is None:
+            rng = _random.Random(self._seed())
+            self._roost_rng = rng
+        return rng
+
+
+@dataclass
+class RunSummary:
+    run_id: str
+    app: str
+    status: str
+    created_at: float
+    finished_at: float | None
+    runtime: str
+
+
+@dataclass
+class Submission:
+    """A run as handed to a runtime: the app, the entry messages and the run's identity."""
+
+    app: CompiledApp
+    run_id: str
+    input_json: str
+    input_hash: str
+    entries: list[tuple[str, Any]] = field(default_factory=list)
+
+
+class DurableRuntime(ABC):
+    """What a backend provides to run apps durably. One instance serves one event loop."""
+
+    name: str
+
+    @abstractmethod
+    async def open(self) -> None:
+        """Connect, and pick up unfinished runs this runtime is responsible for."""
+
+    @abstractmethod
+    async def close(self) -> None: ...
+
+    @abstractmethod
+    async def submit(self, submission: Submission) -> bool:
+        """Start a run; idempotent on the run id. Returns False when the run existed already.
+
+        Raises RunConflictError when the run id exists for another input or app.
+        """
+
+    @abstractmethod
+    async def wait(self, run_id: str, timeout: float | None = None) -> RunRecord:
+        """Wait until the run is finished (completed or failed) and return its record."""
+
+    @abstractmethod
+    async def get(self, run_id: str) -> RunRecord:
+        """The run's record as it is now."""
+
+    @abstractmethod
+    async def list_runs(self, limit: int = 50) -> list[RunSummary]: ...
+
+    @abstractmethod
+    async def resolve(self, run_id: str, name: str, value: Any) -> None:
+        """Resolve the durable promise ``name`` of a run (approvals use the agent's name)."""
+
+    @abstractmethod
+    async def resume(self, app: CompiledApp, run_id: str) -> None:
+        """Continue an unfinished run whose process died."""
+
+    async def __aenter__(self) -> DurableRuntime:
+        await self.open()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
