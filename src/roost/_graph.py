@@ -68,7 +68,8 @@ def entity_key(run_id: str, meta: dict[str, Any]) -> str:
 class CompiledApp:
     """A validated set of agents and edges."""
 
-    def __init__(self, name: str, agents: Sequence[Agent], max_activations: int) -> None:
+    def __init__(self, name: str, agents: Sequence[Agent], max_activations: int,
+                 entry: Sequence[Agent] | None = None) -> None:
         self.name = name
         self.max_activations = max_activations
         self.agents: dict[str, Agent] = {}
@@ -90,6 +91,7 @@ class CompiledApp:
                 )
             self.out_edges[e.source].append(e)
         self.specs = {n: self._spec(a) for n, a in self.agents.items()}
+        self._mark_entries(entry)
         self.entries = [s for s in self.specs.values() if s.entry]
         if not self.entries:
             raise DefinitionError("no entry agent: every agent reacts to another, so nothing can start a run")
@@ -139,6 +141,26 @@ class CompiledApp:
                 spec.kind = "gather"
         spec.engine.check(spec)
         return spec
+
+    def _mark_entries(self, entry: Sequence[Agent] | None) -> None:
+        """Entry agents: those given, else those reacting to nothing, plus loop heads (agents whose
+        every input edge has a when= and that nothing else leads to, like a writer its critic sends
+        back to)."""
+        if entry is not None:
+            for s in self.specs.values():
+                s.entry = False
+            for a in entry:
+                if a.name not in self.specs:
+                    raise DefinitionError(f"entry agent {a.name!r} is not in this App")
+                if self.specs[a.name].kind != "single":
+                    raise DefinitionError(f"entry agent {a.name!r} converges inputs, so a run input cannot start it")
+                self.specs[a.name].entry = True
+            return
+        reached = self._reachable({s.name for s in self.specs.values() if s.entry})
+        for name, a in self.agents.items():
+            if a.edges and name not in reached and all(e.when is not None for e in a.edges) \
+                    and self.specs[name].kind == "single":
+                self.specs[name].entry = True
 
     def _out_name(self, name: str) -> str:
         a = self.agents.get(name)
@@ -235,7 +257,16 @@ class CompiledApp:
                 visit(n, [n])
 
     def _check_reachable(self) -> None:
-        reached = {s.name for s in self.entries}
+        reached = self._reachable({s.name for s in self.entries})
+        missing = sorted(set(self.agents) - reached)
+        if missing:
+            raise DefinitionError(
+                f"agent(s) {', '.join(map(repr, missing))} can never run: nothing that starts from an entry agent "
+                f"({', '.join(repr(s.name) for s in self.entries)}) leads to them"
+            )
+
+    def _reachable(self, start: set[str]) -> set[str]:
+        reached = set(start)
         changed = True
         while changed:
             changed = False
@@ -248,12 +279,7 @@ class CompiledApp:
                 if any(all(s in reached for s in srcs) for srcs in groups.values()):
                     reached.add(name)
                     changed = True
-        missing = sorted(set(self.agents) - reached)
-        if missing:
-            raise DefinitionError(
-                f"agent(s) {', '.join(map(repr, missing))} can never run: nothing that starts from an entry agent "
-                f"({', '.join(repr(s.name) for s in self.entries)}) leads to them"
-            )
+        return reached
 
     def _fingerprint(self) -> str:
         parts = [f"{s.name}:{s.kind}:{self._tn(s.input_type)}->{type_name(s.output_type)}" for s in self.specs.values()]

@@ -68,6 +68,8 @@ class App:
 
     ``durability``: ``process`` (default), ``machine`` or ``memory`` for the local runtime;
     ``journal``: its SQLite file (default ``$ROOST_JOURNAL`` or ``.roost/roost.db``).
+    ``entry``: the agents a run input goes to (default: those reacting to nothing, and loop heads).
+    ``max_activations``: per-run limit that stops a runaway loop with a clear error.
     """
 
     def __init__(
@@ -78,9 +80,10 @@ class App:
         journal: str | os.PathLike[str] | None = None,
         durability: str = "process",
         max_activations: int = 1000,
+        entry: Sequence[Agent] | None = None,
         runtime: DurableRuntime | None = None,
     ) -> None:
-        self.compiled = CompiledApp(name, agents, max_activations)
+        self.compiled = CompiledApp(name, agents, max_activations, entry)
         self.name = name
         self.journal = journal
         self.durability = durability
