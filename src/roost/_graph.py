@@ -156,11 +156,24 @@ class CompiledApp:
                     raise DefinitionError(f"entry agent {a.name!r} converges inputs, so a run input cannot start it")
                 self.specs[a.name].entry = True
             return
-        reached = self._reachable({s.name for s in self.specs.values() if s.entry})
+        entries = {s.name for s in self.specs.values() if s.entry}
+        reached = self._reachable(entries)
         for name, a in self.agents.items():
-            if a.edges and name not in reached and all(e.when is not None for e in a.edges) \
-                    and self.specs[name].kind == "single":
+            if (name not in reached and a.edges and all(e.when is not None for e in a.edges)
+                    and self.specs[name].kind == "single" and name in self._downstream(name)):
                 self.specs[name].entry = True
+                entries.add(name)
+                reached = self._reachable(entries)
+
+    def _downstream(self, name: str) -> set[str]:
+        seen: set[str] = set()
+        todo = [name]
+        while todo:
+            for e in self.out_edges[todo.pop()]:
+                if e.target not in seen:
+                    seen.add(e.target)
+                    todo.append(e.target)
+        return seen
 
     def _out_name(self, name: str) -> str:
         a = self.agents.get(name)
@@ -258,7 +271,8 @@ class CompiledApp:
 
     def _check_reachable(self) -> None:
         reached = self._reachable({s.name for s in self.entries})
-        missing = sorted(set(self.agents) - reached)
+        # Agents with no edges that are not entries receive only ctx.send/ctx.call messages.
+        missing = sorted(n for n, a in self.agents.items() if a.edges and n not in reached)
         if missing:
             raise DefinitionError(
                 f"agent(s) {', '.join(map(repr, missing))} can never run: nothing that starts from an entry agent "

@@ -118,7 +118,7 @@ class DurableContext(ABC):
         """Request/response: activate ``agent`` in this run and wait for its output."""
 
     def _seed(self) -> int:
-        return int.from_bytes(_uuid.uuid5(_uuid.NAMESPACE_URL, self.activation_id).bytes[:8], "big")
+        return int.from_bytes(_uuid.uuid5(_uuid.NAMESPACE_URL, f"{self.run_id}/{self.activation_id}").bytes[:8], "big")
 
     def uuid(self) -> _uuid.UUID:
         """A UUID that is the same on replay (derived from the activation id and a counter)."""

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from ..._activation import Message, Outcome, execute
-from ..._codec import dumps
+from ..._codec import dumps, revive
 from ..._graph import CompiledApp, entity_key, message_id
 from ...errors import (
     ActivationLimitError,
@@ -296,7 +296,8 @@ class LocalRuntime(DurableRuntime):
     async def _activate(self, live: _LiveRun, msg: Message, replay: bool) -> None:
         spec = live.app.specs[msg.target]
         try:
-            key = spec.key_fn(msg.payload) if spec.key_fn and msg.kind != "contribution" else entity_key(live.run_id, msg.meta)
+            key = (spec.key_fn(revive(msg.payload, spec.input_type)) if spec.key_fn and msg.kind != "contribution"
+                   else entity_key(live.run_id, msg.meta))
         except Exception:
             key = entity_key(live.run_id, msg.meta)
         ekey = (spec.name, str(key))

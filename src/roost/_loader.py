@@ -1,0 +1,83 @@
+"""Load an App for the command line from ``path/to/file.py[:attr]``.
+
+The file is imported as a module under a unique name (never ``__main__``, so a file's
+``if __name__ == "__main__":`` block does not run), with its directory on ``sys.path`` so it
+can import its siblings.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import itertools
+import os
+import sys
+from pathlib import Path
+from types import ModuleType
+
+import click
+
+from .app import App
+
+_counter = itertools.count(1)
+
+
+def split_ref(ref: str) -> tuple[str, str | None]:
+    """``"dir/app.py:pipeline"`` -> ``("dir/app.py", "pipeline")``; a Windows drive colon is kept."""
+    path, sep, attr = ref.rpartition(":")
+    if not sep or not attr or not path or os.sep in attr or "/" in attr or attr.endswith(".py"):
+        return ref, None
+    return path, attr
+
+
+def import_file(path: Path) -> ModuleType:
+    digest = hashlib.blake2b(str(path).encode(), digest_size=4).hexdigest()
+    name = f"roost_app_{path.stem.replace('-', '_').replace('.', '_')}_{digest}_{next(_counter)}"
+    spec = importlib.util.spec_from_file_location(name, path)
+    if spec is None or spec.loader is None:
+        raise click.ClickException(f"cannot import {path}: not a Python file")
+    module = importlib.util.module_from_spec(spec)
+    folder = str(path.parent)
+    if folder not in sys.path:
+        sys.path.insert(0, folder)
+    sys.modules[name] = module  # pydantic resolves a model's annotations through sys.modules
+    try:
+        spec.loader.exec_module(module)
+    except BaseException:
+        sys.modules.pop(name, None)
+        raise
+    return module
+
+
+def load_app(ref: str, *, prefer_name: str | None = None) -> App:
+    """The App named by ``ref`` ("file.py" or "file.py:attr").
+
+    Without ``attr`` the file must hold one App among its globals; when it holds several, the one
+    whose name is ``prefer_name`` is taken, else the global called ``app``.
+    """
+    file, attr = split_ref(ref)
+    path = Path(file).expanduser()
+    if not path.is_file():
+        raise click.ClickException(f"app file {file!r} not found" if not path.exists() else f"{file!r} is not a file")
+    module = import_file(path.resolve())
+    if attr is not None:
+        if not hasattr(module, attr):
+            raise click.ClickException(f"{file} has no attribute {attr!r}")
+        found = getattr(module, attr)
+        if not isinstance(found, App):
+            raise click.ClickException(f"{file}:{attr} is a {type(found).__name__}, not a roost.App")
+        return found
+    apps = {name: value for name, value in vars(module).items() if isinstance(value, App)}
+    if not apps:
+        raise click.ClickException(f"{file} defines no roost.App at module level; build one there or name it with {file}:ATTR")
+    if len(apps) == 1:
+        return next(iter(apps.values()))
+    if prefer_name is not None:
+        named = [value for value in apps.values() if value.name == prefer_name]
+        if len(named) == 1:
+            return named[0]
+    if "app" in apps:
+        return apps["app"]
+    raise click.ClickException(
+        f"{file} defines several roost.App instances ({', '.join(sorted(apps))}); choose one with {file}:ATTR"
+    )
