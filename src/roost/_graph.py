@@ -6,6 +6,7 @@ Everything here is pure and backend-neutral: every runtime routes outputs the sa
 from __future__ import annotations
 
 import hashlib
+import typing
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -198,8 +199,11 @@ class CompiledApp:
                 )
             produced = item
         if e.map is not None:
-            ret = getattr(e.map, "__annotations__", {}).get("return")
-            return None if ret is None or isinstance(ret, str) else ret
+            try:
+                ret = typing.get_type_hints(e.map).get("return")
+            except Exception:  # unresolvable annotation: checked at run time instead
+                ret = None
+            return ret
         return produced
 
     def _match_slots(self, a: Agent) -> dict[str, int]:
@@ -270,9 +274,9 @@ class CompiledApp:
                 visit(n, [n])
 
     def _check_reachable(self) -> None:
-        reached = self._reachable({s.name for s in self.entries})
         # Agents with no edges that are not entries receive only ctx.send/ctx.call messages.
-        missing = sorted(n for n, a in self.agents.items() if a.edges and n not in reached)
+        reached = self._reachable({s.name for s in self.entries} | {n for n, a in self.agents.items() if not a.edges})
+        missing = sorted(set(self.agents) - reached)
         if missing:
             raise DefinitionError(
                 f"agent(s) {', '.join(map(repr, missing))} can never run: nothing that starts from an entry agent "

@@ -25,7 +25,7 @@ _counter = itertools.count(1)
 def split_ref(ref: str) -> tuple[str, str | None]:
     """``"dir/app.py:pipeline"`` -> ``("dir/app.py", "pipeline")``; a Windows drive colon is kept."""
     path, sep, attr = ref.rpartition(":")
-    if not sep or not attr or not path or os.sep in attr or "/" in attr or attr.endswith(".py"):
+    if not sep or not attr or not path or "/" in attr or "\\" in attr or attr.endswith(".py"):
         return ref, None
     return path, attr
 

@@ -1,0 +1,109 @@
+"""Behaviour specific to the embedded runtime: journal files, versions, replay checks."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import pytest
+from pydantic import BaseModel
+
+from roost import App, DurableContext, RunFailedError, agent
+from roost.errors import ConfigError, JournalError, JournalVersionError
+from roost.runtime.local import Journal, LocalRuntime
+
+
+class Q(BaseModel):
+    q: str
+
+
+def simple_app(path: Path) -> App:
+    return App([agent("a").contracts(input=Q, output=Q).engine(lambda q: q)], journal=path)
+
+
+async def test_journal_from_another_version_gives_clear_error(tmp_path: Path) -> None:
+    path = tmp_path / "j.db"
+    Journal(path).close()
+    with sqlite3.connect(path) as db:
+        db.execute("UPDATE meta SET value='99' WHERE key='schema_version'")
+    db.close()
+    app = simple_app(path)
+    with pytest.raises(JournalVersionError, match="schema version 99.*reads version 1.*move the file away"):
+        await app.arun(Q(q="x"))
+
+
+async def test_foreign_sqlite_file_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "other.db"
+    with sqlite3.connect(path) as db:
+        db.execute("CREATE TABLE users(id INTEGER)")
+    db.close()
+    with pytest.raises(JournalError, match="not a roost journal"):
+        await simple_app(path).arun(Q(q="x"))
+    (tmp_path / "garbage.db").write_bytes(b"not a database at all" * 100)
+    with pytest.raises(JournalError, match="cannot be used as a roost journal"):
+        await simple_app(tmp_path / "garbage.db").arun(Q(q="x"))
+
+
+@pytest.mark.parametrize(("mode", "expected"), [("process", 1), ("machine", 2)])
+def test_durability_modes_set_sqlite_sync(tmp_path: Path, mode: str, expected: int) -> None:
+    j = Journal(tmp_path / "j.db", mode)  # type: ignore[arg-type]
+    assert j.db.execute("PRAGMA synchronous").fetchone()[0] == expected
+    assert j.db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    j.close()
+    with pytest.raises(ConfigError, match="durability must be one of"):
+        Journal(tmp_path / "k.db", "sometimes")  # type: ignore[arg-type]
+
+
+async def test_replay_that_diverges_from_the_journal_fails_with_both_values(tmp_path: Path) -> None:
+    path = tmp_path / "j.db"
+    order = ["fetch"]
+
+    async def orchestrate(q: Q, ctx: DurableContext) -> Q:
+        await ctx.step(order[0], lambda: 1)
+        await ctx.promise("go")
+        return q
+
+    app = App([agent("o").contracts(input=Q, output=Q).engine(orchestrate)], journal=path)
+    handle = await app.start(Q(q="x"), run_id="r")
+    assert await handle.approval(timeout=5) == "go"
+    await app.aclose()  # like a restart: the run stays unfinished in the journal
+
+    order[0] = "renamed"
+    app2 = App([agent("o").contracts(input=Q, output=Q).engine(orchestrate)], journal=path)
+    await app2.aresolve("r", "go", True)
+    with pytest.raises(RunFailedError, match="NonDeterminismError") as info:
+        await app2.aresume("r", timeout=5)
+    assert "recorded as step 'fetch'" in info.value.error_message
+    assert "asks for step 'renamed'" in info.value.error_message
+    await app2.aclose()
+
+
+async def test_closing_releases_runs_and_a_new_runtime_resumes_them(tmp_path: Path) -> None:
+    path = tmp_path / "j.db"
+    calls: list[str] = []
+
+    def record(tag: str) -> str:
+        calls.append(tag)
+        return tag
+
+    async def orchestrate(q: Q, ctx: DurableContext) -> Q:
+        first = await ctx.step("first", record, "first")
+        await ctx.promise("go")
+        second = await ctx.step("second", record, "second")
+        return Q(q=first + second)
+
+    def build() -> App:
+        return App([agent("o").contracts(input=Q, output=Q).engine(orchestrate)], journal=path)
+
+    app = build()
+    handle = await app.start(Q(q="x"), run_id="r")
+    await handle.approval(timeout=5)
+    await app.aclose()
+    rt = LocalRuntime(path, resume=False)
+    async with rt:
+        await rt.resolve("r", "go", True)
+    app2 = build()
+    result = await app2.arun(Q(q="x"), run_id="r", timeout=5)  # same id: resumes, then returns
+    assert result["o"] == Q(q="firstsecond")
+    assert calls == ["first", "second"], "the journaled step is not run again"
+    await app2.aclose()
