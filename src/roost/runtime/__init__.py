@@ -42,4 +42,4 @@ def get_runtime(name: str | None = None, **options: Any) -> DurableRuntime:
         raise ConfigError(f"unknown runtime {name!r}; known: {', '.join(sorted(_BACKENDS))}")
     module, cls, _extra = _BACKENDS[name]
     backend: type[DurableRuntime] = getattr(importlib.import_module(module), cls)
-    return backend(**options)  # type: ignore[call-arg]
+    return backend(**options)

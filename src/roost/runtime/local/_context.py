@@ -6,7 +6,7 @@ import asyncio
 import json
 import time
 from collections.abc import Awaitable, Callable
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from ..._activation import Message, check_input
@@ -126,7 +126,7 @@ class LocalContext(DurableContext):
             self._rt.journal.record(self._row(pos, "now", "now", "done", json.dumps(value)))
         else:
             value = float(json.loads(entry[3] or "0"))
-        return datetime.fromtimestamp(value, tz=timezone.utc)
+        return datetime.fromtimestamp(value, tz=UTC)
 
     async def promise(self, name: str) -> Any:
         pos, entry = self._next("promise", name)
@@ -171,7 +171,7 @@ class LocalContext(DurableContext):
             msg = self._message(agent, payload, "call", pos, {"reply_to": reply}, None)
             if self._rt.journal.send(msg, journal_row=self._row(pos, "call", agent, "waiting", None, started=time.time())):
                 self._rt.dispatch(msg)
-        if entry is not None and entry[2] == "done":
+        if entry is not None and entry[2] == "done" and entry[3] is not None:
             raw = entry[3]
         else:
             raw = await self._rt.wait_promise(self._live, reply)

@@ -131,7 +131,8 @@ class Journal:
         self.db.execute("UPDATE runs SET owner=NULL WHERE owner=? AND status='running'", (owner,))
 
     def unfinished(self) -> list[tuple[str, str, str | None]]:
-        return [tuple(r) for r in self.db.execute("SELECT run_id, app, owner FROM runs WHERE status='running'")]  # type: ignore[misc]
+        rows = self.db.execute("SELECT run_id, app, owner FROM runs WHERE status='running'").fetchall()
+        return [(str(r[0]), str(r[1]), r[2]) for r in rows]
 
     def list_runs(self, limit: int) -> list[sqlite3.Row]:
         cur = self.db.execute(

@@ -1,0 +1,32 @@
+# The two commands of the README. Both create .venv on first use; nothing else is needed.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN     = $(VENV)/bin
+
+.PHONY: demo test bench lint clean
+
+$(BIN)/.roost-base: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e .
+	touch $@
+
+$(BIN)/.roost-dev: $(BIN)/.roost-base
+	$(BIN)/pip install -q -e ".[dev]"
+	touch $@
+
+## demo: set up and run the demo pipeline on the embedded runtime
+demo: $(BIN)/.roost-base
+	$(BIN)/python examples/newsroom.py
+
+## test: install what the tests need, lint, type-check, run the whole suite
+test: $(BIN)/.roost-dev
+	$(BIN)/ruff check src tests bench examples
+	$(BIN)/mypy
+	$(BIN)/pytest
+
+bench: $(BIN)/.roost-dev
+	$(BIN)/python bench/bench_local.py
+
+clean:
+	rm -rf $(VENV) .roost .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,115 @@
+"""The demo pipeline: five agents with fan-out, converge and a human approval.
+
+    writer ──► critic ───────┐
+       │                     ├──► editor (needs approval) ──► publisher
+       └────► fact_checker ──┘
+
+Run it with ``make demo`` (or ``python examples/newsroom.py``). The journal is
+``.roost/roost.db``: kill the process at any point and run it again with the same run id
+(``--run-id``) to see it finish without redoing what was done.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import time
+
+from pydantic import BaseModel
+
+from roost import App, agent
+
+
+class Idea(BaseModel):
+    topic: str
+
+
+class Draft(BaseModel):
+    title: str
+    body: str
+
+
+class Review(BaseModel):
+    score: int
+    notes: str
+
+
+class FactCheck(BaseModel):
+    claims_checked: int
+    problems: list[str]
+
+
+class Verdict(BaseModel):
+    publish: bool
+    title: str
+    reason: str
+
+
+class Published(BaseModel):
+    url: str
+
+
+def write_draft(idea: Idea) -> Draft:
+    time.sleep(0.05)  # stands in for a model call: sync functions run in a worker thread
+    return Draft(
+        title=f"Why {idea.topic} matter",
+        body=f"{idea.topic.capitalize()} keep their promises: every step is journaled and nothing runs twice.",
+    )
+
+
+async def review(draft: Draft) -> Review:
+    await asyncio.sleep(0.05)
+    return Review(score=min(10, len(draft.body) // 10), notes="clear and short")
+
+
+async def check_facts(draft: Draft) -> FactCheck:
+    await asyncio.sleep(0.05)
+    return FactCheck(claims_checked=draft.body.count(":") + 1, problems=[])
+
+
+def decide(draft: Draft, review: Review, facts: FactCheck) -> Verdict:
+    ok = review.score >= 5 and not facts.problems
+    return Verdict(publish=ok, title=draft.title, reason=f"score {review.score}, {len(facts.problems)} problem(s)")
+
+
+def publish(verdict: Verdict) -> Published:
+    return Published(url="https://example.invalid/" + verdict.title.lower().replace(" ", "-"))
+
+
+writer = agent("writer").contracts(input=Idea, output=Draft).engine(write_draft)
+critic = agent("critic").contracts(input=Draft, output=Review).engine(review)
+fact_checker = agent("fact_checker").contracts(input=Draft, output=FactCheck).engine(check_facts)
+editor = agent("editor").contracts(input=(Draft, Review, FactCheck), output=Verdict).engine(decide)
+publisher = agent("publisher").contracts(input=Verdict, output=Published).engine(publish)
+
+critic.reacts_to(writer)
+fact_checker.reacts_to(writer)  # fan-out: both react to the writer
+editor.reacts_to(writer, critic, fact_checker).needs_approval()  # converge, then a human approves
+publisher.reacts_to(editor, when=lambda v: v.publish)
+
+app = App([writer, critic, fact_checker, editor, publisher], name="newsroom")
+
+
+async def main(topic: str, run_id: str | None) -> None:
+    handle = await app.start(Idea(topic=topic), run_id=run_id)
+    print(f"run {handle.run_id} started on the embedded runtime (journal .roost/roost.db)")
+    waiting = await handle.approval(timeout=30)
+    if waiting:
+        print(f"the run waits for approval of {waiting!r}; the demo approves it "
+              f"(from a shell: roost resolve {handle.run_id} {waiting} true)")
+        await app.aresolve(handle.run_id, waiting, True)
+    result = await handle.result(timeout=30)
+    print(f"status: {result.status}")
+    for name, output in result.outputs.items():
+        print(f"  {name:13} {json.dumps(output.model_dump())}")
+    print("timings (s): " + ", ".join(f"{k} {v:.3f}" for k, v in result.timings.items()))
+    await app.aclose()
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--topic", default="durable agents")
+    parser.add_argument("--run-id", default=None)
+    args = parser.parse_args()
+    asyncio.run(main(args.topic, args.run_id))

@@ -1,0 +1,19 @@
+"""Test kit for roost apps: deterministic engines and journal helpers.
+
+``MockEngine`` fills an agent's output contract from a hash of its input, so tests need no
+model and no network; ``mock_engines`` gives every agent without an engine a MockEngine.
+"""
+
+from __future__ import annotations
+
+from ..agent import Agent
+from ..engines import MockEngine, mock_value
+
+__all__ = ["MockEngine", "mock_engines", "mock_value"]
+
+
+def mock_engines(*agents: Agent, **fixed: object) -> None:
+    """Give each agent that has no engine yet a MockEngine (``fixed`` pins output fields)."""
+    for a in agents:
+        if a.engine_impl is None:
+            a.engine(MockEngine(**fixed))
