@@ -99,7 +99,7 @@ class App:
 
     # -- runtime selection ------------------------------------------------------------------
 
-    def _new_runtime(self, mode: str | None) -> DurableRuntime:
+    def _new_runtime(self, mode: str | None, *, resume: bool = True) -> DurableRuntime:
         mode = mode or os.environ.get("ROOST_MODE") or "local"
         if mode == "local":
             name = "local"
@@ -109,7 +109,7 @@ class App:
             raise ConfigError(f"mode must be 'local' or 'prod', got {mode!r}")
         options: dict[str, Any] = {}
         if name == "local":
-            options = {"path": self.journal, "durability": self.durability}
+            options = {"path": self.journal, "durability": self.durability, "resume": resume}
         runtime = get_runtime(name, **options)
         register = getattr(runtime, "register", None)
         if register is not None:
@@ -123,11 +123,14 @@ class App:
         for listener in self.listeners:
             listener(data)
 
-    async def runtime(self, mode: str | None = None) -> DurableRuntime:
-        """The runtime serving this app in the running event loop (opened on first use)."""
+    async def runtime(self, mode: str | None = None, *, resume: bool = True) -> DurableRuntime:
+        """The runtime serving this app in the running event loop (opened on first use).
+
+        On open it picks up this app's unfinished runs whose process died (``resume=False``
+        leaves them alone: the one-shot ``run``/``resolve`` calls do that)."""
         loop = asyncio.get_running_loop()
         if self._runtime is None or self._loop is not loop:
-            self._runtime = self._new_runtime(mode)
+            self._runtime = self._new_runtime(mode, resume=resume)
             self._loop = loop
             await self._runtime.open()
         return self._runtime
@@ -204,6 +207,9 @@ class App:
 
         async def once() -> RunResult:
             try:
+                # Only this run (resumed if its process died): other orphans are left to a
+                # long-lived runtime rather than started here and cut off when this call returns.
+                await self.runtime(mode, resume=False)
                 return await self.arun(input, run_id, mode=mode, timeout=timeout)
             finally:
                 await self.aclose()
@@ -219,6 +225,7 @@ class App:
 
         async def once() -> None:
             try:
+                await self.runtime(mode, resume=False)
                 await self.aresolve(run_id, name, value, mode=mode)
             finally:
                 await self.aclose()

@@ -38,11 +38,18 @@ async def run_with_retry(
     policy: RetryPolicy,
     info: StepInfo,
     wait: Callable[[float], Awaitable[None]],
+    first_attempt: int = 1,
+    on_retry: Callable[[int, BaseException], None] | None = None,
 ) -> tuple[Any, int]:
     """Try ``fn`` per ``policy``; returns (result, attempts) or raises StepFailedError.
 
-    ``wait`` sleeps between attempts (backends make it abortable)."""
-    attempt = 1
+    ``wait`` sleeps between attempts (backends make it abortable); ``on_retry(attempt, exc)`` is
+    called before waiting, so a backend can journal the failure; ``first_attempt`` continues a
+    count journaled before a restart."""
+    attempt = first_attempt
+    if attempt > policy.max_attempts:
+        raise StepFailedError(run_id=info.run_id, agent=info.agent, step=info.name, attempts=attempt - 1,
+                              cause=RuntimeError("the process stopped after the last attempt had failed"))
     while True:
         try:
             step_info = info if attempt == 1 else StepInfo(info.run_id, info.agent, info.name, attempt, info.idempotency_key)
@@ -52,6 +59,8 @@ async def run_with_retry(
         except Exception as exc:
             if not policy.is_retryable(exc) or attempt >= policy.max_attempts:
                 raise StepFailedError(run_id=info.run_id, agent=info.agent, step=info.name, attempts=attempt, cause=exc) from exc
+            if on_retry is not None:
+                on_retry(attempt, exc)
             await wait(policy.delay(attempt, exc))
             attempt += 1
 

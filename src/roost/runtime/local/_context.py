@@ -98,13 +98,22 @@ class LocalContext(DurableContext):
                    retry: RetryPolicy | None = None, **kwargs: Any) -> T:
         pos, entry = self._next("step", name)
         rtype = return_type(fn)
+        failed_before = 0
         if entry is not None:
             self.attempts = max(self.attempts, entry[4])
-            return revive(json.loads(entry[3]) if entry[3] is not None else None, rtype)  # type: ignore[no-any-return]
+            if entry[2] == "done":
+                return revive(json.loads(entry[3]) if entry[3] is not None else None, rtype)  # type: ignore[no-any-return]
+            failed_before = entry[4]  # 'retrying': attempts that failed before a restart still count
         info = StepInfo(self.run_id, self.agent, name, 1, f"{self.run_id}/{self.activation_id}/{pos}")
         started = time.time()
         policy = retry or self._rt.app_for(self.run_id).specs[self.agent].retry
-        result, attempts = await run_with_retry(fn, args, kwargs, policy=policy, info=info, wait=self._wait_abortable)
+
+        def failed(attempt: int, exc: BaseException) -> None:
+            error = json.dumps({"error_type": type(exc).__name__, "error_message": str(exc)})
+            self._rt.journal.record(self._row(pos, "step", name, "retrying", error, attempt, started))
+
+        result, attempts = await run_with_retry(fn, args, kwargs, policy=policy, info=info, wait=self._wait_abortable,
+                                                first_attempt=failed_before + 1, on_retry=failed)
         self.attempts = max(self.attempts, attempts)
         encoded = dumps(result, what=f"run {self.run_id!r}, agent {self.agent!r}, step {name!r}")
         self._rt.journal.record(self._row(pos, "step", name, "done", encoded, attempts, started))

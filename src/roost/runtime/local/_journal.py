@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import sqlite3
+import threading
 import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
@@ -63,6 +64,12 @@ class Journal:
             self._check_version()
         except sqlite3.DatabaseError as exc:
             raise JournalError(f"{self.path} cannot be used as a roost journal: {exc}") from exc
+        self._checkpointer: _Checkpointer | None = None
+        if self.path != ":memory:":
+            # SQLite's automatic checkpoint would run inside whichever commit crosses the limit,
+            # stalling the event loop for milliseconds; a thread with its own connection does it.
+            self.db.execute("PRAGMA wal_autocheckpoint=0")
+            self._checkpointer = _Checkpointer(self.path)
 
     def _check_version(self) -> None:
         tables = {r[0] for r in self.db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
@@ -88,6 +95,8 @@ class Journal:
             self.db.execute("INSERT INTO meta VALUES('schema_version', ?)", (str(SCHEMA_VERSION),))
 
     def close(self) -> None:
+        if self._checkpointer is not None:
+            self._checkpointer.stop()
         self.db.close()
 
     @contextmanager
@@ -271,3 +280,30 @@ class Journal:
         )
         cur.row_factory = sqlite3.Row
         return cur.fetchall()
+
+
+class _Checkpointer(threading.Thread):
+    """Copies the WAL back into the database off the event loop's thread."""
+
+    INTERVAL = 0.5  # seconds between passive checkpoints
+
+    def __init__(self, path: str) -> None:
+        super().__init__(name="roost-checkpoint", daemon=True)
+        self._path = path
+        self._stopping = threading.Event()
+        self.start()
+
+    def run(self) -> None:
+        db = sqlite3.connect(self._path, isolation_level=None, timeout=10.0)
+        try:
+            while not self._stopping.wait(self.INTERVAL):
+                try:
+                    db.execute("PRAGMA wal_checkpoint(PASSIVE)")
+                except sqlite3.OperationalError:
+                    pass  # busy: the next round catches up
+        finally:
+            db.close()
+
+    def stop(self) -> None:
+        self._stopping.set()
+        self.join()

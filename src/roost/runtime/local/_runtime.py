@@ -218,11 +218,12 @@ class LocalRuntime(DurableRuntime):
             )
             for a in self.journal.activations(run_id)
         ]
+        waiting = self.journal.waiting_on(run_id) if row["status"] == "running" else []
         return RunRecord(
-            run_id=run_id, app=row["app"], status=self._status(run_id, row["status"]), runtime="local",
+            run_id=run_id, app=row["app"], status="waiting" if waiting else row["status"], runtime="local",
             input=json.loads(row["input"]), created_at=row["created_at"], finished_at=row["finished_at"],
             error=json.loads(row["error"]) if row["error"] else None, activations=acts,
-            waiting_on=self.journal.waiting_on(run_id),
+            waiting_on=waiting,
         )
 
     # -- promises ---------------------------------------------------------------------------
