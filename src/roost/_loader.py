@@ -10,13 +10,11 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import itertools
-import os
 import sys
 from pathlib import Path
 from types import ModuleType
 
-import click
-
+from ._cli_view import CliError
 from .app import App
 
 _counter = itertools.count(1)
@@ -35,7 +33,7 @@ def import_file(path: Path) -> ModuleType:
     name = f"roost_app_{path.stem.replace('-', '_').replace('.', '_')}_{digest}_{next(_counter)}"
     spec = importlib.util.spec_from_file_location(name, path)
     if spec is None or spec.loader is None:
-        raise click.ClickException(f"cannot import {path}: not a Python file")
+        raise CliError(f"cannot import {path}: not a Python file")
     module = importlib.util.module_from_spec(spec)
     folder = str(path.parent)
     if folder not in sys.path:
@@ -58,18 +56,18 @@ def load_app(ref: str, *, prefer_name: str | None = None) -> App:
     file, attr = split_ref(ref)
     path = Path(file).expanduser()
     if not path.is_file():
-        raise click.ClickException(f"app file {file!r} not found" if not path.exists() else f"{file!r} is not a file")
+        raise CliError(f"app file {file!r} not found" if not path.exists() else f"{file!r} is not a file")
     module = import_file(path.resolve())
     if attr is not None:
         if not hasattr(module, attr):
-            raise click.ClickException(f"{file} has no attribute {attr!r}")
+            raise CliError(f"{file} has no attribute {attr!r}")
         found = getattr(module, attr)
         if not isinstance(found, App):
-            raise click.ClickException(f"{file}:{attr} is a {type(found).__name__}, not a roost.App")
+            raise CliError(f"{file}:{attr} is not a roost.App (it is of type {type(found).__name__})")
         return found
     apps = {name: value for name, value in vars(module).items() if isinstance(value, App)}
     if not apps:
-        raise click.ClickException(f"{file} defines no roost.App at module level; build one there or name it with {file}:ATTR")
+        raise CliError(f"{file} defines no roost.App at module level; build one there or name it with {file}:ATTR")
     if len(apps) == 1:
         return next(iter(apps.values()))
     if prefer_name is not None:
@@ -78,6 +76,6 @@ def load_app(ref: str, *, prefer_name: str | None = None) -> App:
             return named[0]
     if "app" in apps:
         return apps["app"]
-    raise click.ClickException(
+    raise CliError(
         f"{file} defines several roost.App instances ({', '.join(sorted(apps))}); choose one with {file}:ATTR"
     )

@@ -146,9 +146,9 @@ class LocalContext(DurableContext):
             return json.loads(entry[3])
         if entry is None:
             self._rt.journal.record(self._row(pos, kind, name, "waiting", None, started=time.time()))
-            self._rt.emit("waiting", self.run_id, self.agent, name)
+        self._rt.emit("waiting", self.run_id, self.agent, name)  # also after a restart
         raw = await self._rt.wait_promise(self._live, name)
-        self._rt.journal.record(self._row(pos, kind, name, "done", raw))
+        self._rt.journal.finish_entry(self.run_id, self.activation_id, pos, raw)
         return json.loads(raw)
 
     def _message(self, agent: str, payload: Any, kind: str, pos: int, meta: dict[str, Any],
@@ -184,5 +184,5 @@ class LocalContext(DurableContext):
             raw = entry[3]
         else:
             raw = await self._rt.wait_promise(self._live, reply)
-            self._rt.journal.record(self._row(pos, "call", agent, "done", raw))
+            self._rt.journal.finish_entry(self.run_id, self.activation_id, pos, raw)
         return revive(json.loads(raw), self._rt.app_for(self.run_id).specs[agent].output_type)

@@ -246,6 +246,13 @@ class Journal:
         """row: run_id, activation, position, kind, name, status, value, attempts, started, finished."""
         self.db.execute("INSERT OR REPLACE INTO journal VALUES(?,?,?,?,?,?,?,?,?,?)", row)
 
+    def finish_entry(self, run_id: str, activation: str, position: int, value: str) -> None:
+        """Mark a waiting entry (promise, call) done, keeping when the wait started."""
+        self.db.execute(
+            "UPDATE journal SET status='done', value=?, finished_at=? WHERE run_id=? AND activation=? AND position=?",
+            (value, time.time(), run_id, activation, position),
+        )
+
     def state(self, agent: str, key: str) -> dict[str, str]:
         return dict(self.db.execute("SELECT field, value FROM state WHERE agent=? AND key=?", (agent, key)).fetchall())
 

@@ -1,0 +1,336 @@
+"""Rich rendering for the ``roost`` command: the live progress view of a run, and run details."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import shlex
+import time
+from dataclasses import dataclass
+from datetime import datetime
+from types import TracebackType
+from typing import IO, TYPE_CHECKING, Any
+
+import click
+from rich.console import Console, Group, RenderableType
+from rich.live import Live
+from rich.table import Table
+from rich.text import Text
+
+from .result import FINISHED, ActivationRecord, RunRecord
+
+if TYPE_CHECKING:
+    from ._graph import CompiledApp
+    from .runtime import DurableRuntime, RunSummary
+
+class CliError(click.ClickException):
+    """An error shown as one red line on stderr (no traceback)."""
+
+    exit_code = 1
+
+    def show(self, file: IO[Any] | None = None) -> None:
+        console = Console(file=file, stderr=file is None, highlight=False)
+        console.print(Text(f"error: {self.format_message()}", style="bold red"), soft_wrap=True)
+
+
+STATUS_STYLE = {
+    "pending": "dim",
+    "running": "cyan",
+    "waiting": "bold yellow",
+    "completed": "green",
+    "rejected": "magenta",
+    "absorbed": "dim",
+    "failed": "bold red",
+    "cancelled": "dim red",
+}
+
+
+def fmt_duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    seconds = max(0.0, seconds)
+    if seconds < 1:
+        return f"{seconds * 1000:.0f} ms"
+    if seconds < 60:
+        return f"{seconds:.2f} s"
+    minutes, secs = divmod(int(seconds), 60)
+    if minutes < 60:
+        return f"{minutes}m {secs:02d}s"
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h {minutes:02d}m"
+
+
+def fmt_time(ts: float | None) -> str:
+    return "-" if ts is None else datetime.fromtimestamp(ts).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def status_text(status: str) -> Text:
+    return Text(status, style=STATUS_STYLE.get(status.split(" ")[0], ""))
+
+
+def compact_json(value: Any, limit: int | None = 80) -> str:
+    text = json.dumps(value, separators=(",", ":"), ensure_ascii=False, default=str)
+    if limit is not None and len(text) > limit:
+        return text[: limit - 1] + "…"
+    return text
+
+
+def resolve_hint(run_id: str, name: str, *, approval: bool) -> str:
+    return f"roost resolve {shlex.quote(run_id)} {shlex.quote(name)} {'true|false' if approval else 'VALUE'}"
+
+
+def is_approval(app: CompiledApp | None, agent: str, name: str) -> bool:
+    """Whether promise ``name`` of ``agent`` is its approval (named after the agent) or a promise
+    its orchestration code awaits."""
+    spec = app.specs.get(agent) if app is not None else None
+    if spec is None or not spec.approval:
+        return False
+    return name == agent or name.startswith((f"{agent}[", f"{agent}#"))
+
+
+def _waiting_step(act: ActivationRecord) -> str | None:
+    for step in act.steps:
+        if step.kind == "promise" and step.status == "waiting":
+            return step.name
+    return None
+
+
+@dataclass
+class _Row:
+    agent: str
+    status: str = "pending"
+    started_at: float | None = None
+    finished_at: float | None = None
+    attempts: int = 0
+
+    @property
+    def duration(self) -> float | None:
+        if self.started_at is None:
+            return None
+        end = self.finished_at
+        if end is None:
+            if self.status in ("running", "waiting"):
+                end = time.time()
+            else:
+                return None
+        return end - self.started_at
+
+
+class ProgressView:
+    """Follows one run: a live table (agent, status, duration, attempts) on a terminal, plain
+    lines otherwise. Feed it runtime events with :meth:`on_event` (a listener) and records with
+    :meth:`update`; :meth:`follow` polls the runtime for what events do not say (attempts, and
+    what a resumed run waits on)."""
+
+    def __init__(self, console: Console, run_id: str, app: CompiledApp | None = None,
+                 *, journal_hint: str | None = None) -> None:
+        self.console = console
+        self.run_id = run_id
+        self.app = app
+        self.journal_hint = journal_hint
+        self.rows: dict[str, _Row] = {}
+        self.announced: set[str] = set()
+        self.live = console.is_terminal
+        self._live: Live | None = None
+
+    # -- lifecycle ----------------------------------------------------------------------------
+
+    def __enter__(self) -> ProgressView:
+        if self.live:
+            self._live = Live(console=self.console, get_renderable=self.render, refresh_per_second=8,
+                              transient=False, redirect_stdout=False, redirect_stderr=False)
+            self._live.start()
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        if self._live is not None:
+            self._live.refresh()
+            self._live.stop()
+            self._live = None
+
+    def finish(self, record: RunRecord) -> None:
+        """Show the final state: the live table stays on screen; in plain mode print it once."""
+        self.update(record)
+        if self._live is not None:
+            self._live.refresh()
+        elif self.rows:
+            self.console.print(self.render())
+
+    # -- input --------------------------------------------------------------------------------
+
+    def on_event(self, data: dict[str, Any]) -> None:
+        if data.get("run_id") != self.run_id:
+            return
+        event, agent, detail = data.get("event"), str(data.get("agent")), data.get("detail")
+        at = float(data.get("at") or time.time())
+        if event == "started" and detail is not None:
+            row = self.rows.setdefault(detail, _Row(agent))
+            row.status, row.finished_at = "running", None
+            row.started_at = row.started_at or at
+            spec = self.app.specs.get(agent) if self.app is not None else None
+            if spec is None or spec.kind == "single":  # a converge/gather input may only be absorbed
+                self._line(Text.assemble(("started   ", "cyan"), agent))
+        elif event == "finished" and detail is not None:
+            status = str(data.get("status") or "completed")
+            if status == "absorbed":
+                self.rows.pop(detail, None)
+                return
+            row = self.rows.setdefault(detail, _Row(agent, started_at=at))
+            row.status, row.finished_at = status, at
+            error = data.get("error")
+            if isinstance(error, dict):
+                row.attempts = max(row.attempts, int(error.get("attempts") or 0))
+            line = Text.assemble((f"{status:<10}", STATUS_STYLE.get(status, "")), agent, f"  {fmt_duration(row.duration)}")
+            if isinstance(error, dict):
+                line.append(f"  {error.get('error_type')}: {error.get('error_message')}", style="red")
+            self._line(line)
+        elif event == "waiting" and detail is not None:
+            for row in self.rows.values():
+                if row.agent == agent and row.status == "running":
+                    row.status = "waiting"
+            self.announce(agent, str(detail))
+
+    def update(self, record: RunRecord) -> None:
+        """Bring the rows up to date with the run's record (and in its order)."""
+        rows: dict[str, _Row] = {}
+        for act in record.activations:
+            if act.status == "absorbed":
+                continue
+            row = rows[act.id] = self.rows.get(act.id) or _Row(act.agent)
+            if act.status != "pending":
+                row.status, row.started_at, row.finished_at = act.status, act.started_at, act.finished_at
+                row.attempts = act.attempts
+                continue
+            row.attempts = max([row.attempts, *(s.attempts for s in act.steps)])
+            waiting = _waiting_step(act)
+            if waiting is not None:
+                row.status = "waiting"
+                if record.status not in FINISHED:
+                    self.announce(act.agent, waiting)
+            elif row.status == "waiting":
+                row.status = "running"
+        absorbed = {a.id for a in record.activations if a.status == "absorbed"}
+        rows.update((key, row) for key, row in self.rows.items() if key not in rows and key not in absorbed)
+        self.rows = rows
+
+    async def follow(self, runtime: DurableRuntime, interval: float = 0.5) -> None:
+        """Poll the run's record until cancelled."""
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                self.update(await runtime.get(self.run_id))
+            except Exception:  # a passing journal hiccup must not stop the run being shown
+                continue
+
+    def announce(self, agent: str, name: str) -> None:
+        if name in self.announced:
+            return
+        self.announced.add(name)
+        if is_approval(self.app, agent, name):
+            what = f"waiting for approval of {name!r}"
+            hint = resolve_hint(self.run_id, name, approval=True)
+        else:
+            what = f"waiting for promise {name!r} of agent {agent!r}"
+            hint = resolve_hint(self.run_id, name, approval=False)
+        line = Text.assemble((what, "bold yellow"), ": ", (hint, "bold"))
+        self.console.print(line, soft_wrap=True)
+        if self.journal_hint:
+            self.console.print(Text(f"  (add --journal {shlex.quote(self.journal_hint)})", style="dim"), soft_wrap=True)
+
+    def _line(self, text: Text) -> None:
+        if not self.live:
+            self.console.print(text, soft_wrap=True)
+
+    # -- output -------------------------------------------------------------------------------
+
+    def render(self) -> Table:
+        table = Table(title=f"run {self.run_id}", title_justify="left", expand=False)
+        table.add_column("agent", no_wrap=True)
+        table.add_column("status", no_wrap=True)
+        table.add_column("duration", justify="right", no_wrap=True)
+        table.add_column("attempts", justify="right", no_wrap=True)
+        for row in self.rows.values():
+            table.add_row(row.agent, status_text(row.status), fmt_duration(row.duration), str(row.attempts or "-"))
+        return table
+
+
+# -- run details ------------------------------------------------------------------------------
+
+
+def runs_table(runs: list[RunSummary], orphaned: set[str]) -> Table:
+    table = Table(title="runs", title_justify="left")
+    table.add_column("run id", no_wrap=True)
+    table.add_column("app", no_wrap=True)
+    table.add_column("status", no_wrap=True)
+    table.add_column("created", no_wrap=True)
+    table.add_column("duration", justify="right", no_wrap=True, min_width=8)
+    for r in runs:
+        status = status_text(r.status)
+        if r.run_id in orphaned:
+            status.append(" (orphaned)", style="dim")
+        end = r.finished_at if r.finished_at is not None else (time.time() if r.status not in FINISHED else None)
+        table.add_row(r.run_id, r.app, status, fmt_time(r.created_at),
+                      fmt_duration(None if end is None else end - r.created_at))
+    return table
+
+
+def run_detail(record: RunRecord, app: CompiledApp | None = None, *, orphaned: bool = False) -> RenderableType:
+    parts: list[RenderableType] = []
+    status = status_text(record.status)
+    if orphaned:
+        status.append(" (no live process runs it)", style="dim")
+    end = record.finished_at if record.finished_at is not None else time.time()
+    header = Table.grid(padding=(0, 2))
+    header.add_column(style="bold", no_wrap=True)
+    header.add_column()
+    header.add_row("run", record.run_id)
+    header.add_row("app", record.app)
+    header.add_row("status", status)
+    header.add_row("created", fmt_time(record.created_at))
+    header.add_row("duration", fmt_duration(end - record.created_at))
+    header.add_row("input", Text(compact_json(record.input, 200)))
+    if record.waiting_on:
+        waits = Text()
+        for i, name in enumerate(record.waiting_on):
+            agent = next((a.agent for a in record.activations if _waiting_step(a) == name), name)
+            approval = is_approval(app, agent, name) if app is not None else name.split("[")[0].split("#")[0] == agent
+            if i:
+                waits.append("\n")
+            waits.append(name, style="bold yellow")
+            waits.append(f"  ({resolve_hint(record.run_id, name, approval=approval)})", style="dim")
+        header.add_row("waiting on", waits)
+    if record.error:
+        err = record.error
+        where = f"agent {err.get('agent')!r}" + (f", step {err['step']!r}" if err.get("step") else "")
+        header.add_row("error", Text(
+            f"{where} failed after {err.get('attempts')} attempt(s): {err.get('error_type')}: {err.get('error_message')}",
+            style="red",
+        ))
+    parts.append(header)
+
+    acts = Table(title="activations", title_justify="left")
+    for name in ("agent", "kind", "status", "cause", "attempts", "duration", "output"):
+        acts.add_column(name, no_wrap=name not in ("cause", "output"),
+                        justify="right" if name in ("attempts", "duration") else "left")
+    for a in record.activations:
+        output: Text | str = "-"
+        if a.error:
+            output = Text(f"{a.error.get('error_type')}: {a.error.get('error_message')}", style="red")
+        elif a.output is not None:
+            output = compact_json(a.output)
+        act_status = "waiting" if a.status == "pending" and _waiting_step(a) else a.status
+        acts.add_row(a.agent, a.kind, status_text(act_status), a.cause or "-", str(a.attempts),
+                     fmt_duration(a.duration), output)
+    parts.append(acts)
+
+    for a in record.activations:
+        if not a.steps:
+            continue
+        steps = Table(title=f"steps of {a.agent} ({a.id})", title_justify="left")
+        for name in ("position", "kind", "name", "status", "attempts"):
+            steps.add_column(name, no_wrap=True, justify="right" if name in ("position", "attempts") else "left")
+        for s in a.steps:
+            steps.add_row(str(s.position), s.kind, s.name, status_text(s.status), str(s.attempts))
+        parts.append(steps)
+    return Group(*parts)

@@ -1,0 +1,406 @@
+"""The ``roost`` command line: run, runs list/show/resume, resolve, and app loading."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner, Result
+
+from roost import App
+from roost._loader import import_file, load_app, split_ref
+from roost.cli import cli
+from roost.runtime.local import LocalRuntime
+
+PIPELINE = '''
+from pydantic import BaseModel
+from roost import App, agent
+
+
+class Topic(BaseModel):
+    title: str
+
+
+class Draft(BaseModel):
+    text: str
+
+
+class Final(BaseModel):
+    text: str
+    words: int
+
+
+def write(t: Topic) -> Draft:
+    return Draft(text=f"about {t.title}")
+
+
+def edit(d: Draft) -> Draft:
+    return Draft(text=d.text.upper())
+
+
+def publish(d: Draft) -> Final:
+    return Final(text=d.text, words=len(d.text.split()))
+
+
+writer = agent("writer").contracts(input=Topic, output=Draft).engine(write)
+editor = agent("editor").contracts(input=Draft, output=Draft).engine(edit).reacts_to(writer)
+publisher = agent("publisher").contracts(input=Draft, output=Final).engine(publish).reacts_to(editor)
+{approval}
+pipeline = App([writer, editor, publisher], name="{name}")
+
+if __name__ == "__main__":
+    raise SystemExit("imported as __main__")
+'''
+
+FAILING = '''
+from pydantic import BaseModel
+from roost import App, TerminalError, agent
+
+
+class N(BaseModel):
+    n: int
+
+
+def ok(x: N) -> N:
+    return N(n=x.n + 1)
+
+
+def boom(x: N) -> N:
+    raise TerminalError(f"boom at {x.n}")
+
+
+first = agent("first").contracts(input=N, output=N).engine(ok)
+second = agent("second").contracts(input=N, output=N).engine(boom).reacts_to(first)
+app = App([first, second], name="failing")
+'''
+
+
+def write_app(tmp_path: Path, *, approval: bool = False, name: str = "pipeline", file: str = "pipeline.py") -> Path:
+    path = tmp_path / file
+    path.write_text(PIPELINE.replace("{approval}", "editor.needs_approval()" if approval else "").replace("{name}", name))
+    return path
+
+
+def invoke(*args: str | Path) -> Result:
+    return CliRunner().invoke(cli, [str(a) for a in args], catch_exceptions=False)
+
+
+def outputs_of(output: str) -> dict[str, object]:
+    """The JSON printed between 'outputs:' and 'run id:'."""
+    start = output.index("outputs:\n") + len("outputs:\n")
+    end = output.index("\nrun id:", start)
+    parsed: dict[str, object] = json.loads(output[start:end])
+    return parsed
+
+
+def show_json(run_id: str, journal: Path) -> dict[str, object]:
+    res = invoke("runs", "show", run_id, "--json", "--journal", journal)
+    assert res.exit_code == 0, res.output
+    parsed: dict[str, object] = json.loads(res.stdout)
+    return parsed
+
+
+# -- roost run ----------------------------------------------------------------------------------
+
+
+def test_run_completes_and_prints_outputs(tmp_path: Path) -> None:
+    app_file, journal = write_app(tmp_path), tmp_path / "j.db"
+    res = invoke("run", app_file, "--input", '{"title": "owls"}', "--run-id", "r-1", "--journal", journal)
+    assert res.exit_code == 0, res.output
+    assert outputs_of(res.stdout) == {
+        "writer": {"text": "about owls"},
+        "editor": {"text": "ABOUT OWLS"},
+        "publisher": {"text": "ABOUT OWLS", "words": 2},
+    }
+    assert "run id: r-1" in res.stdout
+    # not a terminal: plain progress lines, then the final table
+    assert "started   writer" in res.stdout and "completed publisher" in res.stdout
+    assert journal.exists()
+
+
+def test_run_uses_roost_journal_env_and_attr(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    journal = tmp_path / "env" / "roost.db"
+    monkeypatch.setenv("ROOST_JOURNAL", str(journal))
+    res = invoke("run", f"{write_app(tmp_path)}:pipeline", "-i", '{"title": "x"}', "--run-id", "r-env")
+    assert res.exit_code == 0, res.output
+    assert journal.exists()
+    assert show_json("r-env", journal)["status"] == "completed"
+
+
+def test_run_bad_input_exits_2_and_names_the_field(tmp_path: Path) -> None:
+    journal = tmp_path / "j.db"
+    res = invoke("run", write_app(tmp_path), "--input", '{"name": "owls"}', "--journal", journal)
+    assert res.exit_code == 2
+    assert "title" in res.stderr and "Field required" in res.stderr
+    assert "Traceback" not in res.output
+
+    res = invoke("run", write_app(tmp_path), "--input", "{not json", "--journal", journal)
+    assert res.exit_code == 2
+    assert "not valid JSON" in res.stderr
+    assert not journal.exists()  # nothing was started
+
+
+def test_run_failure_exits_1_with_the_error(tmp_path: Path) -> None:
+    app_file = tmp_path / "failing.py"
+    app_file.write_text(FAILING)
+    journal = tmp_path / "j.db"
+    res = invoke("run", app_file, "--input", '{"n": 1}', "--run-id", "r-fail", "--journal", journal)
+    assert res.exit_code == 1
+    assert "run 'r-fail' failed: agent 'second'" in res.stderr
+    assert "TerminalError: boom at 2" in res.stderr
+    assert outputs_of(res.stdout) == {"first": {"n": 2}}
+    assert show_json("r-fail", journal)["status"] == "failed"
+
+
+def test_run_with_a_known_id_returns_its_recorded_result(tmp_path: Path) -> None:
+    app_file, journal = write_app(tmp_path), tmp_path / "j.db"
+    assert invoke("run", app_file, "-i", '{"title": "a"}', "--run-id", "same", "--journal", journal).exit_code == 0
+    again = invoke("run", app_file, "-i", '{"title": "a"}', "--run-id", "same", "--journal", journal)
+    assert again.exit_code == 0
+    assert outputs_of(again.stdout)["writer"] == {"text": "about a"}
+    clash = invoke("run", app_file, "-i", '{"title": "b"}', "--run-id", "same", "--journal", journal)
+    assert clash.exit_code == 1
+    assert "already used" in clash.stderr and "Traceback" not in clash.output
+
+
+# -- roost runs list / show ---------------------------------------------------------------------
+
+
+def test_runs_list_and_show(tmp_path: Path) -> None:
+    app_file, journal = write_app(tmp_path), tmp_path / "j.db"
+    for run_id in ("r-a", "r-b"):
+        assert invoke("run", app_file, "-i", '{"title": "t"}', "--run-id", run_id, "--journal", journal).exit_code == 0
+
+    listed = invoke("runs", "list", "--journal", journal)
+    assert listed.exit_code == 0
+    assert "r-a" in listed.stdout and "r-b" in listed.stdout
+    assert listed.stdout.count("completed") == 2 and "pipeline" in listed.stdout
+    limited = invoke("runs", "list", "--limit", "1", "--journal", journal)
+    assert "r-b" in limited.stdout and "r-a" not in limited.stdout  # newest first
+
+    shown = invoke("runs", "show", "r-a", "--journal", journal)
+    assert shown.exit_code == 0
+    for text in ("completed", "writer", "editor", "publisher", "activations", "steps of publisher", '{"title":"t"}'):
+        assert text in shown.stdout
+
+    record = show_json("r-a", journal)
+    assert record["run_id"] == "r-a" and record["status"] == "completed" and record["app"] == "pipeline"
+    acts = record["activations"]
+    assert isinstance(acts, list)
+    assert [a["agent"] for a in acts] == ["writer", "editor", "publisher"]
+    assert acts[2]["output"] == {"text": "ABOUT T", "words": 2}
+    assert acts[0]["steps"][0]["kind"] == "step" and acts[0]["steps"][0]["status"] == "done"
+
+
+def test_runs_list_without_a_journal(tmp_path: Path) -> None:
+    res = invoke("runs", "list", "--journal", tmp_path / "none.db")
+    assert res.exit_code == 0
+    assert "no runs" in res.stdout
+    assert not (tmp_path / "none.db").exists()
+
+
+def test_unknown_run_id_exits_1_with_a_message(tmp_path: Path) -> None:
+    journal = tmp_path / "j.db"
+    assert invoke("run", write_app(tmp_path), "-i", '{"title": "t"}', "--journal", journal).exit_code == 0
+    for args in (("runs", "show", "nope"), ("runs", "resume", "nope"), ("resolve", "nope", "editor", "true")):
+        res = invoke(*args, "--journal", journal)
+        assert res.exit_code == 1, args
+        assert "no run with id 'nope'" in res.stderr
+        assert "Traceback" not in res.output
+    missing = invoke("runs", "show", "r", "--journal", tmp_path / "missing.db")
+    assert missing.exit_code == 1 and "no journal at" in missing.stderr
+
+
+# -- approvals: resolve and resume -------------------------------------------------------------
+
+
+def _wait_for(path: Path, text: str, proc: subprocess.Popen[bytes], timeout: float = 20.0) -> str:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        out = path.read_text() if path.exists() else ""
+        if text in out:
+            return out
+        if proc.poll() is not None:
+            break
+        time.sleep(0.05)
+    raise AssertionError(f"{text!r} not printed; output so far:\n{path.read_text()}")
+
+
+def _start_run(app_file: Path, journal: Path, run_id: str, out: Path) -> subprocess.Popen[bytes]:
+    with out.open("wb") as sink:
+        return subprocess.Popen(
+            [sys.executable, "-m", "roost.cli", "run", str(app_file), "--input", '{"title": "owls"}',
+             "--run-id", run_id, "--journal", str(journal)],
+            stdout=sink, stderr=subprocess.STDOUT, env={**os.environ, "COLUMNS": "200"},
+        )
+
+
+def test_resolve_resumes_an_orphaned_run(tmp_path: Path) -> None:
+    app_file, journal, out = write_app(tmp_path, approval=True), tmp_path / "j.db", tmp_path / "run.out"
+    proc = _start_run(app_file, journal, "r-orphan", out)
+    try:
+        text = _wait_for(out, "waiting for approval of 'editor'", proc)
+        assert "roost resolve r-orphan editor true|false" in text
+        assert f"--journal {journal}" in text
+    finally:
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=10)
+    assert proc.returncode == -signal.SIGKILL
+    assert show_json("r-orphan", journal)["waiting_on"] == ["editor"]
+
+    res = invoke("resolve", "r-orphan", "editor", "true", "--journal", journal)
+    assert res.exit_code == 0, res.output
+    assert "resuming it here" in res.stdout
+    assert outputs_of(res.stdout)["publisher"] == {"text": "ABOUT OWLS", "words": 2}
+
+    record = show_json("r-orphan", journal)
+    assert record["status"] == "completed" and record["waiting_on"] == []
+    shown = invoke("runs", "show", "r-orphan", "--journal", journal)
+    assert "completed" in shown.stdout
+
+
+def test_resolve_while_the_run_process_lives(tmp_path: Path) -> None:
+    app_file, journal, out = write_app(tmp_path, approval=True), tmp_path / "j.db", tmp_path / "run.out"
+    proc = _start_run(app_file, journal, "r-live", out)
+    try:
+        _wait_for(out, "waiting for approval of 'editor'", proc)
+        res = invoke("resolve", "r-live", "editor", "false", "--journal", journal)
+        assert res.exit_code == 0, res.output
+        assert f"the process running it (pid {proc.pid}) will continue" in res.stdout
+        assert proc.wait(timeout=15) == 0
+    finally:
+        if proc.poll() is None:
+            os.kill(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=10)
+    text = out.read_text()
+    assert "rejected  editor" in text
+    outputs = outputs_of(text)
+    assert "editor" in outputs and "publisher" not in outputs  # rejected: nothing downstream
+    assert show_json("r-live", journal)["status"] == "completed"
+    again = invoke("resolve", "r-live", "editor", "true", "--journal", journal)
+    assert again.exit_code == 1 and "nothing waits for 'editor'" in again.stderr
+
+
+async def _leave_waiting(app_file: Path, journal: Path, run_id: str) -> None:
+    """Start a run that waits for approval, then close its runtime as a stopped process would."""
+    app = load_app(str(app_file))
+    app.journal = journal
+    try:
+        handle = await app.start({"title": "owls"}, run_id)
+        assert await handle.approval(timeout=10) == "editor"
+    finally:
+        await app.aclose()
+
+
+async def _resolve_only(journal: Path, run_id: str) -> None:
+    async with (rt := LocalRuntime(journal, resume=False)):
+        await rt.resolve(run_id, "editor", True)
+
+
+def test_runs_resume(tmp_path: Path) -> None:
+    app_file, journal = write_app(tmp_path, approval=True), tmp_path / "j.db"
+    asyncio.run(_leave_waiting(app_file, journal, "r-stopped"))
+
+    listed = invoke("runs", "list", "--journal", journal)
+    assert "waiting (orphaned)" in listed.stdout
+    shown = invoke("runs", "show", "r-stopped", "--journal", journal)
+    assert "waiting on" in shown.stdout and "roost resolve r-stopped editor true|false" in shown.stdout
+
+    asyncio.run(_resolve_only(journal, "r-stopped"))
+    res = invoke("runs", "resume", "r-stopped", "--journal", journal)
+    assert res.exit_code == 0, res.output
+    assert outputs_of(res.stdout)["publisher"] == {"text": "ABOUT OWLS", "words": 2}
+    assert show_json("r-stopped", journal)["status"] == "completed"
+
+    again = invoke("runs", "resume", "r-stopped", "--journal", journal)  # finished: reports its result
+    assert again.exit_code == 0 and "run id: r-stopped" in again.stdout
+
+
+def test_resolve_and_resume_with_explicit_app(tmp_path: Path) -> None:
+    app_file, journal = write_app(tmp_path, approval=True), tmp_path / "j.db"
+    asyncio.run(_leave_waiting(app_file, journal, "r-moved"))
+    moved = tmp_path / "moved" / "pipeline.py"
+    moved.parent.mkdir()
+    app_file.rename(moved)
+
+    res = invoke("resolve", "r-moved", "editor", '{"approved": true}', "--journal", journal)
+    assert res.exit_code == 1 and "not found" in res.stderr  # the recorded app file is gone
+
+    res = invoke("runs", "resume", "r-moved", "--app", f"{moved}:pipeline", "--journal", journal)
+    assert res.exit_code == 0, res.output
+    assert outputs_of(res.stdout)["publisher"] == {"text": "ABOUT OWLS", "words": 2}
+
+    other = write_app(tmp_path, name="other", file="other.py")
+    asyncio.run(_leave_waiting(moved, journal, "r-moved-2"))
+    asyncio.run(_resolve_only(journal, "r-moved-2"))
+    wrong = invoke("runs", "resume", "r-moved-2", "--app", other, "--journal", journal)
+    assert wrong.exit_code == 1 and "belongs to app 'pipeline'" in wrong.stderr
+
+
+def test_resolve_parses_json_values(tmp_path: Path) -> None:
+    from roost.cli import _parse_value
+
+    assert _parse_value("true") is True
+    assert _parse_value("3") == 3
+    assert _parse_value('{"a": [1]}') == {"a": [1]}
+    assert _parse_value("looks good") == "looks good"
+
+
+# -- loading apps --------------------------------------------------------------------------------
+
+
+def test_load_app_by_file_and_attr(tmp_path: Path) -> None:
+    app_file = write_app(tmp_path)
+    app = load_app(str(app_file))
+    assert isinstance(app, App) and app.name == "pipeline"
+    assert app.app_ref == str(app_file.resolve())
+    assert load_app(f"{app_file}:pipeline").name == "pipeline"
+    assert split_ref("a/b.py:app") == ("a/b.py", "app")
+    assert split_ref("a/b.py") == ("a/b.py", None)
+    # each load is a fresh module, never __main__ (the file's main block would raise)
+    one, two = import_file(app_file), import_file(app_file)
+    assert one.__name__ != two.__name__ and "__main__" not in (one.__name__, two.__name__)
+
+
+def test_load_app_errors(tmp_path: Path) -> None:
+    journal = tmp_path / "j.db"
+    res = invoke("run", tmp_path / "missing.py", "-i", "{}", "--journal", journal)
+    assert res.exit_code == 1 and "not found" in res.stderr
+
+    empty = tmp_path / "empty.py"
+    empty.write_text("x = 1\n")
+    res = invoke("run", empty, "-i", "{}", "--journal", journal)
+    assert res.exit_code == 1 and "defines no roost.App" in res.stderr
+
+    res = invoke("run", f"{write_app(tmp_path)}:writer", "-i", "{}", "--journal", journal)
+    assert res.exit_code == 1 and "is not a roost.App" in res.stderr
+    res = invoke("run", f"{write_app(tmp_path)}:nothing", "-i", "{}", "--journal", journal)
+    assert res.exit_code == 1 and "no attribute 'nothing'" in res.stderr
+
+    broken = tmp_path / "broken.py"  # a RoostError while building the app: message, no traceback
+    broken.write_text("from roost import App\napp = App([])\n")
+    res = invoke("run", broken, "-i", "{}", "--journal", journal)
+    assert res.exit_code == 1 and "needs at least one agent" in res.stderr
+    assert "Traceback" not in res.output
+
+    several = tmp_path / "several.py"
+    several.write_text(PIPELINE.replace("{approval}", "").replace("{name}", "one")
+                       + "\nsecond = App([writer, editor, publisher], name='two')\n")
+    res = invoke("run", several, "-i", "{}", "--journal", journal)
+    assert res.exit_code == 1 and "several roost.App instances (pipeline, second)" in res.stderr
+    assert load_app(str(several), prefer_name="two").name == "two"
+    several.write_text(several.read_text() + "\napp = second\n")
+    assert load_app(str(several)).name == "two"  # 'app' wins when several
+    assert "Traceback" not in res.output
+
+
+def test_version() -> None:
+    res = invoke("--version")
+    assert res.exit_code == 0 and "0.1.0" in res.stdout
