@@ -16,6 +16,7 @@ import pydantic_core
 from pydantic import BaseModel
 
 from ._codec import adapter, fits, type_name
+from ._config import load_settings
 from ._graph import CompiledApp
 from .agent import Agent
 from .errors import ConfigError, InputValidationError, RunFailedError
@@ -58,7 +59,10 @@ class RunHandle:
                     if rec.status in FINISHED:
                         return None
                     event.clear()
-                    await event.wait()
+                    try:  # runtimes without in-process events (prod) are polled
+                        await asyncio.wait_for(event.wait(), 0.2)
+                    except TimeoutError:
+                        pass
         finally:
             listeners.remove(listener)
 
@@ -87,7 +91,8 @@ class App:
         self.name = name
         self.journal = journal
         self.durability = durability
-        self._runtime = runtime
+        self._given_runtime = runtime
+        self._runtime: DurableRuntime | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self.listeners: list[Listener] = []
         caller = inspect.stack(context=0)[1].filename
@@ -104,20 +109,23 @@ class App:
         if mode == "local":
             name = "local"
         elif mode == "prod":
-            name = os.environ.get("ROOST_RUNTIME") or "restate"
+            name = load_settings().runtime
         else:
             raise ConfigError(f"mode must be 'local' or 'prod', got {mode!r}")
         options: dict[str, Any] = {}
         if name == "local":
             options = {"path": self.journal, "durability": self.durability, "resume": resume}
         runtime = get_runtime(name, **options)
+        self._attach(runtime)
+        return runtime
+
+    def _attach(self, runtime: DurableRuntime) -> None:
         register = getattr(runtime, "register", None)
         if register is not None:
             register(self.compiled, self.app_ref)
         runtime_listeners: list[Listener] | None = getattr(runtime, "listeners", None)
-        if runtime_listeners is not None:
+        if runtime_listeners is not None and self._emit not in runtime_listeners:
             runtime_listeners.append(self._emit)
-        return runtime
 
     def _emit(self, data: dict[str, Any]) -> None:
         for listener in self.listeners:
@@ -130,7 +138,9 @@ class App:
         leaves them alone: the one-shot ``run``/``resolve`` calls do that)."""
         loop = asyncio.get_running_loop()
         if self._runtime is None or self._loop is not loop:
-            self._runtime = self._new_runtime(mode, resume=resume)
+            self._runtime = self._given_runtime or self._new_runtime(mode, resume=resume)
+            if self._given_runtime is not None:
+                self._attach(self._given_runtime)
             self._loop = loop
             await self._runtime.open()
         return self._runtime

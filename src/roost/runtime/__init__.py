@@ -29,12 +29,16 @@ __all__ = [
 # name -> (module, class, extra that installs its dependencies)
 _BACKENDS: dict[str, tuple[str, str, str | None]] = {
     "local": ("roost.runtime.local", "LocalRuntime", None),
+    "restate": ("roost.runtime.restate", "RestateRuntime", "restate"),
 }
-_PLANNED = {"restate", "temporal"}
+_PLANNED = {"temporal"}
 
 
 def get_runtime(name: str | None = None, **options: Any) -> DurableRuntime:
-    """A runtime by name (``local``; default from ``ROOST_RUNTIME``, else ``local``)."""
+    """A runtime by name (``local``, ``restate``; default from ``ROOST_RUNTIME``, else ``local``).
+
+    A backend whose optional dependencies are missing raises MissingExtraError with the
+    ``pip install`` command."""
     name = (name or os.environ.get("ROOST_RUNTIME") or "local").lower()
     if name not in _BACKENDS:
         if name in _PLANNED:
