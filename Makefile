@@ -12,15 +12,16 @@ $(BIN)/.roost-base: pyproject.toml
 	touch $@
 
 $(BIN)/.roost-dev: $(BIN)/.roost-base
-	$(BIN)/pip install -q -e ".[dev]"
+	$(BIN)/pip install -q -e ".[dev,restate]"
 	touch $@
 
 ## demo: set up and run the demo pipeline on the embedded runtime
 demo: $(BIN)/.roost-base
 	$(BIN)/python examples/newsroom.py
 
-## test: install what the tests need, lint, type-check, run the whole suite
+## test: install what the tests need (restate-server from npm under .roost/npm too), lint, type-check, run the whole suite
 test: $(BIN)/.roost-dev
+	$(BIN)/python -W ignore::RuntimeWarning:runpy -m roost.runtime.restate._server --install
 	$(BIN)/ruff check src tests bench examples
 	$(BIN)/mypy
 	$(BIN)/pytest

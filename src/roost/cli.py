@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import signal
 import sys
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import asdict
@@ -350,6 +351,71 @@ def resolve(run_id: str, name: str, value: str, app_ref: str | None, journal: Pa
     console.print("no process runs it any more: resuming it here", soft_wrap=True)
     record = _run_async(_resume(app, run_id, console, journal), run_id, journal)
     _report(app, record, console)
+
+
+# -- local servers of the production runtimes ---------------------------------------------------------
+
+
+@cli.group()
+def dev() -> None:
+    """Run a local server of a production runtime, for development."""
+
+
+def _port_option(name: str, default: int, what: str) -> Callable[[F], F]:
+    return click.option(name, default=default, show_default=True, type=click.IntRange(1, 65535), help=what)
+
+
+@dev.command("restate")
+@_port_option("--ingress-port", 8080, "Port of the ingress (where invocations are sent).")
+@_port_option("--admin-port", 9070, "Port of the admin API (deployments, queries).")
+@_port_option("--node-port", 5122, "Port of the node-to-node fabric.")
+@click.option("--data", type=click.Path(file_okay=False, path_type=Path), default=".roost/restate",
+              show_default=True, help="The server's data directory (kept between runs).")
+@click.option("--always-replay", is_flag=True,
+              help="Suspend and replay every invocation at each step (exposes non-deterministic code).")
+def dev_restate(ingress_port: int, admin_port: int, node_port: int, data: Path, always_replay: bool) -> None:
+    """Run restate-server on 127.0.0.1 in the foreground until Ctrl-C.
+
+    Installs restate-server under .roost/npm with npm when it is not found ($ROOST_RESTATE_SERVER,
+    PATH). Its log goes to DATA/restate.log.
+    """
+    from .runtime.restate._server import RestateServer, binary_version, find_restate_server
+
+    console = _stdout()
+    server: RestateServer | None = None
+
+    def on_sigterm(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, on_sigterm)
+    try:
+        binary = find_restate_server(install=True, announce=lambda line: _stderr().print(line, soft_wrap=True))
+        server = RestateServer(data, ingress_port=ingress_port, admin_port=admin_port, node_port=node_port,
+                               always_replay=always_replay, binary=binary)
+        server.start()
+        console.print(Text.assemble(("restate-server ", "bold"), binary_version(binary), f" running (pid {server.pid})",
+                                    " with always-replay" if always_replay else ""), soft_wrap=True)
+        console.print(f"  ingress  {server.ingress_url}", soft_wrap=True)
+        console.print(f"  admin    {server.admin_url}", soft_wrap=True)
+        console.print(f"  data     {data}   log {server.log_file}", soft_wrap=True)
+        console.print("Use it from another shell with:", soft_wrap=True)
+        console.print(f"  export ROOST_RUNTIME=restate ROOST_RESTATE_INGRESS={server.ingress_url} "
+                      f"ROOST_RESTATE_ADMIN={server.admin_url}", soft_wrap=True)
+        console.print("Ctrl-C stops it.", soft_wrap=True)
+        sys.stdout.flush()  # when piped, say it now rather than at exit
+        code = server.wait()
+        if code != 0:
+            raise CliError(f"restate-server exited with code {code}: see {server.log_file}")
+        console.print("restate-server exited", soft_wrap=True)
+    except KeyboardInterrupt:
+        if server is None:
+            raise click.Abort() from None
+        server.stop()
+        console.print("restate-server stopped", soft_wrap=True)
+    finally:
+        if server is not None:
+            server.stop()  # also when start() or printing failed
+        signal.signal(signal.SIGTERM, previous)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -1,22 +1,87 @@
 """The conformance suite: every DurableRuntime guarantee, run on every runtime.
 
-Backends add themselves to RUNTIMES (with whatever servers they need started once per session);
-tests receive ``make_app``, which builds an App bound to the runtime under test.
+``runtime_name`` is parametrized over RUNTIMES; servers start once per session from here
+(restate-server from the npm package, on free loopback ports with a temporary data dir).
+``restate-replay`` runs the same tests against a server that suspends and replays the
+invocation at every step, which catches non-determinism in the adapter.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import pytest
+import pytest_asyncio
 
 from roost import Agent, App
 
-RUNTIMES = ["local"]
+RUNTIMES = ["local", "restate", "restate-replay"]
 
 MakeApp = Callable[..., App]
+
+
+@pytest.fixture(scope="session")
+def restate_servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+    started: dict[str, Any] = {}
+
+    def get(kind: str) -> Any:
+        if kind not in started:
+            from roost.runtime.restate._server import RestateServer, free_port
+
+            server = RestateServer(tmp_path_factory.mktemp(kind), always_replay=kind == "restate-replay")
+            server.start()
+            started[kind] = (server, f"http://127.0.0.1:{free_port()}")
+        return started[kind]
+
+    yield {"get": get}
+    for server, _ in started.values():
+        server.stop()
+
+
+@pytest_asyncio.fixture(scope="session", loop_scope="session")
+async def restate_endpoints(restate_servers: dict[str, Any]) -> AsyncIterator[Callable[[str], tuple[Any, str]]]:
+    """Keeps each in-process endpoint serving for the whole session (apps come and go)."""
+    held: list[Any] = []
+
+    def get(kind: str) -> tuple[Any, str]:
+        return restate_servers["get"](kind)  # type: ignore[no-any-return]
+
+    async def hold(kind: str) -> None:
+        from roost import agent
+        from roost._graph import CompiledApp
+        from roost.runtime.restate._endpoint import serve_app
+
+        from .models import Idea
+
+        server, endpoint = get(kind)
+        placeholder = CompiledApp("holder", [agent("noop").contracts(input=Idea, output=Idea).engine(lambda i: i)], 10)
+        endpoint_server, _ = await serve_app(placeholder, endpoint=endpoint, admin=server.admin_url, register=False)
+        held.append(endpoint_server)
+
+    holders: dict[str, bool] = {}
+
+    async def ensure(kind: str) -> None:
+        if kind not in holders:
+            holders[kind] = True
+            await hold(kind)
+
+    get.ensure = ensure  # type: ignore[attr-defined]
+    yield get
+    from roost.runtime.restate._endpoint import release
+
+    for endpoint_server in held:
+        await release(endpoint_server)
+
+
+@pytest.fixture
+def uid() -> Callable[[str], str]:
+    """Run ids unique to this test (a Restate server keeps runs for the whole session)."""
+    import uuid
+
+    suffix = uuid.uuid4().hex[:8]
+    return lambda name: f"{name}-{suffix}"
 
 
 @pytest.fixture(params=RUNTIMES)
@@ -24,14 +89,27 @@ def runtime_name(request: pytest.FixtureRequest) -> str:
     return str(request.param)
 
 
-@pytest.fixture
-async def make_app(runtime_name: str, tmp_path: Path) -> AsyncIterator[MakeApp]:
+@pytest_asyncio.fixture(loop_scope="session")
+async def make_app(runtime_name: str, tmp_path: Path, request: pytest.FixtureRequest,
+                   restate_servers: dict[str, Any], restate_endpoints: Any) -> AsyncIterator[MakeApp]:
+    # Both restate fixtures are lazy: nothing starts unless a restate runtime is under test.
     apps: list[App] = []
+    servers = restate_servers if runtime_name.startswith("restate") else None
+    if servers is not None:
+        await restate_endpoints.ensure(runtime_name)
 
     def make(agents: Sequence[Agent], **options: Any) -> App:
         if runtime_name == "local":
             options.setdefault("journal", tmp_path / "journal.db")
-        app = App(agents, name=options.pop("name", f"app{len(apps)}"), **options)
+        else:
+            from roost.runtime.restate import RestateRuntime
+
+            assert servers is not None
+            server, endpoint = servers["get"](runtime_name)
+            options["runtime"] = RestateRuntime(ingress=server.ingress_url, admin=server.admin_url, endpoint=endpoint)
+        # Unique per test: the same name would re-register another test's services on Restate.
+        name = options.pop("name", f"{request.node.name.split('[')[0][5:35]}{len(apps)}").replace("_", "-")
+        app = App(agents, name=name, **options)
         apps.append(app)
         return app
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 
 import pytest
 
@@ -11,6 +12,9 @@ from roost.errors import RunConflictError
 
 from .conftest import MakeApp
 from .models import Draft, Idea, Review, Verdict
+
+# One event loop for the suite: the in-process Restate endpoint outlives each test.
+pytestmark = pytest.mark.asyncio(loop_scope="session")
 
 
 def pipeline(counts: dict[str, int]) -> list:
@@ -33,27 +37,27 @@ def pipeline(counts: dict[str, int]) -> list:
     return [writer, critic, editor]
 
 
-async def test_same_run_id_returns_recorded_result_without_reexecuting(make_app: MakeApp) -> None:
+async def test_same_run_id_returns_recorded_result_without_reexecuting(make_app: MakeApp, uid: Callable[[str], str]) -> None:
     counts: dict[str, int] = {}
     app = make_app(pipeline(counts))
-    first = await app.arun(Idea(topic="durable"), run_id="r1")
-    again = await app.arun({"topic": "durable"}, run_id="r1")
+    first = await app.arun(Idea(topic="durable"), run_id=uid("r1"))
+    again = await app.arun({"topic": "durable"}, run_id=uid("r1"))
     assert first["editor"] == again["editor"] == Verdict(publish=True, title="Durable")
     assert counts == {"writer": 1, "critic": 1, "editor": 1}
 
 
-async def test_same_run_id_with_other_input_is_a_conflict(make_app: MakeApp) -> None:
+async def test_same_run_id_with_other_input_is_a_conflict(make_app: MakeApp, uid: Callable[[str], str]) -> None:
     app = make_app(pipeline({}))
-    await app.arun(Idea(topic="one"), run_id="r1")
-    with pytest.raises(RunConflictError, match="r1"):
-        await app.arun(Idea(topic="two"), run_id="r1")
+    await app.arun(Idea(topic="one"), run_id=uid("r1"))
+    with pytest.raises(RunConflictError, match=uid("r1")):
+        await app.arun(Idea(topic="two"), run_id=uid("r1"))
 
 
-async def test_input_as_dict_or_json_and_bad_input_starts_nothing(make_app: MakeApp) -> None:
+async def test_input_as_dict_or_json_and_bad_input_starts_nothing(make_app: MakeApp, uid: Callable[[str], str]) -> None:
     app = make_app(pipeline({}))
     assert (await app.arun('{"topic": "json"}'))["writer"].title == "Json"
     with pytest.raises(InputValidationError, match="field topic: Field required") as info:
-        await app.arun({"topik": "x"}, run_id="never")
+        await app.arun({"topik": "x"}, run_id=uid("never"))
     assert info.value.agent == "writer"
     runtime = await app.runtime()
     assert "never" not in {r.run_id for r in await runtime.list_runs()}
@@ -61,19 +65,19 @@ async def test_input_as_dict_or_json_and_bad_input_starts_nothing(make_app: Make
         await app.arun("{nope")
 
 
-async def test_correlation_and_causation_are_recorded(make_app: MakeApp) -> None:
+async def test_correlation_and_causation_are_recorded(make_app: MakeApp, uid: Callable[[str], str]) -> None:
     app = make_app(pipeline({}))
-    result = await app.arun(Idea(topic="trace"), run_id="r-trace")
+    result = await app.arun(Idea(topic="trace"), run_id=uid("r-trace"))
     acts = {a.id: a for a in result.record.activations}
     by_agent = {a.agent: a for a in acts.values() if a.status == "completed"}
     assert by_agent["writer"].cause is None
     assert by_agent["critic"].cause == by_agent["writer"].id
     assert by_agent["editor"].cause in (by_agent["writer"].id, by_agent["critic"].id)
-    assert result.run_id == "r-trace" and result.record.run_id == "r-trace"
+    assert result.run_id == uid("r-trace") and result.record.run_id == uid("r-trace")
     assert set(result.timings) == {"writer", "critic", "editor"}
 
 
-async def test_failure_lets_running_branches_finish_and_starts_nothing_new(make_app: MakeApp) -> None:
+async def test_failure_lets_running_branches_finish_and_starts_nothing_new(make_app: MakeApp, uid: Callable[[str], str]) -> None:
     finished: list[str] = []
 
     def root(i: Idea) -> Draft:
@@ -97,10 +101,10 @@ async def test_failure_lets_running_branches_finish_and_starts_nothing_new(make_
     d = agent("after_slow").contracts(input=Review, output=Verdict).engine(after_slow).reacts_to(c)
     app = make_app([a, b, c, d])
     with pytest.raises(RunFailedError, match="broken critic") as info:
-        await app.arun(Idea(topic="x"), run_id="r-partial")
+        await app.arun(Idea(topic="x"), run_id=uid("r-partial"))
     assert info.value.agent == "boom"
     assert finished == ["slow"]
-    result = await app.aget("r-partial")
+    result = await app.aget(uid("r-partial"))
     assert result.status == "failed"
     assert result.agent_status["slow"] == "completed"
     assert result.error is not None and result.error.agent == "boom"

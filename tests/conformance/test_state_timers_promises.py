@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 
 import pytest
 
@@ -11,6 +12,9 @@ from roost.errors import PromiseError
 
 from .conftest import MakeApp
 from .models import Count, Done, Draft, Idea, Verdict
+
+# One event loop for the suite: the in-process Restate endpoint outlives each test.
+pytestmark = pytest.mark.asyncio(loop_scope="session")
 
 
 async def test_state_is_per_entity_and_survives_activations(make_app: MakeApp) -> None:
@@ -26,7 +30,8 @@ async def test_state_is_per_entity_and_survives_activations(make_app: MakeApp) -
     probe: list[object] = []
 
     async def read(c: Count, ctx: DurableContext) -> Done:
-        probe.append(await ctx.state.get("seen"))
+        # Orchestration code may be replayed: side effects go in a step.
+        await ctx.step("probe", probe.append, await ctx.state.get("seen"))
         return Done(value="ok")
 
     reader = agent("reader").contracts(input=Count, output=Done).engine(read).reacts_to(step, when=lambda c: c.n == 4)
@@ -38,7 +43,7 @@ async def test_state_is_per_entity_and_survives_activations(make_app: MakeApp) -
 
     async def tally2(c: Count, ctx: DurableContext) -> Count:
         seen = await ctx.state.get("seen", [])
-        spy.append(list(seen))
+        await ctx.step("spy", spy.append, list(seen))
         ctx.state.set("seen", [*seen, c.n])
         return Count(n=c.n + 1)
 
@@ -49,7 +54,7 @@ async def test_state_is_per_entity_and_survives_activations(make_app: MakeApp) -
     assert spy == [[], [0], [0, 1]]
 
 
-async def test_keyed_entity_state_lives_across_runs(make_app: MakeApp) -> None:
+async def test_keyed_entity_state_lives_across_runs(make_app: MakeApp, uid: Callable[[str], str]) -> None:
     async def remember(i: Idea, ctx: DurableContext) -> Count:
         n = await ctx.state.get("count", 0) + 1
         ctx.state.set("count", n)
@@ -58,36 +63,37 @@ async def test_keyed_entity_state_lives_across_runs(make_app: MakeApp) -> None:
     a = agent("memo").contracts(input=Idea, output=Count).engine(remember).keyed_by(lambda i: i.topic)
     app = make_app([a])
     assert (await app.arun(Idea(topic="u1")))["memo"].n == 1
-    assert (await app.arun(Idea(topic="u1"), run_id="second"))["memo"].n == 2
+    assert (await app.arun(Idea(topic="u1"), run_id=uid("second")))["memo"].n == 2
     assert (await app.arun(Idea(topic="u2")))["memo"].n == 1
 
 
 async def test_durable_timer_sleeps(make_app: MakeApp) -> None:
     async def nap(i: Idea, ctx: DurableContext) -> Done:
-        t0 = time.monotonic()
+        t0 = await ctx.now()
         await ctx.sleep(0.3)
-        return Done(value=f"{time.monotonic() - t0:.3f}")
+        t1 = await ctx.now()
+        return Done(value=f"{(t1 - t0).total_seconds():.3f}")
 
     app = make_app([agent("nap").contracts(input=Idea, output=Done).engine(nap)])
     assert float((await app.arun(Idea(topic="x")))["nap"].value) >= 0.29
 
 
-async def test_promise_resolved_from_outside(make_app: MakeApp) -> None:
+async def test_promise_resolved_from_outside(make_app: MakeApp, uid: Callable[[str], str]) -> None:
     async def wait(i: Idea, ctx: DurableContext) -> Done:
         value = await ctx.promise("go")
         early = await ctx.promise("early")
         return Done(value=f"{value['word']}-{early}")
 
     app = make_app([agent("w").contracts(input=Idea, output=Done).engine(wait)])
-    handle = await app.start(Idea(topic="x"), run_id="r-p")
-    await app.aresolve("r-p", "early", 7)  # resolving before anyone waits is kept
+    handle = await app.start(Idea(topic="x"), run_id=uid("r-p"))
+    await app.aresolve(uid("r-p"), "early", 7)  # resolving before anyone waits is kept
     assert await handle.approval(timeout=5) == "go"
     assert (await handle.record()).status == "waiting"
-    await app.aresolve("r-p", "go", {"word": "hi"})
+    await app.aresolve(uid("r-p"), "go", {"word": "hi"})
     result = await handle.result(timeout=5)
     assert result["w"] == Done(value="hi-7")
     with pytest.raises(PromiseError):
-        await app.aresolve("r-p", "go", {"word": "again"})
+        await app.aresolve(uid("r-p"), "go", {"word": "again"})
 
 
 async def test_double_resolve_is_refused(make_app: MakeApp) -> None:

@@ -1,0 +1,182 @@
+"""DurableContext on Restate: each call maps onto the Restate SDK's journaled operations."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime, timedelta
+from typing import Any, TypeVar
+
+import restate
+
+from ..._activation import Message, check_input
+from ..._codec import dumps, revive
+from ..._graph import CompiledApp, entity_key, message_id
+from ...errors import RetryableError, SerializationError, StepFailedError, TerminalError
+from .._base import DurableContext, State, StepInfo
+from .._retry import RetryPolicy, seconds
+from .._steps import call_step, return_type
+from ._errors import describe, to_restate
+from ._names import ACTIVATE, LEDGER, agent_service
+
+T = TypeVar("T")
+
+# Attempts per step idempotency key, in this process: Restate retries a step in a new attempt
+# of the invocation, so the count lives outside it (it restarts if the process dies).
+_ATTEMPTS: dict[str, int] = {}
+
+
+class RestateState(State):
+    """Virtual Object state of the agent's entity; Restate commits it with the invocation."""
+
+    def __init__(self, ctx: restate.ObjectContext) -> None:
+        self._ctx = ctx
+
+    async def get(self, key: str, default: Any = None) -> Any:
+        value = await self._ctx.get(key, type_hint=object)
+        return default if value is None else value
+
+    def set(self, key: str, value: Any) -> None:
+        self._ctx.set(key, json.loads(dumps(value, what=f"state {key!r}")))
+
+    def clear(self, key: str) -> None:
+        self._ctx.clear(key)
+
+    async def keys(self) -> list[str]:
+        return sorted(k for k in await self._ctx.state_keys() if not k.startswith("__roost."))
+
+
+def encode_message(msg: Message) -> bytes:
+    return json.dumps({
+        "id": msg.id, "run_id": msg.run_id, "target": msg.target, "kind": msg.kind, "payload": msg.payload,
+        "cause": msg.cause, "meta": msg.meta,
+    }).encode()
+
+
+def decode_message(data: dict[str, Any]) -> Message:
+    return Message(data["id"], data["run_id"], data["target"], data["kind"], data.get("payload"),
+                   data.get("cause"), data.get("meta") or {})
+
+
+class RestateContext(DurableContext):
+    def __init__(self, ctx: restate.ObjectContext, app: CompiledApp, msg: Message, key: str) -> None:
+        self._ctx = ctx
+        self._app = app
+        self._msg = msg
+        self.run_id = msg.run_id
+        self.agent = msg.target
+        self.activation_id = msg.id
+        self.caused_by = msg.cause
+        self.key = key
+        self._state = RestateState(ctx)
+        self._position = 0
+        self.produced: list[str] = []
+        self.attempts = 1
+        self.started: float | None = None
+        self.finished: float | None = None
+
+    @property
+    def state(self) -> RestateState:
+        return self._state
+
+    def _next(self) -> int:
+        self._position += 1
+        return self._position - 1
+
+    async def step(self, name: str, fn: Callable[..., T] | Callable[..., Awaitable[T]], *args: Any,
+                   retry: RetryPolicy | None = None, **kwargs: Any) -> T:
+        pos = self._next()
+        policy = retry or self._app.specs[self.agent].retry
+        key = f"{self.run_id}/{self.activation_id}/{pos}"
+        async def action() -> dict[str, Any]:
+            # Runs only until Restate has journaled its result; the timings and attempt travel
+            # with the result, so replays see the same values.
+            attempt = _ATTEMPTS[key] = _ATTEMPTS.get(key, 0) + 1
+            t0 = time.time()
+            try:
+                result = await call_step(fn, args, kwargs, StepInfo(self.run_id, self.agent, name, attempt, key))
+                encoded = dumps(result, what=f"run {self.run_id!r}, agent {self.agent!r}, step {name!r}")
+            except SerializationError as exc:
+                raise to_restate(exc, attempt=attempt, retryable=False) from None
+            except Exception as exc:
+                retryable = policy.is_retryable(exc) and attempt < policy.max_attempts
+                if retryable and isinstance(exc, RetryableError) and exc.retry_after:
+                    # Restate 1.3 did not apply its delay override here; wait within the attempt.
+                    await asyncio.sleep(exc.retry_after)
+                raise to_restate(exc, attempt=attempt, retryable=policy.is_retryable(exc)) from exc
+            _ATTEMPTS.pop(key, None)
+            return {"v": json.loads(encoded), "t0": t0, "t1": time.time(), "n": attempt}
+
+        options: restate.RunOptions[dict[str, Any]] = restate.RunOptions(
+            max_attempts=policy.max_attempts,
+            initial_retry_interval=timedelta(seconds=policy.initial_interval),
+            retry_interval_factor=policy.backoff,
+            max_retry_interval=timedelta(seconds=policy.max_interval),
+        )
+        try:
+            done = await self._ctx.run_typed(name, action, options)
+        except restate.TerminalError as exc:
+            _ATTEMPTS.pop(key, None)
+            info = describe(exc)
+            attempts = int(info.get("attempt") or policy.max_attempts)
+            self.attempts = max(self.attempts, attempts)
+            cause = _Remote(info.get("type", "Error"), info.get("message", ""))
+            raise StepFailedError(run_id=self.run_id, agent=self.agent, step=name, attempts=attempts, cause=cause) from None
+        self.attempts = max(self.attempts, int(done.get("n", 1)))
+        self.started = done["t0"] if self.started is None else self.started
+        self.finished = done["t1"]
+        return revive(done["v"], return_type(fn))  # type: ignore[no-any-return]
+
+    async def sleep(self, duration: float | timedelta) -> None:
+        await self._ctx.sleep(timedelta(seconds=seconds(duration)))
+
+    async def now(self) -> datetime:
+        return datetime.fromtimestamp(await self._ctx.time(), tz=UTC)
+
+    async def promise(self, name: str) -> Any:
+        awakeable_id, future = self._ctx.awakeable(type_hint=object)
+        self._ctx.generic_send(LEDGER, "wait", json.dumps({"name": name, "awakeable": awakeable_id, "agent": self.agent,
+                                                           "activation": self.activation_id}).encode(), key=self.run_id)
+        return await future
+
+    def _message(self, agent: str, payload: Any, kind: str, meta: dict[str, Any]) -> Message:
+        spec = self._app.specs.get(agent)
+        if spec is None:
+            raise TerminalError(f"run {self.run_id!r}: agent {self.agent!r} sent a message to unknown agent {agent!r}")
+        if spec.kind != "single":
+            raise TerminalError(f"run {self.run_id!r}: agent {agent!r} converges inputs and cannot be sent messages")
+        check_input(spec, spec.input_type, payload, source=self.agent, run_id=self.run_id)
+        body = json.loads(dumps(payload, what=f"message from {self.agent!r} to {agent!r}"))
+        msg = Message(message_id(agent, self.activation_id, kind, self._next()), self.run_id, agent, kind, body,
+                      self.activation_id, {"from": self.agent, **meta})
+        self.produced.append(msg.id)
+        return msg
+
+    def deliver(self, msg: Message, delay: float | None = None) -> None:
+        """One-way message to an agent's entity (what reacts_to compiles to)."""
+        spec = self._app.specs[msg.target]
+        key = spec.key_fn(revive(msg.payload, spec.input_type)) if spec.key_fn and msg.kind != "contribution" \
+            else entity_key(msg.run_id, msg.meta)
+        self._ctx.generic_send(agent_service(self._app.name, msg.target), ACTIVATE, encode_message(msg), key=str(key),
+                               send_delay=timedelta(seconds=delay) if delay else None)
+
+    async def send(self, agent: str, payload: Any, *, delay: float | timedelta | None = None) -> None:
+        self.deliver(self._message(agent, payload, "send", {}), seconds(delay) if delay else None)
+
+    async def call(self, agent: str, payload: Any) -> Any:
+        msg = self._message(agent, payload, "call", {})
+        spec = self._app.specs[agent]
+        key = entity_key(msg.run_id, msg.meta)
+        raw = await self._ctx.generic_call(agent_service(self._app.name, agent), ACTIVATE, encode_message(msg), key=key)
+        return revive(json.loads(raw)["output"], spec.output_type)
+
+
+class _Remote(Exception):
+    """The last exception of a step whose attempts ran in another process or attempt."""
+
+    def __init__(self, kind: str, message: str) -> None:
+        super().__init__(message)
+        self.kind = kind
+

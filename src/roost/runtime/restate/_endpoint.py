@@ -1,0 +1,122 @@
+"""Serving apps as a Restate endpoint, in this process.
+
+One hypercorn server per address serves every app version this process hosts; each version
+lives under its own path (``/v/<version>``) and is registered with Restate at that URI, so
+invocations already running keep the version that started them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import restate
+
+from ... import __version__
+from ..._graph import CompiledApp
+from ._http import serve_asgi
+from ._server import aregister_deployment
+from ._services import services
+
+ASGI = Callable[[dict[str, Any], Callable[[], Awaitable[Any]], Callable[[Any], Awaitable[None]]], Awaitable[None]]
+
+
+def code_version(app: CompiledApp, app_ref: str | None) -> str:
+    """Changes when the wiring, roost, or the source file that built the app changes
+    (``ROOST_CODE_VERSION`` overrides it, e.g. with a git commit)."""
+    explicit = os.environ.get("ROOST_CODE_VERSION")
+    if explicit:
+        return explicit
+    h = hashlib.blake2b(digest_size=6)
+    h.update(f"{app.name}|{app.fingerprint}|{__version__}".encode())
+    if app_ref and Path(app_ref).is_file():
+        h.update(Path(app_ref).read_bytes())
+    return h.hexdigest()
+
+
+class EndpointServer:
+    """A hypercorn server dispatching ``/v/<version>/...`` to that version's Restate app."""
+
+    def __init__(self, host: str, port: int) -> None:
+        self.host, self.port = host, port
+        self.routes: dict[str, ASGI] = {}
+        self._shutdown = asyncio.Event()
+        self._ready = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self.users = 0
+
+    async def __call__(self, scope: dict[str, Any], receive: Callable[[], Awaitable[Any]],
+                       send: Callable[[Any], Awaitable[None]]) -> None:
+        if scope["type"] == "lifespan":
+            while True:
+                message = await receive()
+                if message["type"] == "lifespan.startup":
+                    await send({"type": "lifespan.startup.complete"})
+                elif message["type"] == "lifespan.shutdown":
+                    await send({"type": "lifespan.shutdown.complete"})
+                    return
+        parts = scope.get("path", "").split("/")
+        app = self.routes.get(parts[2]) if len(parts) > 2 and parts[1] == "v" else None
+        if app is None:
+            await send({"type": "http.response.start", "status": 404, "headers": []})
+            await send({"type": "http.response.body", "body": b"no such roost app version"})
+            return
+        await app(scope, receive, send)
+
+    async def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.create_task(
+                serve_asgi(self, host=self.host, port=self.port, shutdown=self._shutdown, ready=self._ready))
+        waiter = asyncio.create_task(self._ready.wait())
+        done, _ = await asyncio.wait({waiter, self._task}, return_when=asyncio.FIRST_COMPLETED, timeout=10)
+        if self._task in done:
+            waiter.cancel()
+            self._task.result()  # raises why serving failed (port taken, ...)
+        if not self._ready.is_set():
+            raise TimeoutError(f"the roost endpoint did not start listening on {self.host}:{self.port}")
+
+    async def stop(self) -> None:
+        self._shutdown.set()
+        if self._task is not None:
+            try:
+                await asyncio.wait_for(self._task, 5)
+            except (TimeoutError, asyncio.CancelledError):
+                self._task.cancel()
+            self._task = None
+
+
+_SERVERS: dict[tuple[asyncio.AbstractEventLoop, str, int], EndpointServer] = {}
+
+
+async def serve_app(app: CompiledApp, *, endpoint: str, admin: str, app_ref: str | None = None,
+                    identity_keys: list[str] | None = None, register: bool = True) -> tuple[EndpointServer, str]:
+    """Serve ``app`` at ``endpoint`` (shared per address in this process) and register it."""
+    url = urlsplit(endpoint)
+    host, port = url.hostname or "127.0.0.1", url.port or 9080
+    key = (asyncio.get_running_loop(), host, port)
+    server = _SERVERS.get(key)
+    if server is None:
+        server = _SERVERS[key] = EndpointServer(host, port)
+    version = code_version(app, app_ref)
+    # The latest app object of a version wins (same code, or a test re-using an app name).
+    server.routes[version] = restate.app(services(app), identity_keys=identity_keys or None)
+    server.users += 1
+    await server.start()
+    uri = f"http://{host}:{port}/v/{version}"
+    if register:
+        await aregister_deployment(admin, uri)
+    return server, uri
+
+
+async def release(server: EndpointServer) -> None:
+    server.users -= 1
+    if server.users <= 0:
+        for k, v in list(_SERVERS.items()):
+            if v is server:
+                del _SERVERS[k]
+        await server.stop()

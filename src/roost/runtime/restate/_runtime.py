@@ -1,0 +1,191 @@
+"""RestateRuntime: runs apps on a Restate server (the default for ``mode="prod"``)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from typing import Any
+
+import httpx
+
+from ..._config import RestateSettings, load_settings
+from ..._graph import CompiledApp
+from ...errors import ConfigError, PromiseError, RunConflictError, RunNotFoundError
+from ...result import FINISHED, ActivationRecord, RunRecord
+from .._base import DurableRuntime, RunSummary, Submission
+from ._endpoint import EndpointServer, release, serve_app
+from ._names import LEDGER, RUN
+from ._server import aadmin_query
+from ._services import entry_messages
+
+
+class RestateRuntime(DurableRuntime):
+    """Talks to Restate's ingress; unless ``serve=False``, also serves the registered apps from
+    this process (HTTP/2, hypercorn) and registers them with Restate's admin API."""
+
+    name = "restate"
+
+    def __init__(self, *, ingress: str | None = None, admin: str | None = None, endpoint: str | None = None,
+                 serve: bool | None = None, identity_keys: list[str] | None = None) -> None:
+        base = load_settings().restate
+        self.settings = RestateSettings(
+            ingress=(ingress or base.ingress).rstrip("/"),
+            admin=(admin or base.admin).rstrip("/"),
+            endpoint=endpoint or base.endpoint,
+            serve=base.serve if serve is None else serve,
+            identity_keys=identity_keys if identity_keys is not None else base.identity_keys,
+        )
+        self.apps: dict[str, CompiledApp] = {}
+        self.app_refs: dict[str, str | None] = {}
+        self._client: httpx.AsyncClient | None = None
+        self._servers: list[EndpointServer] = []
+
+    def register(self, app: CompiledApp, app_ref: str | None = None) -> None:
+        self.apps[app.name] = app
+        self.app_refs[app.name] = app_ref
+
+    @property
+    def client(self) -> httpx.AsyncClient:
+        if self._client is None:
+            raise ConfigError("the restate runtime is not open")
+        return self._client
+
+    async def open(self) -> None:
+        if self._client is not None:
+            return
+        self._client = httpx.AsyncClient(timeout=httpx.Timeout(30.0, read=None))
+        if self.settings.serve:
+            for name, app in self.apps.items():
+                server, _ = await self._guard(serve_app(
+                    app, endpoint=self.settings.endpoint, admin=self.settings.admin, app_ref=self.app_refs.get(name),
+                    identity_keys=self.settings.identity_keys))
+                self._servers.append(server)
+
+    async def close(self) -> None:
+        for server in self._servers:
+            await release(server)
+        self._servers.clear()
+        if self._client is not None:
+            await self._client.aclose()
+            self._client = None
+
+    async def _guard(self, awaitable: Any) -> Any:
+        try:
+            return await awaitable
+        except httpx.ConnectError as exc:
+            raise ConfigError(
+                f"cannot reach Restate (ingress {self.settings.ingress}, admin {self.settings.admin}): {exc}. "
+                "Start a local server with 'roost dev restate', or set ROOST_RESTATE_INGRESS/ROOST_RESTATE_ADMIN"
+            ) from exc
+
+    async def _post(self, path: str, body: Any) -> httpx.Response:
+        resp: httpx.Response = await self._guard(self.client.post(f"{self.settings.ingress}/{path}", json=body))
+        return resp
+
+    async def _ledger(self, run_id: str) -> dict[str, Any] | None:
+        resp = await self._post(f"{LEDGER}/{_quote(run_id)}/get", None)
+        if resp.status_code != 200:
+            raise ConfigError(f"Restate answered {resp.status_code} reading run {run_id!r}: {resp.text}")
+        data: dict[str, Any] | None = resp.json() if resp.content else None
+        return data
+
+    # -- runs -------------------------------------------------------------------------------
+
+    async def submit(self, submission: Submission) -> bool:
+        app, run_id = submission.app, submission.run_id
+        self.register(app, self.app_refs.get(app.name))
+        body = {
+            "run_id": run_id, "app": app.name, "fingerprint": app.fingerprint,
+            "input": json.loads(submission.input_json), "input_hash": submission.input_hash,
+            "created_at": time.time(), "max_activations": app.max_activations,
+            "entries": entry_messages(app, run_id, submission.entries),
+        }
+        # The workflow first (it only waits for the ledger's word), then the ledger, which
+        # records the run and sends the entry messages before this call returns.
+        resp = await self._post(f"{RUN}/{_quote(run_id)}/run/send", {})
+        if resp.status_code not in (200, 202):
+            raise ConfigError(f"Restate refused to start run {run_id!r} ({resp.status_code}): {resp.text}")
+        resp = await self._post(f"{LEDGER}/{_quote(run_id)}/start", body)
+        if resp.status_code != 200:
+            raise ConfigError(f"Restate refused to record run {run_id!r} ({resp.status_code}): {resp.text}")
+        answer = resp.json()
+        if not answer["created"] and (answer["app"] != app.name or answer["input_hash"] != submission.input_hash):
+            raise RunConflictError(
+                f"run id {run_id!r} is already used by a run of app {answer['app']!r} with a different input; "
+                "a run id names one run: use a new id for new input", run_id=run_id)
+        return bool(answer["created"])
+
+    async def wait(self, run_id: str, timeout: float | None = None) -> RunRecord:
+        url = f"{self.settings.ingress}/restate/workflow/{RUN}/{_quote(run_id)}/attach"
+        try:
+            resp = await asyncio.wait_for(self._guard(self.client.get(url)), timeout)
+        except TimeoutError:
+            raise TimeoutError(f"run {run_id!r} did not finish within {timeout} s") from None
+        if resp.status_code == 404:
+            raise RunNotFoundError(run_id)
+        record = await self.get(run_id)
+        if record.status not in FINISHED:  # the workflow answered before the ledger's last write
+            for _ in range(50):
+                await asyncio.sleep(0.02)
+                record = await self.get(run_id)
+                if record.status in FINISHED:
+                    break
+        return record
+
+    async def get(self, run_id: str) -> RunRecord:
+        run = await self._ledger(run_id)
+        if run is None:
+            raise RunNotFoundError(run_id)
+        acts = [
+            ActivationRecord(
+                id=a["id"], agent=a["agent"], kind=a["kind"], status=a["status"], cause=a.get("cause"),
+                started_at=a.get("started"), finished_at=a.get("finished"), attempts=a.get("attempts", 0),
+                output=a.get("output"), error=a.get("error"),
+            )
+            for a in run["activations"].values()
+        ]
+        done = set(run["done"])
+        acts += [ActivationRecord(id=m, agent=m.split(":", 1)[0], kind="?", status="pending")
+                 for m in run["expected"] if m not in done]
+        waiting = [w["name"] for w in run.get("waiting", [])]
+        status = run["status"]
+        if status == "running" and waiting:
+            status = "waiting"
+        return RunRecord(run_id=run_id, app=run["app"], status=status, runtime="restate", input=run.get("input"),
+                         created_at=run["created_at"], finished_at=run.get("finished_at"), error=run.get("error"),
+                         activations=acts, waiting_on=waiting)
+
+    async def list_runs(self, limit: int = 50) -> list[RunSummary]:
+        rows = await self._guard(aadmin_query(
+            self.settings.admin,
+            f"SELECT target_service_key AS run_id, created_at FROM sys_invocation WHERE target_service_name = '{RUN}' "
+            f"AND target_handler_name = 'run' ORDER BY created_at DESC LIMIT {int(limit)}"))
+        out = []
+        for row in rows:
+            rec = await self.get(row["run_id"])
+            out.append(RunSummary(rec.run_id, rec.app, rec.status, rec.created_at, rec.finished_at, "restate"))
+        return out
+
+    async def resolve(self, run_id: str, name: str, value: Any) -> None:
+        resp = await self._post(f"{LEDGER}/{_quote(run_id)}/resolve", {"name": name, "value": value})
+        answer = resp.json() if resp.status_code == 200 else {"error": resp.text}
+        error = answer.get("error")
+        if error == "not_found":
+            raise RunNotFoundError(run_id)
+        if error == "finished":
+            raise PromiseError(f"run {run_id!r} is {answer.get('status')}: nothing waits for {name!r}", run_id=run_id)
+        if error == "resolved":
+            raise PromiseError(f"{name!r} of run {run_id!r} is resolved already", run_id=run_id)
+        if error:
+            raise PromiseError(f"resolving {name!r} of run {run_id!r} failed: {error}", run_id=run_id)
+
+    async def resume(self, app: CompiledApp, run_id: str) -> None:
+        # Restate resumes invocations by itself once an endpoint serves them again.
+        self.register(app, self.app_refs.get(app.name))
+        if await self._ledger(run_id) is None:
+            raise RunNotFoundError(run_id)
+
+
+def _quote(key: str) -> str:
+    return httpx.URL("http://x/").copy_with(path="/" + key).raw_path.decode().lstrip("/")
