@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import json
+from datetime import timedelta
 from typing import Any
 
 import restate
@@ -23,6 +24,14 @@ from .._base import RunAborted
 from ._context import RestateContext, decode_message, encode_message
 from ._names import ACTIVATE, LEDGER, RUN, agent_service
 
+# How Restate retries an invocation whose endpoint failed or vanished (a killed process, a
+# restart): quickly at first and at most every second, so a run resumes within about a second
+# of its endpoint coming back. Never given up: roost's own errors are terminal, so only
+# infrastructure failures are retried here.
+RETRY = restate.InvocationRetryPolicy(
+    initial_interval=timedelta(milliseconds=100), exponentiation_factor=2.0, max_interval=timedelta(seconds=1),
+)
+
 
 def _error(agent: str, step: str | None, attempts: int, exc: BaseException) -> dict[str, Any]:
     kind = getattr(exc, "kind", None) or type(exc).__name__
@@ -30,7 +39,7 @@ def _error(agent: str, step: str | None, attempts: int, exc: BaseException) -> d
 
 
 def agent_object(app: CompiledApp, agent: str) -> restate.VirtualObject:
-    obj = restate.VirtualObject(agent_service(app.name, agent))
+    obj = restate.VirtualObject(agent_service(app.name, agent), invocation_retry_policy=RETRY)
 
     @obj.handler(name=ACTIVATE)
     async def activate(ctx: restate.ObjectContext, raw: dict[str, Any]) -> dict[str, Any]:
@@ -75,7 +84,7 @@ def _finished(state: dict[str, Any]) -> bool:
 
 
 def ledger_object() -> restate.VirtualObject:
-    obj = restate.VirtualObject(LEDGER)
+    obj = restate.VirtualObject(LEDGER, invocation_retry_policy=RETRY)
 
     async def load(ctx: restate.ObjectSharedContext | restate.ObjectContext) -> dict[str, Any] | None:
         return await ctx.get("run", type_hint=dict)
@@ -163,7 +172,7 @@ def ledger_object() -> restate.VirtualObject:
 
 
 def run_workflow() -> restate.Workflow:
-    wf = restate.Workflow(RUN)
+    wf = restate.Workflow(RUN, invocation_retry_policy=RETRY)
 
     @wf.main()
     async def run(ctx: restate.WorkflowContext, _: dict[str, Any]) -> dict[str, Any]:
