@@ -7,6 +7,7 @@
     ├── InputValidationError       a run input does not fit the entry contract (no run started)
     ├── ConfigError                a setting or runtime name is wrong
     │   └── MissingExtraError      an optional backend is not installed (says what to pip install)
+    ├── BackendError               a prod runtime (Restate, Temporal) cannot be reached or refused a request
     ├── JournalError               the journal cannot be used as it is
     │   ├── JournalVersionError    written by an incompatible roost version
     │   └── NonDeterminismError    replay asked for something other than what was recorded
@@ -32,6 +33,7 @@ from typing import Any
 
 __all__ = [
     "ActivationLimitError",
+    "BackendError",
     "ConfigError",
     "ContractViolationError",
     "DefinitionError",
@@ -80,6 +82,10 @@ class MissingExtraError(ConfigError):
     def __init__(self, feature: str, extra: str) -> None:
         super().__init__(f'{feature} needs the optional dependencies: pip install "roost[{extra}]"')
         self.extra = extra
+
+
+class BackendError(RoostError):
+    """A prod runtime's server cannot be reached, or answered a request with an error."""
 
 
 class JournalError(RoostError):

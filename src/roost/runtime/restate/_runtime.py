@@ -11,7 +11,7 @@ import httpx
 
 from ..._config import RestateSettings, load_settings
 from ..._graph import CompiledApp
-from ...errors import ConfigError, PromiseError, RunConflictError, RunNotFoundError
+from ...errors import BackendError, ConfigError, PromiseError, RunConflictError, RunNotFoundError
 from ...result import FINISHED, ActivationRecord, RunRecord
 from .._base import DurableRuntime, RunSummary, Submission
 from ._endpoint import EndpointServer, release, serve_app
@@ -71,13 +71,16 @@ class RestateRuntime(DurableRuntime):
             self._client = None
 
     async def _guard(self, awaitable: Any) -> Any:
+        """Translate transport failures into roost errors (users never see httpx's)."""
         try:
             return await awaitable
         except httpx.ConnectError as exc:
-            raise ConfigError(
+            raise BackendError(
                 f"cannot reach Restate (ingress {self.settings.ingress}, admin {self.settings.admin}): {exc}. "
                 "Start a local server with 'roost dev restate', or set ROOST_RESTATE_INGRESS/ROOST_RESTATE_ADMIN"
             ) from exc
+        except httpx.HTTPError as exc:
+            raise BackendError(f"talking to Restate failed: {type(exc).__name__}: {exc}") from exc
 
     async def _post(self, path: str, body: Any) -> httpx.Response:
         resp: httpx.Response = await self._guard(self.client.post(f"{self.settings.ingress}/{path}", json=body))
@@ -86,7 +89,7 @@ class RestateRuntime(DurableRuntime):
     async def _ledger(self, run_id: str) -> dict[str, Any] | None:
         resp = await self._post(f"{LEDGER}/{_quote(run_id)}/get", None)
         if resp.status_code != 200:
-            raise ConfigError(f"Restate answered {resp.status_code} reading run {run_id!r}: {resp.text}")
+            raise BackendError(f"Restate answered {resp.status_code} reading run {run_id!r}: {resp.text}")
         data: dict[str, Any] | None = resp.json() if resp.content else None
         return data
 
@@ -105,10 +108,10 @@ class RestateRuntime(DurableRuntime):
         # records the run and sends the entry messages before this call returns.
         resp = await self._post(f"{RUN}/{_quote(run_id)}/run/send", {})
         if resp.status_code not in (200, 202):
-            raise ConfigError(f"Restate refused to start run {run_id!r} ({resp.status_code}): {resp.text}")
+            raise BackendError(f"Restate refused to start run {run_id!r} ({resp.status_code}): {resp.text}")
         resp = await self._post(f"{LEDGER}/{_quote(run_id)}/start", body)
         if resp.status_code != 200:
-            raise ConfigError(f"Restate refused to record run {run_id!r} ({resp.status_code}): {resp.text}")
+            raise BackendError(f"Restate refused to record run {run_id!r} ({resp.status_code}): {resp.text}")
         answer = resp.json()
         if not answer["created"] and (answer["app"] != app.name or answer["input_hash"] != submission.input_hash):
             raise RunConflictError(

@@ -34,7 +34,7 @@ from typing import Any, Self
 
 import httpx
 
-from ...errors import ConfigError, RoostError
+from ...errors import BackendError, ConfigError
 
 __all__ = [
     "ALWAYS_REPLAY_ENV",
@@ -73,7 +73,7 @@ _HOST = "127.0.0.1"
 _POLL = 0.05
 
 
-class RestateServerError(RoostError):
+class RestateServerError(BackendError):
     """The restate-server process did not start, died, or its admin API refused a request."""
 
 
