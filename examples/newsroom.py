@@ -6,7 +6,8 @@
 
 Run it with ``make demo`` (or ``python examples/newsroom.py``). The journal is
 ``.roost/roost.db``: kill the process at any point and run it again with the same run id
-(``--run-id``) to see it finish without redoing what was done.
+(``--run-id``) to see it finish without redoing what was done. With ``--prod`` the same code
+runs on Restate (``roost dev restate`` starts one locally).
 """
 
 from __future__ import annotations
@@ -91,9 +92,10 @@ publisher.reacts_to(editor, when=lambda v: v.publish)
 app = App([writer, critic, fact_checker, editor, publisher], name="newsroom")
 
 
-async def main(topic: str, run_id: str | None) -> None:
-    handle = await app.start(Idea(topic=topic), run_id=run_id)
-    print(f"run {handle.run_id} started on the embedded runtime (journal .roost/roost.db)")
+async def main(topic: str, run_id: str | None, prod: bool) -> None:
+    handle = await app.start(Idea(topic=topic), run_id=run_id, mode="prod" if prod else "local")
+    where = "the prod runtime (ROOST_RUNTIME, default restate)" if prod else "the embedded runtime (journal .roost/roost.db)"
+    print(f"run {handle.run_id} started on {where}")
     waiting = await handle.approval(timeout=30)
     if waiting:
         print(f"the run waits for approval of {waiting!r}; the demo approves it "
@@ -111,5 +113,7 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--topic", default="durable agents")
     parser.add_argument("--run-id", default=None)
+    parser.add_argument("--prod", action="store_true",
+                        help="run on the prod runtime (start a local Restate with 'roost dev restate' first)")
     args = parser.parse_args()
-    asyncio.run(main(args.topic, args.run_id))
+    asyncio.run(main(args.topic, args.run_id, args.prod))
