@@ -167,3 +167,28 @@ async def test_send_to_unknown_agent_or_with_bad_payload_fails_clearly(make_app:
     app = make_app([b, s], entry=[b])
     with pytest.raises(RunFailedError, match="cannot accept the output of 'boss' as Done: value: Field required"):
         await app.arun(Idea(topic="x"))
+
+
+async def test_call_to_a_failing_agent_raises_a_roost_error_in_the_caller(make_app: MakeApp) -> None:
+    seen: list[str] = []
+
+    def broken(c: Count) -> Count:
+        raise ValueError("callee broke")
+
+    async def boss(i: Idea, ctx: DurableContext) -> Done:
+        try:
+            await ctx.call("worker", Count(n=1))
+        except Exception as exc:  # what users catch: never an engine's own exception type
+            await ctx.step("note", seen.append, f"{type(exc).__module__.split('.')[0]}:{exc}")
+            raise
+        return Done(value="unreachable")
+
+    b = agent("boss").contracts(input=Idea, output=Done).engine(boss)
+    w = agent("worker").contracts(input=Count, output=Count).engine(broken).retry(max_attempts=1)
+    app = make_app([b, w], entry=[b])
+    with pytest.raises(RunFailedError) as info:
+        await app.arun(Idea(topic="x"), timeout=30)
+    # The run fails naming an agent; a caller that sees the failure sees a roost error (the
+    # embedded runtime stops the caller instead, so it sees nothing).
+    assert info.value.agent in ("worker", "boss")
+    assert all(s.startswith("roost:") for s in seen), seen

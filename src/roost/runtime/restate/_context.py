@@ -169,7 +169,12 @@ class RestateContext(DurableContext):
         msg = self._message(agent, payload, "call", {})
         spec = self._app.specs[agent]
         key = entity_key(msg.run_id, msg.meta)
-        raw = await self._ctx.generic_call(agent_service(self._app.name, agent), ACTIVATE, encode_message(msg), key=key)
+        try:
+            raw = await self._ctx.generic_call(agent_service(self._app.name, agent), ACTIVATE, encode_message(msg),
+                                               key=key)
+        except restate.TerminalError as exc:  # the callee failed: a roost error for the caller
+            raise TerminalError(f"run {self.run_id!r}: call from {self.agent!r} to agent {agent!r} failed: "
+                                f"{exc.message}") from None
         return revive(json.loads(raw)["output"], spec.output_type)
 
 

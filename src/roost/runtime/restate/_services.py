@@ -65,7 +65,7 @@ def agent_object(app: CompiledApp, agent: str) -> restate.VirtualObject:
             "id": msg.id, "agent": agent, "kind": msg.kind, "status": status, "cause": msg.cause,
             "output": outcome.output_json, "error": error, "attempts": rctx.attempts,
             "started": rctx.started, "finished": rctx.finished,
-            "produced": rctx.produced + [m.id for m in new],
+            "sent": rctx.produced, "routes": [m.id for m in new],
         }
         # A call, not a send: once the ledger knows a run failed, nothing new starts.
         answer = await ctx.generic_call(LEDGER, "report", json.dumps(report).encode(), key=msg.run_id)
@@ -117,8 +117,10 @@ def ledger_object() -> restate.VirtualObject:
                 "Raise App(max_activations=...) if the run really needs more",
             }
         failed = run["error"] is not None
-        produced = [] if failed else rep.pop("produced")
-        rep.pop("produced", None)
+        # Messages sent by ctx.send/ctx.call are out already; routes are sent only if the run
+        # has not failed (the answer tells the activation).
+        produced = rep.pop("sent") + ([] if failed else rep["routes"])
+        rep.pop("routes")
         run["activations"][rep["id"]] = rep
         if rep["id"] not in run["done"]:
             run["done"].append(rep["id"])
