@@ -7,14 +7,15 @@ returns the messages the output produces. The runtime commits the outcome atomic
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import pydantic
 import pydantic_core
 
-from ._codec import adapter, list_item_type, type_name
-from ._graph import AgentSpec, CompiledApp, Route
+from ._codec import adapter, dumps, list_item_type, type_name
+from ._graph import AgentSpec, CompiledApp, Route, entity_key, message_id
 from .errors import ContractViolationError, TerminalError
 from .runtime._base import DurableContext
 
@@ -44,6 +45,32 @@ class Outcome:
     output: Any = None
     output_json: Any = None
     routes: list[Route] = field(default_factory=list)
+
+
+def outgoing(app: CompiledApp, ctx: DurableContext, agent: str, payload: Any, *, kind: str, position: int,
+             meta: dict[str, Any] | None = None, deliver_at: float | None = None) -> Message:
+    """The message ``ctx.send``/``ctx.call`` sends, checked against the receiver's contract."""
+    spec = app.specs.get(agent)
+    if spec is None:
+        raise TerminalError(f"run {ctx.run_id!r}: agent {ctx.agent!r} sent a message to unknown agent {agent!r}")
+    if spec.kind != "single":
+        raise TerminalError(f"run {ctx.run_id!r}: agent {agent!r} converges inputs and cannot be sent messages")
+    check_input(spec, spec.input_type, payload, source=ctx.agent, run_id=ctx.run_id)
+    body = json.loads(dumps(payload, what=f"message from {ctx.agent!r} to {agent!r}"))
+    return Message(message_id(agent, ctx.activation_id, kind, position), ctx.run_id, agent, kind, body,
+                   ctx.activation_id, {"from": ctx.agent, **(meta or {})}, deliver_at)
+
+
+def entity_of(app: CompiledApp, msg: Message) -> str:
+    """The entity (state and one-at-a-time execution) a message is delivered to."""
+    spec = app.specs[msg.target]
+    if spec.key_fn is None or msg.kind == "contribution":
+        return entity_key(msg.run_id, msg.meta)
+    try:
+        return str(spec.key_fn(adapter(spec.input_type).validate_python(msg.payload)))
+    except Exception as exc:
+        raise TerminalError(f"run {msg.run_id!r}: the keyed_by function of agent {spec.name!r} failed on its input: "
+                            f"{type(exc).__name__}: {exc}") from exc
 
 
 def _field_errors(exc: pydantic.ValidationError) -> str:

@@ -7,7 +7,7 @@ from collections.abc import Callable
 
 import pytest
 
-from roost import DurableContext, agent
+from roost import DurableContext, RunFailedError, agent
 from roost.errors import PromiseError
 
 from .conftest import MakeApp
@@ -147,3 +147,15 @@ async def test_now_uuid_random_are_journaled_per_activation(make_app: MakeApp) -
     assert len(uid) == 36 and 0 <= float(rnd) < 1
     other = (await app.arun(Idea(topic="y")))["f"].value
     assert other.split("|")[1] != uid
+
+
+async def test_a_failing_keyed_by_function_fails_the_run_clearly(make_app: MakeApp) -> None:
+    def key(c: Count) -> str:
+        raise KeyError("no key here")
+
+    src = agent("src").contracts(input=Idea, output=Count).engine(lambda i: Count(n=1))
+    memo = agent("memo").contracts(input=Count, output=Count).engine(lambda c: c).keyed_by(key).reacts_to(src)
+    app = make_app([src, memo])
+    with pytest.raises(RunFailedError, match="keyed_by function of agent 'memo' failed") as info:
+        await app.arun(Idea(topic="x"), timeout=30)
+    assert info.value.error_type == "TerminalError"

@@ -9,10 +9,9 @@ from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from ..._activation import Message, check_input
+from ..._activation import Message, outgoing
 from ..._codec import dumps, revive
-from ..._graph import message_id
-from ...errors import NonDeterminismError, TerminalError
+from ...errors import NonDeterminismError
 from .._base import DurableContext, RunAborted, State, StepInfo
 from .._retry import RetryPolicy, seconds
 from .._steps import return_type, run_with_retry
@@ -153,17 +152,9 @@ class LocalContext(DurableContext):
 
     def _message(self, agent: str, payload: Any, kind: str, pos: int, meta: dict[str, Any],
                  delay: float | timedelta | None) -> Message:
-        app = self._rt.app_for(self.run_id)
-        spec = app.specs.get(agent)
-        if spec is None:
-            raise TerminalError(f"run {self.run_id!r}: agent {self.agent!r} sent a message to unknown agent {agent!r}")
-        if spec.kind != "single":
-            raise TerminalError(f"run {self.run_id!r}: agent {agent!r} converges inputs and cannot be sent messages")
-        check_input(spec, spec.input_type, payload, source=self.agent, run_id=self.run_id)
-        body = revive(json.loads(dumps(payload, what=f"message from {self.agent!r} to {agent!r}")), None)
         at = time.time() + seconds(delay) if delay else None
-        return Message(message_id(agent, self.activation_id, kind, pos), self.run_id, agent, kind, body,
-                       self.activation_id, {"from": self.agent, **meta}, at)
+        return outgoing(self._rt.app_for(self.run_id), self, agent, payload, kind=kind, position=pos, meta=meta,
+                        deliver_at=at)
 
     async def send(self, agent: str, payload: Any, *, delay: float | timedelta | None = None) -> None:
         pos, entry = self._next("send", agent)

@@ -11,8 +11,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..._activation import Message, Outcome, execute
-from ..._codec import dumps, revive
+from ..._activation import Message, Outcome, entity_of, execute
+from ..._codec import dumps
 from ..._graph import CompiledApp, entity_key, message_id
 from ...errors import (
     ActivationLimitError,
@@ -21,6 +21,7 @@ from ...errors import (
     RunConflictError,
     RunNotFoundError,
     StepFailedError,
+    TerminalError,
 )
 from ...result import FINISHED, ActivationRecord, RunRecord, StepRecord
 from .._base import DurableRuntime, RunAborted, RunSummary, Submission
@@ -295,21 +296,21 @@ class LocalRuntime(DurableRuntime):
             self._locks[key] = (lock, users - 1)
 
     async def _activate(self, live: _LiveRun, msg: Message, replay: bool) -> None:
-        spec = live.app.specs[msg.target]
+        key_error: TerminalError | None = None
         try:
-            key = (spec.key_fn(revive(msg.payload, spec.input_type)) if spec.key_fn and msg.kind != "contribution"
-                   else entity_key(live.run_id, msg.meta))
-        except Exception:
-            key = entity_key(live.run_id, msg.meta)
-        ekey = (spec.name, str(key))
+            key = entity_of(live.app, msg)
+        except TerminalError as exc:  # fails the activation below, with the message it carries
+            key, key_error = entity_key(live.run_id, msg.meta), exc
+        ekey = (msg.target, key)
         lock = self._lock(ekey)
         try:
             async with lock:
-                await self._run_activation(live, msg, str(key), replay)
+                await self._run_activation(live, msg, key, replay, key_error)
         finally:
             self._unlock(ekey)
 
-    async def _run_activation(self, live: _LiveRun, msg: Message, key: str, replay: bool) -> None:
+    async def _run_activation(self, live: _LiveRun, msg: Message, key: str, replay: bool,
+                              key_error: TerminalError | None = None) -> None:
         started = time.time()
         ctx = LocalContext(self, live, msg, key, replay)
         error: dict[str, Any] | None = None
@@ -326,6 +327,8 @@ class LocalRuntime(DurableRuntime):
                         "Raise App(max_activations=...) if the run really needs more",
                         run_id=live.run_id,
                     )
+                if key_error is not None:
+                    raise key_error
                 outcome = await execute(live.app, ctx, msg, key)
                 status = outcome.status
             except RunAborted:

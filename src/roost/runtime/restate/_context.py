@@ -11,9 +11,9 @@ from typing import Any, TypeVar
 
 import restate
 
-from ..._activation import Message, check_input
+from ..._activation import Message, entity_of, outgoing
 from ..._codec import dumps, revive
-from ..._graph import CompiledApp, entity_key, message_id
+from ..._graph import CompiledApp
 from ...errors import RetryableError, SerializationError, StepFailedError, TerminalError
 from .._base import DurableContext, State, StepInfo
 from .._retry import RetryPolicy, seconds
@@ -142,33 +142,23 @@ class RestateContext(DurableContext):
         return await future
 
     def _message(self, agent: str, payload: Any, kind: str, meta: dict[str, Any]) -> Message:
-        spec = self._app.specs.get(agent)
-        if spec is None:
-            raise TerminalError(f"run {self.run_id!r}: agent {self.agent!r} sent a message to unknown agent {agent!r}")
-        if spec.kind != "single":
-            raise TerminalError(f"run {self.run_id!r}: agent {agent!r} converges inputs and cannot be sent messages")
-        check_input(spec, spec.input_type, payload, source=self.agent, run_id=self.run_id)
-        body = json.loads(dumps(payload, what=f"message from {self.agent!r} to {agent!r}"))
-        msg = Message(message_id(agent, self.activation_id, kind, self._next()), self.run_id, agent, kind, body,
-                      self.activation_id, {"from": self.agent, **meta})
-        self.produced.append(msg.id)
-        return msg
+        return outgoing(self._app, self, agent, payload, kind=kind, position=self._next(), meta=meta)
 
-    def deliver(self, msg: Message, delay: float | None = None) -> None:
+    def deliver(self, msg: Message, key: str, delay: float | None = None) -> None:
         """One-way message to an agent's entity (what reacts_to compiles to)."""
-        spec = self._app.specs[msg.target]
-        key = spec.key_fn(revive(msg.payload, spec.input_type)) if spec.key_fn and msg.kind != "contribution" \
-            else entity_key(msg.run_id, msg.meta)
-        self._ctx.generic_send(agent_service(self._app.name, msg.target), ACTIVATE, encode_message(msg), key=str(key),
+        self._ctx.generic_send(agent_service(self._app.name, msg.target), ACTIVATE, encode_message(msg), key=key,
                                send_delay=timedelta(seconds=delay) if delay else None)
 
     async def send(self, agent: str, payload: Any, *, delay: float | timedelta | None = None) -> None:
-        self.deliver(self._message(agent, payload, "send", {}), seconds(delay) if delay else None)
+        msg = self._message(agent, payload, "send", {})
+        self.deliver(msg, entity_of(self._app, msg), seconds(delay) if delay else None)
+        self.produced.append(msg.id)  # only once sent: the ledger waits for every id it is told of
 
     async def call(self, agent: str, payload: Any) -> Any:
         msg = self._message(agent, payload, "call", {})
         spec = self._app.specs[agent]
-        key = entity_key(msg.run_id, msg.meta)
+        key = entity_of(self._app, msg)
+        self.produced.append(msg.id)
         try:
             raw = await self._ctx.generic_call(agent_service(self._app.name, agent), ACTIVATE, encode_message(msg),
                                                key=key)

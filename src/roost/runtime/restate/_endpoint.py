@@ -52,14 +52,6 @@ class EndpointServer:
 
     async def __call__(self, scope: dict[str, Any], receive: Callable[[], Awaitable[Any]],
                        send: Callable[[Any], Awaitable[None]]) -> None:
-        if scope["type"] == "lifespan":
-            while True:
-                message = await receive()
-                if message["type"] == "lifespan.startup":
-                    await send({"type": "lifespan.startup.complete"})
-                elif message["type"] == "lifespan.shutdown":
-                    await send({"type": "lifespan.shutdown.complete"})
-                    return
         parts = scope.get("path", "").split("/")
         app = self.routes.get(parts[2]) if len(parts) > 2 and parts[1] == "v" else None
         if app is None:

@@ -17,9 +17,9 @@ from typing import Any
 
 import restate
 
-from ..._activation import Outcome, execute
-from ..._graph import CompiledApp, entity_key, message_id
-from ...errors import StepFailedError
+from ..._activation import Message, Outcome, entity_of, execute
+from ..._graph import CompiledApp, message_id
+from ...errors import StepFailedError, TerminalError
 from .._base import RunAborted
 from ._context import RestateContext, decode_message, encode_message
 from ._names import ACTIVATE, LEDGER, RUN, agent_service
@@ -61,6 +61,10 @@ def agent_object(app: CompiledApp, agent: str) -> restate.VirtualObject:
             type(msg)(message_id(r.target, msg.id, r.id_suffix), msg.run_id, r.target, r.kind, r.payload, msg.id, r.meta)
             for r in routes
         ]
+        try:
+            keyed = [(m, entity_of(app, m)) for m in new]
+        except TerminalError as exc:  # a keyed_by function failed: nothing is sent
+            error, status, new, keyed = _error(agent, None, rctx.attempts, exc), "failed", [], []
         report = {
             "id": msg.id, "agent": agent, "kind": msg.kind, "status": status, "cause": msg.cause,
             "output": outcome.output_json, "error": error, "attempts": rctx.attempts,
@@ -70,8 +74,8 @@ def agent_object(app: CompiledApp, agent: str) -> restate.VirtualObject:
         # A call, not a send: once the ledger knows a run failed, nothing new starts.
         answer = await ctx.generic_call(LEDGER, "report", json.dumps(report).encode(), key=msg.run_id)
         if not json.loads(answer).get("failed"):
-            for m in new:
-                rctx.deliver(m)
+            for m, key in keyed:
+                rctx.deliver(m, key)
         if error is not None:
             raise restate.TerminalError(f"run {msg.run_id!r}, agent {agent!r}: {error['error_type']}: {error['error_message']}")
         return {"output": outcome.output_json, "status": status}
@@ -194,17 +198,9 @@ def services(app: CompiledApp) -> list[restate.Service | restate.VirtualObject |
 
 
 def entry_messages(app: CompiledApp, run_id: str, entries: list[tuple[str, Any]]) -> list[dict[str, Any]]:
-    from ..._activation import Message
-
     out = []
     for agent, payload in entries:
         msg = Message(f"{agent}:entry", run_id, agent, "entry", payload)
-        spec = app.specs[agent]
-        key = entity_key(run_id, {})
-        if spec.key_fn is not None:
-            from ..._codec import revive
-
-            key = str(spec.key_fn(revive(payload, spec.input_type)))
-        out.append({"service": agent_service(app.name, agent), "key": key,
+        out.append({"service": agent_service(app.name, agent), "key": entity_of(app, msg),
                     "message": json.loads(encode_message(msg))})
     return out
