@@ -75,8 +75,9 @@ def compact_json(value: Any, limit: int | None = 80) -> str:
     return text
 
 
-def resolve_hint(run_id: str, name: str, *, approval: bool) -> str:
-    return f"roost resolve {shlex.quote(run_id)} {shlex.quote(name)} {'true|false' if approval else 'VALUE'}"
+def resolve_hint(run_id: str, name: str, *, approval: bool, runtime: str | None = None) -> str:
+    hint = f"roost resolve {shlex.quote(run_id)} {shlex.quote(name)} {'true|false' if approval else 'VALUE'}"
+    return hint if runtime is None else f"{hint} --runtime {runtime}"
 
 
 def is_approval(app: CompiledApp | None, agent: str, name: str) -> bool:
@@ -93,6 +94,33 @@ def _waiting_step(act: ActivationRecord) -> str | None:
         if step.kind == "promise" and step.status == "waiting":
             return step.name
     return None
+
+
+def _promise_agent(record: RunRecord, name: str) -> str | None:
+    """The agent an awaited promise belongs to when the record has no steps to say so (prod
+    runtimes): an approval is named after its agent (``editor``, ``editor[key]``, ``editor#2``)."""
+    base = name.split("[")[0].split("#")[0]
+    return base if any(a.agent == base and a.status == "pending" for a in record.activations) else None
+
+
+def waiting_names(record: RunRecord) -> dict[str, str | None]:
+    """What the run waits on, each with its agent when known."""
+    out: dict[str, str | None] = {}
+    for act in record.activations:
+        step = _waiting_step(act)
+        if step is not None:
+            out.setdefault(step, act.agent)
+    for name in record.waiting_on:
+        if name not in out:
+            out[name] = _promise_agent(record, name)
+    return out
+
+
+def _stepless_waiting_agents(record: RunRecord) -> set[str]:
+    """Agents waiting on a promise that no journal step shows (prod runtimes record no steps)."""
+    from_steps = {name for name in (_waiting_step(a) for a in record.activations) if name is not None}
+    return {agent for name in record.waiting_on if name not in from_steps
+            and (agent := _promise_agent(record, name)) is not None}
 
 
 @dataclass
@@ -120,16 +148,23 @@ class ProgressView:
     """Follows one run: a live table (agent, status, duration, attempts) on a terminal, plain
     lines otherwise. Feed it runtime events with :meth:`on_event` (a listener) and records with
     :meth:`update`; :meth:`follow` polls the runtime for what events do not say (attempts, and
-    what a resumed run waits on)."""
+    what a resumed run waits on).
+
+    ``polled``: the runtime sends no events (prod runtimes), so the polled records say it all:
+    finished activations are printed from them, and what the run waits on comes from the record's
+    ``waiting_on`` when it has no steps. ``runtime_hint`` goes into the ``roost resolve`` hints."""
 
     def __init__(self, console: Console, run_id: str, app: CompiledApp | None = None,
-                 *, journal_hint: str | None = None) -> None:
+                 *, journal_hint: str | None = None, runtime_hint: str | None = None, polled: bool = False) -> None:
         self.console = console
         self.run_id = run_id
         self.app = app
         self.journal_hint = journal_hint
+        self.runtime_hint = runtime_hint
+        self.polled = polled
         self.rows: dict[str, _Row] = {}
         self.announced: set[str] = set()
+        self.printed: set[str] = set()
         self.live = console.is_terminal
         self._live: Live | None = None
 
@@ -194,6 +229,8 @@ class ProgressView:
     def update(self, record: RunRecord) -> None:
         """Bring the rows up to date with the run's record (and in its order)."""
         rows: dict[str, _Row] = {}
+        waits = waiting_names(record)
+        waiting_agents = _stepless_waiting_agents(record)
         for act in record.activations:
             if act.status == "absorbed":
                 continue
@@ -201,18 +238,30 @@ class ProgressView:
             if act.status != "pending":
                 row.status, row.started_at, row.finished_at = act.status, act.started_at, act.finished_at
                 row.attempts = act.attempts
+                if self.polled and act.status in ("completed", "rejected", "failed", "cancelled"):
+                    self._finished_line(act.id, row, act.error)
                 continue
             row.attempts = max([row.attempts, *(s.attempts for s in act.steps)])
-            waiting = _waiting_step(act)
-            if waiting is not None:
+            if _waiting_step(act) is not None or (not act.steps and act.agent in waiting_agents):
                 row.status = "waiting"
-                if record.status not in FINISHED:
-                    self.announce(act.agent, waiting)
             elif row.status == "waiting":
                 row.status = "running"
+        if record.status not in FINISHED:
+            for name, agent in waits.items():
+                self.announce(agent, name)
         absorbed = {a.id for a in record.activations if a.status == "absorbed"}
         rows.update((key, row) for key, row in self.rows.items() if key not in rows and key not in absorbed)
         self.rows = rows
+
+    def _finished_line(self, key: str, row: _Row, error: dict[str, Any] | None) -> None:
+        if key in self.printed:
+            return
+        self.printed.add(key)
+        line = Text.assemble((f"{row.status:<10}", STATUS_STYLE.get(row.status, "")), row.agent,
+                             f"  {fmt_duration(row.duration)}")
+        if error:
+            line.append(f"  {error.get('error_type')}: {error.get('error_message')}", style="red")
+        self._line(line)
 
     async def follow(self, runtime: DurableRuntime, interval: float = 0.5) -> None:
         """Poll the run's record until cancelled."""
@@ -223,16 +272,16 @@ class ProgressView:
             except Exception:  # a passing journal hiccup must not stop the run being shown
                 continue
 
-    def announce(self, agent: str, name: str) -> None:
+    def announce(self, agent: str | None, name: str) -> None:
         if name in self.announced:
             return
         self.announced.add(name)
-        if is_approval(self.app, agent, name):
+        if agent is not None and is_approval(self.app, agent, name):
             what = f"waiting for approval of {name!r}"
-            hint = resolve_hint(self.run_id, name, approval=True)
+            hint = resolve_hint(self.run_id, name, approval=True, runtime=self.runtime_hint)
         else:
-            what = f"waiting for promise {name!r} of agent {agent!r}"
-            hint = resolve_hint(self.run_id, name, approval=False)
+            what = f"waiting for promise {name!r}" + ("" if agent is None else f" of agent {agent!r}")
+            hint = resolve_hint(self.run_id, name, approval=False, runtime=self.runtime_hint)
         line = Text.assemble((what, "bold yellow"), ": ", (hint, "bold"))
         self.console.print(line, soft_wrap=True)
         if self.journal_hint:
@@ -275,7 +324,8 @@ def runs_table(runs: list[RunSummary], orphaned: set[str]) -> Table:
     return table
 
 
-def run_detail(record: RunRecord, app: CompiledApp | None = None, *, orphaned: bool = False) -> RenderableType:
+def run_detail(record: RunRecord, app: CompiledApp | None = None, *, orphaned: bool = False,
+               runtime_hint: str | None = None) -> RenderableType:
     parts: list[RenderableType] = []
     status = status_text(record.status)
     if orphaned:
@@ -290,15 +340,18 @@ def run_detail(record: RunRecord, app: CompiledApp | None = None, *, orphaned: b
     header.add_row("created", fmt_time(record.created_at))
     header.add_row("duration", fmt_duration(end - record.created_at))
     header.add_row("input", Text(compact_json(record.input, 200)))
+    agents_of = waiting_names(record)
+    stepless = _stepless_waiting_agents(record)
     if record.waiting_on:
         waits = Text()
         for i, name in enumerate(record.waiting_on):
-            agent = next((a.agent for a in record.activations if _waiting_step(a) == name), name)
+            agent = agents_of.get(name) or name
             approval = is_approval(app, agent, name) if app is not None else name.split("[")[0].split("#")[0] == agent
             if i:
                 waits.append("\n")
             waits.append(name, style="bold yellow")
-            waits.append(f"  ({resolve_hint(record.run_id, name, approval=approval)})", style="dim")
+            waits.append(f"  ({resolve_hint(record.run_id, name, approval=approval, runtime=runtime_hint)})",
+                         style="dim")
         header.add_row("waiting on", waits)
     if record.error:
         err = record.error
@@ -319,7 +372,8 @@ def run_detail(record: RunRecord, app: CompiledApp | None = None, *, orphaned: b
             output = Text(f"{a.error.get('error_type')}: {a.error.get('error_message')}", style="red")
         elif a.output is not None:
             output = compact_json(a.output)
-        act_status = "waiting" if a.status == "pending" and _waiting_step(a) else a.status
+        waits_here = _waiting_step(a) is not None or (not a.steps and a.agent in stepless)
+        act_status = "waiting" if a.status == "pending" and waits_here else a.status
         acts.add_row(a.agent, a.kind, status_text(act_status), a.cause or "-", str(a.attempts),
                      fmt_duration(a.duration), output)
     parts.append(acts)

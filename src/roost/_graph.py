@@ -6,6 +6,7 @@ Everything here is pure and backend-neutral: every runtime routes outputs the sa
 from __future__ import annotations
 
 import hashlib
+import re
 import typing
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -18,6 +19,7 @@ from .errors import DefinitionError
 from .runtime._retry import DEFAULT_RETRY, RetryPolicy
 
 Kind = Literal["single", "converge", "gather"]
+_APP_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_\-]{0,63}$")
 
 
 @dataclass
@@ -71,6 +73,10 @@ class CompiledApp:
 
     def __init__(self, name: str, agents: Sequence[Agent], max_activations: int,
                  entry: Sequence[Agent] | None = None) -> None:
+        if not isinstance(name, str) or not _APP_NAME.match(name):
+            raise DefinitionError(
+                f"app name {name!r} is not valid: use letters, digits, '_' or '-' (at most 64), starting with a letter"
+            )
         self.name = name
         self.max_activations = max_activations
         self.agents: dict[str, Agent] = {}

@@ -94,6 +94,7 @@ class App:
         self._given_runtime = runtime
         self._runtime: DurableRuntime | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._opening: asyncio.Task[None] | None = None
         self.listeners: list[Listener] = []
         caller = inspect.stack(context=0)[1].filename
         self.app_ref = os.path.abspath(caller) if os.path.exists(caller) else None
@@ -138,17 +139,22 @@ class App:
         leaves them alone: the one-shot ``run``/``resolve`` calls do that)."""
         loop = asyncio.get_running_loop()
         if self._runtime is None or self._loop is not loop:
-            self._runtime = self._given_runtime or self._new_runtime(mode, resume=resume)
+            runtime = self._given_runtime or self._new_runtime(mode, resume=resume)
             if self._given_runtime is not None:
-                self._attach(self._given_runtime)
-            self._loop = loop
-            await self._runtime.open()
+                self._attach(runtime)
+            self._runtime, self._loop = runtime, loop
+            # Concurrent first callers all wait for the one open (serving, registering, recovery).
+            self._opening = loop.create_task(runtime.open())
+        assert self._opening is not None
+        await asyncio.shield(self._opening)
         return self._runtime
 
     async def aclose(self) -> None:
         if self._runtime is not None:
+            if self._opening is not None and not self._opening.done():
+                await asyncio.gather(self._opening, return_exceptions=True)
             await self._runtime.close()
-            self._runtime, self._loop = None, None
+            self._runtime, self._loop, self._opening = None, None, None
 
     async def __aenter__(self) -> App:
         return self

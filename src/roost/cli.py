@@ -1,19 +1,25 @@
-"""The ``roost`` command: run apps, list and show runs, resolve approvals, resume runs.
+"""The ``roost`` command: run apps, list and show runs, resolve approvals, resume runs, serve apps.
 
-Every command reads the journal given by ``--journal`` (default ``$ROOST_JOURNAL`` or
-``.roost/roost.db``).
+By default every command works on the local runtime's journal given by ``--journal`` (default
+``$ROOST_JOURNAL`` or ``.roost/roost.db``). ``roost run --prod`` runs on the configured prod runtime
+(``load_settings().runtime``); ``roost runs ...`` and ``roost resolve`` take ``--runtime local|restate``
+(default ``local``, or the configured runtime when ``ROOST_MODE=prod``); ``roost serve`` serves an
+app's Restate endpoint until stopped.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import os
 import signal
 import sys
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterator
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
+from urllib.parse import urlsplit
 
 import click
 import pydantic_core
@@ -23,12 +29,17 @@ from rich.text import Text
 
 from . import __version__
 from ._cli_view import CliError, ProgressView, run_detail, runs_table
-from ._loader import load_app
+from ._config import Settings, load_settings
+from ._loader import load_app, split_ref
 from .app import App
 from .errors import InputValidationError, RoostError, RunFailedError, RunNotFoundError
 from .result import FINISHED, RunRecord, RunResult
+from .runtime import DurableRuntime
 from .runtime.local import DEFAULT_PATH, LocalRuntime
 from .runtime.local._owner import is_alive
+
+if TYPE_CHECKING:
+    from .runtime.restate import RestateRuntime
 
 F = TypeVar("F", bound=Callable[..., Any])
 T = TypeVar("T")
@@ -86,6 +97,57 @@ def app_option(fn: F) -> F:
     )(fn)
 
 
+RUNTIME_HELP = (
+    "Where the runs are: 'local' (the SQLite journal, see --journal) or 'restate' (the Restate server of the "
+    "settings: ROOST_RESTATE_INGRESS/ROOST_RESTATE_ADMIN or [tool.roost.restate]). "
+    "Default: local, or the configured prod runtime (ROOST_RUNTIME / [tool.roost] runtime) when ROOST_MODE=prod."
+)
+
+
+def runtime_option(fn: F) -> F:
+    return click.option("--runtime", "runtime_name", type=click.Choice(["local", "restate"]), default=None,
+                        help=RUNTIME_HELP)(fn)
+
+
+RESTATE_TIMEOUT = 15.0
+"""Seconds a ``--runtime restate`` command waits for Restate to answer about a run."""
+
+
+def _runtime_source() -> str:
+    """Where the configured runtime comes from, for messages."""
+    if os.environ.get("ROOST_RUNTIME"):
+        return "ROOST_RUNTIME"
+    source = load_settings().source
+    return "the default" if source == "defaults" else f"the runtime setting of {source}"
+
+
+def _check_available(runtime: str) -> None:
+    if runtime == "temporal":
+        raise BadInputError(f"the temporal runtime is not available yet in this version of roost (set by "
+                            f"{_runtime_source()}): use restate or local")
+
+
+def _runtime_name(given: str | None) -> str:
+    """The runtime a ``runs``/``resolve`` command reads: ``--runtime``, else the configured prod
+    runtime when ``ROOST_MODE=prod``, else local."""
+    if given is not None:
+        return given
+    if (os.environ.get("ROOST_MODE") or "").lower() != "prod":
+        return "local"
+    name = load_settings().runtime
+    _check_available(name)
+    return name
+
+
+def _run_mode(mode: str | None, prod: bool) -> str:
+    if prod and mode == "local":
+        raise click.UsageError("--prod and --mode local contradict each other")
+    chosen = "prod" if prod else (mode or os.environ.get("ROOST_MODE") or "local").lower()
+    if chosen not in ("local", "prod"):
+        raise BadInputError(f"ROOST_MODE must be 'local' or 'prod', not {chosen!r}")
+    return chosen
+
+
 def _journal_hint(journal: Path) -> str | None:
     """The --journal another shell needs to reach this journal (None for the default one)."""
     return None if journal == DEFAULT_PATH else str(journal)
@@ -97,32 +159,91 @@ def _existing(journal: Path) -> Path:
     return journal
 
 
-def _interrupted(run_id: str, journal: Path) -> CliError:
+def _interrupted(run_id: str, journal: Path, runtime: str = "local") -> CliError:
+    if runtime == "restate":
+        return RunInterruptedError(
+            f"interrupted; run {run_id} stays on Restate and goes on wherever the app is served "
+            f"('roost serve FILE'): follow it with roost runs show {run_id} --runtime restate")
     hint = f"roost runs resume {run_id}" + ("" if _journal_hint(journal) is None else f" --journal {journal}")
     return RunInterruptedError(f"interrupted; run {run_id} is kept in the journal: continue it with {hint}")
 
 
-def _run_async(coro: Coroutine[Any, Any, T], run_id: str | None, journal: Path) -> T:
+def _run_async(coro: Coroutine[Any, Any, T], run_id: str | None, journal: Path, runtime: str = "local") -> T:
     try:
         return asyncio.run(coro)
     except KeyboardInterrupt:
         if run_id is None:
             raise click.Abort() from None
-        raise _interrupted(run_id, journal) from None
+        raise _interrupted(run_id, journal, runtime) from None
+
+
+# -- the restate runtime as a client ------------------------------------------------------------------
+
+
+@contextlib.asynccontextmanager
+async def _restate_client() -> AsyncIterator[RestateRuntime]:
+    """A RestateRuntime that only talks to the server of the settings (it serves nothing)."""
+    from .runtime.restate import RestateRuntime
+
+    rt = RestateRuntime(serve=False)
+    await rt.open()
+    try:
+        yield rt
+    finally:
+        await rt.close()
+
+
+async def _answer(rt: RestateRuntime, awaitable: Awaitable[T], what: str) -> T:
+    """``awaitable``, or a clear error when Restate does not answer in time: roost's services (the
+    run ledger) run in the process that serves the app, so without one a request just waits."""
+    try:
+        return await asyncio.wait_for(awaitable, RESTATE_TIMEOUT)
+    except TimeoutError:
+        raise CliError(
+            f"Restate (ingress {rt.settings.ingress}) did not answer {what} within {RESTATE_TIMEOUT:.0f} s: "
+            "runs are read and resolved by roost's services, which run where the app is served, and none "
+            "seems to serve them: start one with 'roost serve FILE' (the request stays queued at Restate "
+            "and is carried out once one does)") from None
+
+
+def _endpoint_uri(endpoint: str, version: str) -> str:
+    url = urlsplit(endpoint)
+    return f"http://{url.hostname or '127.0.0.1'}:{url.port or 9080}/v/{version}"
+
+
+async def _served_at(app: App, settings: Settings) -> str | None:
+    """The URI where this version of the app is already served at the configured endpoint (by
+    ``roost serve``), or None."""
+    import httpx
+
+    from .runtime.restate._endpoint import code_version
+
+    uri = _endpoint_uri(settings.restate.endpoint, code_version(app.compiled, app.app_ref))
+    try:
+        async with httpx.AsyncClient(timeout=2.0) as client:
+            resp = await client.get(f"{uri}/discover")
+    except httpx.HTTPError:
+        return None
+    return None if resp.status_code == 404 else uri  # 404: an endpoint, but not of this version
 
 
 # -- following a run ------------------------------------------------------------------------------
 
 
 async def _follow(app: App, run_id: str, console: Console, journal: Path,
-                  drive: Callable[[], Awaitable[RunResult]]) -> RunRecord:
-    """Run ``drive`` (which starts or resumes the run and waits for it) under the progress view."""
-    view = ProgressView(console, run_id, app.compiled, journal_hint=_journal_hint(journal))
+                  drive: Callable[[], Awaitable[RunResult]], *, mode: str = "local",
+                  runtime_name: str = "local") -> RunRecord:
+    """Run ``drive`` (which starts or resumes the run and waits for it) under the progress view.
+
+    The local runtime sends events as the run goes; a prod runtime's run record is polled."""
+    local = runtime_name == "local"
+    view = ProgressView(console, run_id, app.compiled, journal_hint=_journal_hint(journal) if local else None,
+                        runtime_hint=None if local else runtime_name, polled=not local)
     app.listeners.append(view.on_event)
     follower: asyncio.Task[None] | None = None
     try:
         with view:
-            runtime = await app.runtime(resume=False)  # this run only; other orphans stay put
+            runtime = await _open_runtime(app, mode, runtime_name)
             follower = asyncio.create_task(view.follow(runtime))
             try:
                 await drive()
@@ -137,6 +258,29 @@ async def _follow(app: App, run_id: str, console: Console, journal: Path,
     finally:
         app.listeners.remove(view.on_event)
         await app.aclose()
+
+
+async def _open_runtime(app: App, mode: str, runtime_name: str) -> DurableRuntime:
+    """The app's runtime in ``mode``, opened. For restate, this process serves the app itself (when
+    the settings say serve) unless ``roost serve`` already serves this version at the endpoint."""
+    if runtime_name != "restate":
+        return await app.runtime(mode, resume=False)  # this run only; other orphans stay put
+    settings = load_settings()
+    if settings.restate.serve:
+        served = await _served_at(app, settings)
+        if served is not None:
+            from .runtime.restate import RestateRuntime
+
+            app._given_runtime = RestateRuntime(serve=False)
+            _stderr().print(f"the app is served at {served} already: this process starts and follows the run",
+                            soft_wrap=True, style="dim")
+    try:
+        return await app.runtime(mode, resume=False)
+    except OSError as exc:
+        raise CliError(
+            f"cannot serve the app at {settings.restate.endpoint}: {exc.strerror or exc}. If 'roost serve' serves "
+            "another version of it there, restart it with this code, or set ROOST_RESTATE_SERVE=false so that "
+            "this process only starts the run") from None
 
 
 def _report(app: App, record: RunRecord, console: Console) -> None:
@@ -211,10 +355,27 @@ def cli() -> None:
 @click.option("--input", "-i", "input_", required=True, metavar="JSON",
               help="The run input as JSON ('@file.json' reads a file, '-' reads stdin).")
 @click.option("--run-id", help="Id of the run (default: a new one). An existing id attaches to that run.")
+@click.option("--mode", type=click.Choice(["local", "prod"]), default=None,
+              help="local: the SQLite runtime and --journal; prod: the configured prod runtime "
+                   "(ROOST_RUNTIME / [tool.roost] runtime, default restate). Default: $ROOST_MODE, else local.")
+@click.option("--prod", is_flag=True, help="Same as --mode prod.")
 @journal_option
-def run(app_ref: str, input_: str, run_id: str | None, journal: Path) -> None:
-    """Run the App built by FILE (its ATTR global, or its only App) on an input."""
+def run(app_ref: str, input_: str, run_id: str | None, mode: str | None, prod: bool, journal: Path) -> None:
+    """Run the App built by FILE (its ATTR global, or its only App) on an input.
+
+    In prod mode on Restate, the run goes to the server of the settings (ROOST_RESTATE_INGRESS,
+    ROOST_RESTATE_ADMIN...). When 'roost serve FILE' serves this code at the configured endpoint
+    (ROOST_RESTATE_ENDPOINT), this process only starts and follows the run; otherwise it serves
+    the app itself while it runs (unless ROOST_RESTATE_SERVE=false).
+    """
+    mode = _run_mode(mode, prod)
+    runtime_name = "local"
+    if mode == "prod":
+        runtime_name = load_settings().runtime
+        _check_available(runtime_name)
     app = _prepare(app_ref, journal)
+    if runtime_name != "local":  # the version served is that of the file given (as 'roost serve' does)
+        app.app_ref = str(Path(split_ref(app_ref)[0]).expanduser().resolve())
     raw = _read_input(input_)
     try:
         run_id = app.submission(raw, run_id).run_id  # validates before anything is journaled; new id if none
@@ -223,24 +384,38 @@ def run(app_ref: str, input_: str, run_id: str | None, journal: Path) -> None:
     console = _stdout()
 
     async def drive() -> RunResult:
-        handle = await app.start(raw, run_id)
+        handle = await app.start(raw, run_id, mode=mode)
         return await handle.result(raise_on_failure=False)
 
-    record = _run_async(_follow(app, run_id, console, journal, drive), run_id, journal)
+    record = _run_async(_follow(app, run_id, console, journal, drive, mode=mode, runtime_name=runtime_name),
+                        run_id, journal, runtime_name)
     _report(app, record, console)
 
 
 @cli.group()
 def runs() -> None:
-    """List, show and resume runs in the journal."""
+    """List, show and resume runs (in the local journal, or on Restate with --runtime restate)."""
 
 
 @runs.command("list")
 @click.option("--limit", "-n", default=20, show_default=True, type=click.IntRange(min=1), help="How many runs.")
+@runtime_option
 @journal_option
-def runs_list(limit: int, journal: Path) -> None:
+def runs_list(limit: int, runtime_name: str | None, journal: Path) -> None:
     """The most recent runs."""
     console = _stdout()
+    if _runtime_name(runtime_name) == "restate":
+
+        async def restate_listing() -> tuple[list[Any], str]:
+            async with _restate_client() as rt:
+                return await _answer(rt, rt.list_runs(limit), "about its runs"), rt.settings.admin
+
+        found, admin = _run_async(restate_listing(), None, journal)
+        if not found:
+            console.print(f"no runs on Restate (admin {admin})", soft_wrap=True)
+            return
+        console.print(runs_table(found, set()))
+        return
     if not journal.exists():
         console.print(f"no runs: there is no journal at {journal} yet", soft_wrap=True)
         return
@@ -265,30 +440,48 @@ def runs_list(limit: int, journal: Path) -> None:
 @runs.command("show")
 @click.argument("run_id")
 @click.option("--json", "as_json", is_flag=True, help="Print the run record as JSON.")
+@runtime_option
 @journal_option
-def runs_show(run_id: str, as_json: bool, journal: Path) -> None:
-    """A run's activations, their journal steps, what it waits on and its error."""
-    _existing(journal)
+def runs_show(run_id: str, as_json: bool, runtime_name: str | None, journal: Path) -> None:
+    """A run's activations, their journal steps (local runtime), what it waits on and its error."""
+    runtime = _runtime_name(runtime_name)
+    if runtime == "restate":
 
-    async def fetch() -> tuple[RunRecord, bool]:
-        async with (rt := LocalRuntime(journal, resume=False)):
-            record = await rt.get(run_id)
-            row = rt.journal.run_row(run_id)
-            return record, record.status not in FINISHED and row is not None and not is_alive(row["owner"])
+        async def fetch_restate() -> tuple[RunRecord, bool]:
+            async with _restate_client() as rt:
+                return await _answer(rt, rt.get(run_id), f"about run {run_id!r}"), False
 
-    record, orphaned = _run_async(fetch(), None, journal)
+        record, orphaned = _run_async(fetch_restate(), None, journal)
+    else:
+        _existing(journal)
+
+        async def fetch() -> tuple[RunRecord, bool]:
+            async with (rt := LocalRuntime(journal, resume=False)):
+                record = await rt.get(run_id)
+                row = rt.journal.run_row(run_id)
+                return record, record.status not in FINISHED and row is not None and not is_alive(row["owner"])
+
+        record, orphaned = _run_async(fetch(), None, journal)
     if as_json:
         click.echo(json.dumps(asdict(record), indent=2, default=str))
         return
-    _stdout().print(run_detail(record, orphaned=orphaned))
+    _stdout().print(run_detail(record, orphaned=orphaned, runtime_hint=None if runtime == "local" else runtime))
 
 
 @runs.command("resume")
 @click.argument("run_id")
 @app_option
+@runtime_option
 @journal_option
-def runs_resume(run_id: str, app_ref: str | None, journal: Path) -> None:
-    """Continue a run whose process died, with the App that started it."""
+def runs_resume(run_id: str, app_ref: str | None, runtime_name: str | None, journal: Path) -> None:
+    """Continue a run whose process died, with the App that started it.
+
+    On Restate there is nothing to do by hand: Restate resumes a run by itself once an endpoint
+    serves its app ('roost serve FILE'); this checks that the run exists and says so.
+    """
+    if _runtime_name(runtime_name) == "restate":
+        _restate_resume(run_id, app_ref, journal)
+        return
     _existing(journal)
     row = _run_async(_run_row(journal, run_id), None, journal)
     app = _app_for_run(run_id, row, app_ref)
@@ -298,6 +491,27 @@ def runs_resume(run_id: str, app_ref: str | None, journal: Path) -> None:
     console = _stdout()
     record = _run_async(_resume(app, run_id, console, journal), run_id, journal)
     _report(app, record, console)
+
+
+async def _restate_run_status(run_id: str) -> tuple[str, str]:
+    """The run's status on Restate and the admin URL. Run records are read through the admin API,
+    so this answers even when no endpoint serves the app (RunNotFoundError if no such run)."""
+    async with _restate_client() as rt:
+        record = await _answer(rt, rt.get(run_id), f"about run {run_id!r}")
+        return record.status, rt.settings.admin
+
+
+def _restate_resume(run_id: str, app_ref: str | None, journal: Path) -> None:
+    status, admin = _run_async(_restate_run_status(run_id), None, journal)
+    console = _stdout()
+    if status == "completed":
+        console.print(Text.assemble("run ", (run_id, "bold"), " is finished on Restate: nothing to resume; see ",
+                                    (f"roost runs show {run_id} --runtime restate", "bold")), soft_wrap=True)
+        return
+    serve_hint = f"roost serve {app_ref or 'FILE'}"
+    console.print(Text.assemble("run ", (run_id, "bold"), f" is on Restate ({admin}; its invocation is {status}). "
+                                "Restate resumes runs by itself once an endpoint serves their app: if none does, "
+                                "start one with ", (serve_hint, "bold")), soft_wrap=True)
 
 
 def _parse_value(value: str) -> Any:
@@ -312,15 +526,21 @@ def _parse_value(value: str) -> Any:
 @click.argument("name")
 @click.argument("value")
 @app_option
+@runtime_option
 @journal_option
-def resolve(run_id: str, name: str, value: str, app_ref: str | None, journal: Path) -> None:
+def resolve(run_id: str, name: str, value: str, app_ref: str | None, runtime_name: str | None,
+            journal: Path) -> None:
     """Answer an approval (VALUE true/false) or resolve a promise NAME of a run.
 
-    VALUE is read as JSON when it parses (true, 3, {"a": 1}), else as a string. If the process that
-    ran the run is gone, the run is resumed here to its end.
+    VALUE is read as JSON when it parses (true, 3, {"a": 1}), else as a string. Local runtime: if
+    the process that ran the run is gone, the run is resumed here to its end. Restate: the run goes
+    on wherever its app is served ('roost serve FILE').
     """
-    _existing(journal)
     parsed = _parse_value(value)
+    if _runtime_name(runtime_name) == "restate":
+        _restate_resolve(run_id, name, parsed, journal)
+        return
+    _existing(journal)
 
     async def answer() -> dict[str, Any]:
         async with (rt := LocalRuntime(journal, resume=False)):
@@ -351,6 +571,158 @@ def resolve(run_id: str, name: str, value: str, app_ref: str | None, journal: Pa
     console.print("no process runs it any more: resuming it here", soft_wrap=True)
     record = _run_async(_resume(app, run_id, console, journal), run_id, journal)
     _report(app, record, console)
+
+
+def _restate_resolve(run_id: str, name: str, parsed: Any, journal: Path) -> None:
+    async def answer() -> RunRecord:
+        async with _restate_client() as rt:
+            await _answer(rt, rt.resolve(run_id, name, parsed), f"to resolving {name!r} of run {run_id!r}")
+            return await _answer(rt, rt.get(run_id), f"about run {run_id!r}")
+
+    record = _run_async(answer(), None, journal)
+    console = _stdout()
+    console.print(Text.assemble("resolved ", (name, "bold"), f" = {json.dumps(parsed)} for run ", (run_id, "bold")),
+                  soft_wrap=True)
+    if record.status not in FINISHED:
+        console.print(f"the run continues on Restate wherever its app is served; follow it with "
+                      f"roost runs show {run_id} --runtime restate", soft_wrap=True)
+
+
+# -- serving an app to a production runtime -----------------------------------------------------------
+
+
+@cli.command()
+@click.argument("app_ref", metavar="FILE[:ATTR]")
+@click.option("--endpoint", metavar="URL",
+              help="Where to serve the app's Restate endpoint. Default: ROOST_RESTATE_ENDPOINT or "
+                   "[tool.roost.restate] endpoint (http://127.0.0.1:9080).")
+@click.option("--admin", metavar="URL",
+              help="Restate's admin API, where the endpoint is registered. Default: ROOST_RESTATE_ADMIN or "
+                   "[tool.roost.restate] admin (http://127.0.0.1:9070).")
+def serve(app_ref: str, endpoint: str | None, admin: str | None) -> None:
+    """Serve the App built by FILE to Restate until Ctrl-C or SIGTERM.
+
+    Serves the app's Restate endpoint from this process, registers it with the server (its URI
+    names the code version: the app's wiring, roost's version and FILE's content, or
+    $ROOST_CODE_VERSION) and runs the app's agents for every run Restate sends it, including runs
+    started elsewhere ('roost run FILE --prod') and runs that were interrupted.
+    """
+    settings = load_settings()
+    if settings.runtime == "temporal":
+        raise BadInputError(
+            f"the temporal worker is not available yet in this version of roost (the runtime is temporal, set by "
+            f"{_runtime_source()}): 'roost serve' serves apps to Restate; set ROOST_RUNTIME=restate")
+    if settings.runtime == "local":
+        raise BadInputError(
+            f"the configured runtime is 'local' (set by {_runtime_source()}): there is nothing to serve, local runs "
+            "are carried out by the process that runs them; set ROOST_RUNTIME=restate to serve apps to Restate")
+    from .runtime import restate as _backend  # noqa: F401  # MissingExtraError (the pip command) if not installed
+
+    app = load_app(app_ref)
+    app_file = str(Path(split_ref(app_ref)[0]).expanduser().resolve())
+    endpoint = endpoint or settings.restate.endpoint
+    admin = (admin or settings.restate.admin).rstrip("/")
+    console = _stdout()
+    hint = f"start runs from another shell with: roost run {app_ref} --prod --input JSON"
+    if _endpoint_uri(endpoint, "") != _endpoint_uri(settings.restate.endpoint, ""):
+        hint += f" (with ROOST_RESTATE_ENDPOINT={endpoint}, so that it finds this endpoint instead of serving the app)"
+    asyncio.run(_serve(app, app_file, endpoint, admin, settings.restate.identity_keys, console, hint))
+
+
+async def _serve(app: App, app_file: str, endpoint: str, admin: str, identity_keys: list[str],
+                 console: Console, hint: str) -> None:
+    import httpx
+
+    from .runtime.restate._endpoint import EndpointServer, release, serve_app
+    from .runtime.restate._server import aregister_deployment
+
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    signals = (signal.SIGINT, signal.SIGTERM)
+    _on_signal(loop, signal.SIGTERM, stop.set)
+    # Ctrl-C stops the same way, SDK hooks included (they let invocations in flight end their streams).
+    loop.add_signal_handler(signal.SIGINT, signal.raise_signal, signal.SIGTERM)
+    server: EndpointServer | None = None
+    try:
+        try:
+            server, uri = await serve_app(app.compiled, endpoint=endpoint, admin=admin, app_ref=app_file,
+                                          identity_keys=identity_keys, register=False)
+        except OSError as exc:
+            raise CliError(f"cannot serve at {endpoint}: {exc.strerror or exc}; choose another --endpoint") from None
+        try:
+            await aregister_deployment(admin, uri)
+        except httpx.TransportError as exc:
+            raise CliError(
+                f"cannot reach Restate's admin API at {admin} ({type(exc).__name__}: {exc}): is restate-server "
+                "running? Start a local one with 'roost dev restate', or point --admin / ROOST_RESTATE_ADMIN at "
+                "yours") from None
+        console.print(Text.assemble("registered ", (uri, "bold"), f" with Restate (admin {admin})"), soft_wrap=True)
+        console.print(Text.assemble("serving app ", (app.name, "bold"), f" ({', '.join(app.agents)}) at {uri}; "
+                                    "Ctrl-C stops"), soft_wrap=True)
+        console.print(hint, soft_wrap=True, style="dim")
+        sys.stdout.flush()  # when piped, say it now rather than at exit
+        waiter = asyncio.create_task(stop.wait())
+        serving = server._task
+        pending: set[asyncio.Future[Any]] = {waiter} if serving is None else {waiter, serving}
+        await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+        if not waiter.done():
+            waiter.cancel()
+            assert serving is not None
+            error = None if serving.cancelled() else serving.exception()
+            raise CliError(f"the endpoint server at {endpoint} stopped: {error or 'no reason given'}")
+        console.print("stopping: Restate keeps the runs in flight and resumes them when the app is served again",
+                      soft_wrap=True)
+        sys.stdout.flush()
+    finally:
+        cut = False
+        if server is not None:
+            with _quiet_teardown(loop):
+                try:
+                    await release(server)
+                except Exception:  # hypercorn tearing down the HTTP/2 streams of invocations in flight
+                    cut = True
+        for sig in signals:
+            loop.remove_signal_handler(sig)
+    console.print("stopped" + (" (invocations in flight were cut off: Restate retries them once the app is "
+                               "served again)" if cut else ""), soft_wrap=True)
+    sys.stdout.flush()
+
+
+@contextlib.contextmanager
+def _quiet_teardown(loop: asyncio.AbstractEventLoop) -> Iterator[None]:
+    """Silence what closing an endpoint with invocations in flight logs (tracebacks of the streams
+    hypercorn drops): on the way out they are expected, and Restate retries those invocations."""
+    import logging
+    import warnings
+
+    loggers = [logging.getLogger(name) for name in ("restate", "hypercorn.error", "asyncio")]
+    levels = [logger.level for logger in loggers]
+    handler = loop.get_exception_handler()
+    for logger in loggers:
+        logger.setLevel(logging.CRITICAL + 1)
+    loop.set_exception_handler(lambda _loop, _context: None)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # coroutines of dropped streams never awaited
+            yield
+    finally:
+        loop.set_exception_handler(handler)
+        for logger, level in zip(loggers, levels, strict=True):
+            logger.setLevel(level)
+
+
+def _on_signal(loop: asyncio.AbstractEventLoop, sig: int, callback: Callable[[], None]) -> None:
+    """Call ``callback`` on ``sig``. The Restate SDK's endpoint takes the loop's SIGTERM handler for
+    itself when it serves its first request (asyncio keeps one handler per signal), so a handler
+    set with ``loop.add_signal_handler`` would be lost: register with the SDK's shutdown hooks,
+    which it calls together with its own."""
+    import restate.server
+
+    install = getattr(restate.server, "install_shutdown_hook", None)
+    if install is not None:
+        install(loop, callback, sig)
+    else:
+        loop.add_signal_handler(sig, callback)
 
 
 # -- local servers of the production runtimes ---------------------------------------------------------

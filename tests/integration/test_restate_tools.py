@@ -47,7 +47,7 @@ async def test_activations_show_in_sys_invocation_and_the_restate_cli(server: Re
         "SELECT target_service_name, target_service_key, target_handler_name, status FROM sys_invocation "
         "WHERE target_service_key = 'tools-run-1'")
     seen = {(r["target_service_name"], r["target_handler_name"]) for r in rows}
-    assert {("tools.upper", "activate"), ("tools.exclaim", "activate"), ("RoostRun", "run")} <= seen
+    assert {("tools.upper", "activate"), ("tools.exclaim", "activate"), ("roost.tools.run", "run")} <= seen
     assert all(r["status"] == "completed" for r in rows)
 
     cli = find_restate_cli(install=True, root=Path.cwd())

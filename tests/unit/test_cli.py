@@ -404,3 +404,118 @@ def test_load_app_errors(tmp_path: Path) -> None:
 def test_version() -> None:
     res = invoke("--version")
     assert res.exit_code == 0 and "0.1.0" in res.stdout
+
+
+# -- prod mode and roost serve without a server ----------------------------------------------------
+
+
+@pytest.fixture
+def no_settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """No project settings and no ROOST_* variables: the defaults of load_settings()."""
+    for name in list(os.environ):
+        if name.startswith("ROOST_"):
+            monkeypatch.delenv(name)
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+def _unreachable(monkeypatch: pytest.MonkeyPatch) -> str:
+    """Point the restate settings at loopback ports nothing listens on; the admin URL."""
+    from roost.runtime.restate._server import free_port
+
+    admin = f"http://127.0.0.1:{free_port()}"
+    monkeypatch.setenv("ROOST_RESTATE_ADMIN", admin)
+    monkeypatch.setenv("ROOST_RESTATE_INGRESS", f"http://127.0.0.1:{free_port()}")
+    monkeypatch.setenv("ROOST_RESTATE_ENDPOINT", f"http://127.0.0.1:{free_port()}")
+    return admin
+
+
+def test_temporal_is_not_available_yet(no_settings: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    app_file = write_app(no_settings)
+    monkeypatch.setenv("ROOST_RUNTIME", "temporal")
+    for args in (("serve", app_file), ("run", app_file, "--prod", "-i", '{"title": "t"}')):
+        res = invoke(*args)
+        assert res.exit_code == 2, args
+        assert "temporal" in res.stderr and "not available yet" in res.stderr and "Traceback" not in res.output
+    monkeypatch.setenv("ROOST_MODE", "prod")  # the runs commands default to the configured runtime
+    res = invoke("runs", "list")
+    assert res.exit_code == 2 and "not available yet" in res.stderr
+
+
+def test_run_prod_on_the_local_runtime(no_settings: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    app_file, journal = write_app(no_settings), no_settings / "j.db"
+    monkeypatch.setenv("ROOST_RUNTIME", "local")
+    res = invoke("run", app_file, "--mode", "prod", "-i", '{"title": "owls"}', "--run-id", "r-p", "--journal", journal)
+    assert res.exit_code == 0, res.output
+    assert outputs_of(res.stdout)["publisher"] == {"text": "ABOUT OWLS", "words": 2}
+    monkeypatch.setenv("ROOST_MODE", "prod")
+    assert "r-p" in invoke("runs", "list", "--journal", journal).stdout  # ROOST_MODE=prod + local runtime
+    res = invoke("serve", app_file)
+    assert res.exit_code == 2 and "nothing to serve" in res.stderr
+    res = invoke("run", app_file, "--prod", "--mode", "local", "-i", "{}")
+    assert res.exit_code == 2 and "contradict" in res.output
+
+
+def test_serve_without_a_restate_server(no_settings: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    pytest.importorskip("restate")
+    admin = _unreachable(monkeypatch)
+    res = invoke("serve", write_app(no_settings))
+    assert res.exit_code == 1
+    assert f"cannot reach Restate's admin API at {admin}" in res.stderr
+    assert "roost dev restate" in res.stderr and "Traceback" not in res.output
+
+
+def test_restate_commands_without_a_restate_server(no_settings: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    pytest.importorskip("restate")
+    admin = _unreachable(monkeypatch)
+    app_file = write_app(no_settings)
+    for args in (("runs", "list"), ("runs", "show", "r"), ("runs", "resume", "r"), ("resolve", "r", "editor", "true")):
+        res = invoke(*args, "--runtime", "restate")
+        assert res.exit_code == 1, (args, res.output)
+        assert "cannot reach Restate" in res.stderr and "roost dev restate" in res.stderr, args
+        assert "Traceback" not in res.output
+    res = invoke("run", app_file, "--prod", "-i", '{"title": "t"}')
+    assert res.exit_code == 1 and "cannot reach Restate" in res.stderr and admin in res.stderr
+    assert "Traceback" not in res.output
+    monkeypatch.setenv("ROOST_MODE", "prod")  # restate (the default prod runtime) becomes the default
+    res = invoke("runs", "list", "--journal", no_settings / "none.db")
+    assert res.exit_code == 1 and "cannot reach Restate" in res.stderr
+
+
+def test_help_documents_prod_mode() -> None:
+    assert "ROOST_MODE=prod" in " ".join(invoke("runs", "list", "--help").stdout.split())
+    text = " ".join(invoke("run", "--help").stdout.split())
+    assert "--prod" in text and "--mode" in text
+    text = " ".join(invoke("serve", "--help").stdout.split())
+    assert "--endpoint" in text and "--admin" in text and "SIGTERM" in text
+
+
+def test_progress_view_of_a_polled_prod_run(tmp_path: Path) -> None:
+    """A prod runtime's record (no events, no steps): finished activations and what the run waits on
+    come from the polled record, with --runtime in the resolve hint."""
+    import io
+
+    from rich.console import Console
+
+    from roost._cli_view import ProgressView, run_detail
+    from roost.result import ActivationRecord, RunRecord
+
+    compiled = load_app(str(write_app(tmp_path, approval=True))).compiled
+    out = io.StringIO()
+    view = ProgressView(Console(file=out, width=200), "r-9", compiled, runtime_hint="restate", polled=True)
+    record = RunRecord("r-9", "pipeline", "waiting", "restate", activations=[
+        ActivationRecord("writer:entry", "writer", "entry", "completed", started_at=1.0, finished_at=1.5, attempts=1,
+                         output={"text": "x"}),
+        ActivationRecord("editor:abc", "editor", "?", "pending"),
+    ], waiting_on=["editor"])
+    view.update(record)
+    view.update(record)  # printed once
+    text = out.getvalue()
+    assert text.count("completed writer") == 1
+    assert "waiting for approval of 'editor': roost resolve r-9 editor true|false --runtime restate" in text
+    assert view.rows["editor:abc"].status == "waiting"
+
+    out = io.StringIO()
+    Console(file=out, width=200).print(run_detail(record, compiled, runtime_hint="restate"))
+    assert "roost resolve r-9 editor true|false --runtime restate" in out.getvalue()
+    assert "waiting" in out.getvalue().split("editor", 2)[-1]

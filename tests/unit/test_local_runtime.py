@@ -69,8 +69,9 @@ async def test_replay_that_diverges_from_the_journal_fails_with_both_values(tmp_
     await app.aclose()  # like a restart: the run stays unfinished in the journal
 
     order[0] = "renamed"
+    async with LocalRuntime(path, resume=False) as rt:  # answer it without resuming anything
+        await rt.resolve("r", "go", True)
     app2 = App([agent("o").contracts(input=Q, output=Q).engine(orchestrate)], journal=path)
-    await app2.aresolve("r", "go", True)
     with pytest.raises(RunFailedError, match="NonDeterminismError") as info:
         await app2.aresume("r", timeout=5)
     assert "recorded as step 'fetch'" in info.value.error_message

@@ -19,7 +19,7 @@ from .._base import DurableContext, State, StepInfo
 from .._retry import RetryPolicy, seconds
 from .._steps import call_step, return_type
 from ._errors import describe, to_restate
-from ._names import ACTIVATE, LEDGER, agent_service
+from ._names import ACTIVATE, agent_service, ledger_service
 
 T = TypeVar("T")
 
@@ -137,7 +137,7 @@ class RestateContext(DurableContext):
 
     async def promise(self, name: str) -> Any:
         awakeable_id, future = self._ctx.awakeable(type_hint=object)
-        self._ctx.generic_send(LEDGER, "wait", json.dumps({"name": name, "awakeable": awakeable_id, "agent": self.agent,
+        self._ctx.generic_send(ledger_service(self._app.name), "wait", json.dumps({"name": name, "awakeable": awakeable_id, "agent": self.agent,
                                                            "activation": self.activation_id}).encode(), key=self.run_id)
         return await future
 

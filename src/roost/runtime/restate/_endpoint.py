@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import logging
 import os
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -23,6 +24,7 @@ from ._http import serve_asgi
 from ._server import aregister_deployment
 from ._services import services
 
+_log = logging.getLogger("roost.restate")
 ASGI = Callable[[dict[str, Any], Callable[[], Awaitable[Any]], Callable[[Any], Awaitable[None]]], Awaitable[None]]
 
 
@@ -79,6 +81,8 @@ class EndpointServer:
                 await asyncio.wait_for(self._task, 5)
             except (TimeoutError, asyncio.CancelledError):
                 self._task.cancel()
+            except Exception as exc:  # hypercorn tearing down streams still open (Restate retries them)
+                _log.debug("endpoint %s:%s stopped with %r", self.host, self.port, exc)
             self._task = None
 
 
@@ -98,10 +102,14 @@ async def serve_app(app: CompiledApp, *, endpoint: str, admin: str, app_ref: str
     # The latest app object of a version wins (same code, or a test re-using an app name).
     server.routes[version] = restate.app(services(app), identity_keys=identity_keys or None)
     server.users += 1
-    await server.start()
     uri = f"http://{host}:{port}/v/{version}"
-    if register:
-        await aregister_deployment(admin, uri)
+    try:
+        await server.start()
+        if register:
+            await aregister_deployment(admin, uri)
+    except BaseException:
+        await release(server)  # nothing left listening or counted when serving or registering fails
+        raise
     return server, uri
 
 

@@ -15,7 +15,7 @@ from ...errors import BackendError, ConfigError, PromiseError, RunConflictError,
 from ...result import FINISHED, ActivationRecord, RunRecord
 from .._base import DurableRuntime, RunSummary, Submission
 from ._endpoint import EndpointServer, release, serve_app
-from ._names import LEDGER, RUN
+from ._names import LEDGER_PATTERN, ledger_service, run_service
 from ._server import aadmin_query
 from ._services import entry_messages
 
@@ -54,7 +54,7 @@ class RestateRuntime(DurableRuntime):
     async def open(self) -> None:
         if self._client is not None:
             return
-        self._client = httpx.AsyncClient(timeout=httpx.Timeout(30.0, read=None))
+        self._client = httpx.AsyncClient(timeout=httpx.Timeout(30.0))
         if self.settings.serve:
             for name, app in self.apps.items():
                 server, _ = await self._guard(serve_app(
@@ -86,12 +86,19 @@ class RestateRuntime(DurableRuntime):
         resp: httpx.Response = await self._guard(self.client.post(f"{self.settings.ingress}/{path}", json=body))
         return resp
 
+    async def _ledgers(self, where: str) -> list[dict[str, Any]]:
+        """Run records read from the ledgers' state through the admin API: no endpoint needed."""
+        rows = await self._guard(aadmin_query(
+            self.settings.admin,
+            f"SELECT service_name, value_utf8 FROM state WHERE key = 'run' AND service_name LIKE '{LEDGER_PATTERN}' "
+            f"{where}"))
+        return [json.loads(r["value_utf8"]) for r in rows if r.get("value_utf8")]
+
     async def _ledger(self, run_id: str) -> dict[str, Any] | None:
-        resp = await self._post(f"{LEDGER}/{_quote(run_id)}/get", None)
-        if resp.status_code != 200:
-            raise BackendError(f"Restate answered {resp.status_code} reading run {run_id!r}: {resp.text}")
-        data: dict[str, Any] | None = resp.json() if resp.content else None
-        return data
+        found = await self._ledgers(f"AND service_key = '{_sql(run_id)}'")
+        if len(found) > 1:  # the same run id in several apps: prefer one this runtime serves
+            found = [r for r in found if r["app"] in self.apps] or found
+        return found[0] if found else None
 
     # -- runs -------------------------------------------------------------------------------
 
@@ -106,10 +113,10 @@ class RestateRuntime(DurableRuntime):
         }
         # The workflow first (it only waits for the ledger's word), then the ledger, which
         # records the run and sends the entry messages before this call returns.
-        resp = await self._post(f"{RUN}/{_quote(run_id)}/run/send", {})
+        resp = await self._post(f"{run_service(app.name)}/{_quote(run_id)}/run/send", {})
         if resp.status_code not in (200, 202):
             raise BackendError(f"Restate refused to start run {run_id!r} ({resp.status_code}): {resp.text}")
-        resp = await self._post(f"{LEDGER}/{_quote(run_id)}/start", body)
+        resp = await self._post(f"{ledger_service(app.name)}/{_quote(run_id)}/start", body)
         if resp.status_code != 200:
             raise BackendError(f"Restate refused to record run {run_id!r} ({resp.status_code}): {resp.text}")
         answer = resp.json()
@@ -120,9 +127,13 @@ class RestateRuntime(DurableRuntime):
         return bool(answer["created"])
 
     async def wait(self, run_id: str, timeout: float | None = None) -> RunRecord:
-        url = f"{self.settings.ingress}/restate/workflow/{RUN}/{_quote(run_id)}/attach"
+        run = await self._ledger(run_id)
+        if run is None:
+            raise RunNotFoundError(run_id)
+        url = f"{self.settings.ingress}/restate/workflow/{run_service(run['app'])}/{_quote(run_id)}/attach"
         try:
-            resp = await asyncio.wait_for(self._guard(self.client.get(url)), timeout)
+            resp = await asyncio.wait_for(self._guard(self.client.get(url, timeout=httpx.Timeout(30.0, read=None))),
+                                          timeout)
         except TimeoutError:
             raise TimeoutError(f"run {run_id!r} did not finish within {timeout} s") from None
         if resp.status_code == 404:
@@ -152,42 +163,43 @@ class RestateRuntime(DurableRuntime):
         acts += [ActivationRecord(id=m, agent=m.split(":", 1)[0], kind="?", status="pending")
                  for m in run["expected"] if m not in done]
         waiting = [w["name"] for w in run.get("waiting", [])]
-        status = run["status"]
-        if status == "running" and waiting:
-            status = "waiting"
-        return RunRecord(run_id=run_id, app=run["app"], status=status, runtime="restate", input=run.get("input"),
+        return RunRecord(run_id=run_id, app=run["app"], status=_status(run), runtime="restate", input=run.get("input"),
                          created_at=run["created_at"], finished_at=run.get("finished_at"), error=run.get("error"),
                          activations=acts, waiting_on=waiting)
 
     async def list_runs(self, limit: int = 50) -> list[RunSummary]:
-        rows = await self._guard(aadmin_query(
-            self.settings.admin,
-            f"SELECT target_service_key AS run_id, created_at FROM sys_invocation WHERE target_service_name = '{RUN}' "
-            f"AND target_handler_name = 'run' ORDER BY created_at DESC LIMIT {int(limit)}"))
-        out = []
-        for row in rows:
-            rec = await self.get(row["run_id"])
-            out.append(RunSummary(rec.run_id, rec.app, rec.status, rec.created_at, rec.finished_at, "restate"))
-        return out
+        runs = sorted(await self._ledgers(""), key=lambda r: r["created_at"], reverse=True)[:limit]
+        return [RunSummary(r["run_id"], r["app"], _status(r), r["created_at"], r.get("finished_at"), "restate")
+                for r in runs]
 
     async def resolve(self, run_id: str, name: str, value: Any) -> None:
-        resp = await self._post(f"{LEDGER}/{_quote(run_id)}/resolve", {"name": name, "value": value})
-        answer = resp.json() if resp.status_code == 200 else {"error": resp.text}
-        error = answer.get("error")
-        if error == "not_found":
+        run = await self._ledger(run_id)
+        if run is None:
             raise RunNotFoundError(run_id)
-        if error == "finished":
-            raise PromiseError(f"run {run_id!r} is {answer.get('status')}: nothing waits for {name!r}", run_id=run_id)
-        if error == "resolved":
+        if run["status"] in FINISHED:
+            raise PromiseError(f"run {run_id!r} is {run['status']}: nothing waits for {name!r}", run_id=run_id)
+        if name in run["promises"]:
             raise PromiseError(f"{name!r} of run {run_id!r} is resolved already", run_id=run_id)
-        if error:
-            raise PromiseError(f"resolving {name!r} of run {run_id!r} failed: {error}", run_id=run_id)
+        # Sent, not called: it is kept by Restate and applied as soon as an endpoint serves the
+        # app, even if none does right now (a resolve racing another is ignored by the ledger).
+        resp = await self._post(f"{ledger_service(run['app'])}/{_quote(run_id)}/resolve/send",
+                                {"name": name, "value": value})
+        if resp.status_code not in (200, 202):
+            raise BackendError(f"Restate refused to resolve {name!r} of run {run_id!r} ({resp.status_code}): {resp.text}")
 
     async def resume(self, app: CompiledApp, run_id: str) -> None:
         # Restate resumes invocations by itself once an endpoint serves them again.
         self.register(app, self.app_refs.get(app.name))
         if await self._ledger(run_id) is None:
             raise RunNotFoundError(run_id)
+
+
+def _status(run: dict[str, Any]) -> str:
+    return "waiting" if run["status"] == "running" and run.get("waiting") else str(run["status"])
+
+
+def _sql(text: str) -> str:
+    return text.replace("'", "''")
 
 
 def _quote(key: str) -> str:

@@ -3,10 +3,12 @@
 - ``<app>.<agent>`` (Virtual Object, keyed by entity key): handler ``activate`` runs one
   activation through roost's shared activation logic, sends the messages its output produces
   and reports to the run's ledger. Its state is the entity's state.
-- ``RoostLedger`` (Virtual Object, keyed by run id): the run's record, which messages are
-  outstanding, durable promises (approvals) as awakeables.
-- ``RoostRun`` (Workflow, keyed by run id): starts the run and completes when the ledger says
-  it is finished, so a client attaches to it to wait.
+- ``roost.<app>.ledger`` (Virtual Object, keyed by run id): the run's record, which messages
+  are outstanding, durable promises (approvals) as awakeables.
+- ``roost.<app>.run`` (Workflow, keyed by run id): completes when the ledger says the run is
+  finished, so a client attaches to it to wait.
+
+Each app has its own run services, so one app's endpoint never serves another's bookkeeping.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from ..._graph import CompiledApp, message_id
 from ...errors import StepFailedError, TerminalError
 from .._base import RunAborted
 from ._context import RestateContext, decode_message, encode_message
-from ._names import ACTIVATE, LEDGER, RUN, agent_service
+from ._names import ACTIVATE, agent_service, ledger_service, run_service
 
 # How Restate retries an invocation whose endpoint failed or vanished (a killed process, a
 # restart): quickly at first and at most every second, so a run resumes within about a second
@@ -72,7 +74,7 @@ def agent_object(app: CompiledApp, agent: str) -> restate.VirtualObject:
             "sent": rctx.produced, "routes": [m.id for m in new],
         }
         # A call, not a send: once the ledger knows a run failed, nothing new starts.
-        answer = await ctx.generic_call(LEDGER, "report", json.dumps(report).encode(), key=msg.run_id)
+        answer = await ctx.generic_call(ledger_service(app.name), "report", json.dumps(report).encode(), key=msg.run_id)
         if not json.loads(answer).get("failed"):
             for m, key in keyed:
                 rctx.deliver(m, key)
@@ -87,8 +89,8 @@ def _finished(state: dict[str, Any]) -> bool:
     return set(state["expected"]) == set(state["done"])
 
 
-def ledger_object() -> restate.VirtualObject:
-    obj = restate.VirtualObject(LEDGER, invocation_retry_policy=RETRY)
+def ledger_object(app: str) -> restate.VirtualObject:
+    obj = restate.VirtualObject(ledger_service(app), invocation_retry_policy=RETRY)
 
     async def load(ctx: restate.ObjectSharedContext | restate.ObjectContext) -> dict[str, Any] | None:
         return await ctx.get("run", type_hint=dict)
@@ -135,7 +137,7 @@ def ledger_object() -> restate.VirtualObject:
         if _finished(run):
             run["status"] = "failed" if run["error"] else "completed"
             run["finished_at"] = max([a["finished"] or 0 for a in run["activations"].values()] + [run["created_at"]])
-            ctx.generic_send(RUN, "finish", json.dumps({"status": run["status"]}).encode(), key=ctx.key())
+            ctx.generic_send(run_service(app), "finish", json.dumps({"status": run["status"]}).encode(), key=ctx.key())
         ctx.set("run", run)
         return {"failed": run["error"] is not None}
 
@@ -177,8 +179,8 @@ def ledger_object() -> restate.VirtualObject:
     return obj
 
 
-def run_workflow() -> restate.Workflow:
-    wf = restate.Workflow(RUN, invocation_retry_policy=RETRY)
+def run_workflow(app: str) -> restate.Workflow:
+    wf = restate.Workflow(run_service(app), invocation_retry_policy=RETRY)
 
     @wf.main()
     async def run(ctx: restate.WorkflowContext, _: dict[str, Any]) -> dict[str, Any]:
@@ -194,7 +196,7 @@ def run_workflow() -> restate.Workflow:
 
 
 def services(app: CompiledApp) -> list[restate.Service | restate.VirtualObject | restate.Workflow]:
-    return [run_workflow(), ledger_object(), *(agent_object(app, name) for name in app.specs)]
+    return [run_workflow(app.name), ledger_object(app.name), *(agent_object(app, name) for name in app.specs)]
 
 
 def entry_messages(app: CompiledApp, run_id: str, entries: list[tuple[str, Any]]) -> list[dict[str, Any]]:
