@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import time
 from typing import Any
 
@@ -18,6 +19,8 @@ from ._endpoint import EndpointServer, release, serve_app
 from ._names import LEDGER_PATTERN, ledger_service, run_service
 from ._server import aadmin_query
 from ._services import entry_messages
+
+_log = logging.getLogger("roost.restate")
 
 
 class RestateRuntime(DurableRuntime):
@@ -132,8 +135,7 @@ class RestateRuntime(DurableRuntime):
             raise RunNotFoundError(run_id)
         url = f"{self.settings.ingress}/restate/workflow/{run_service(run['app'])}/{_quote(run_id)}/attach"
         try:
-            resp = await asyncio.wait_for(self._guard(self.client.get(url, timeout=httpx.Timeout(30.0, read=None))),
-                                          timeout)
+            resp = await asyncio.wait_for(self._attach(url), timeout)
         except TimeoutError:
             raise TimeoutError(f"run {run_id!r} did not finish within {timeout} s") from None
         if resp.status_code == 404:
@@ -146,6 +148,16 @@ class RestateRuntime(DurableRuntime):
                 if record.status in FINISHED:
                     break
         return record
+
+    async def _attach(self, url: str) -> httpx.Response:
+        """Wait on the run's workflow; a connection lost to a restarting server is re-attached."""
+        while True:
+            try:
+                resp: httpx.Response = await self.client.get(url, timeout=httpx.Timeout(30.0, read=None))
+                return resp
+            except httpx.TransportError as exc:
+                _log.info("lost the connection to Restate while waiting (%r); attaching again", exc)
+                await asyncio.sleep(0.5)
 
     async def get(self, run_id: str) -> RunRecord:
         run = await self._ledger(run_id)

@@ -1,0 +1,707 @@
+"""kill -9 the Restate backend at chosen points of a run, bring it back, and check what survived.
+
+One restate-server (module scope, its data in a tmp dir, free loopback ports) hosts every run.
+Each test picks an endpoint port and keeps it (a restarted process serves the same URI, and its
+code version is the same, so Restate's pinned invocations find it again), runs
+tests/crash/restate_pipeline.py there as a serving subprocess, starts a run from this process
+with a client-only ``RestateRuntime``, waits (bounded) until the pipeline signals that it is at
+the kill point, kills it with SIGKILL (by pid), snapshots Restate's journal of the run (which
+steps have their result journaled) and the counters (kept outside the journal, one fsync'ed
+line per step start/done), starts the serving process again without blocking, and checks
+against an uninterrupted run of the same pipeline (another run id on the same server):
+
+* a step journaled before a kill is never executed again (its counter lines do not change);
+* every step ran to 'done' exactly once overall; interrupted steps started once more;
+* nothing was lost: every agent produced, the ledger saw every activation reported exactly
+  once and nothing outstanding, and every Restate invocation of the run completed successfully;
+* the outputs equal the uninterrupted run's, as JSON (up to the run id inside idempotency keys).
+
+The last tests kill restate-server itself (SIGKILL, by its pid) mid-run and restart it on the
+same data dir and ports while the serving process keeps running: during a ctx.sleep (the timer
+comes due while the server is down), inside an async step (the SDK cancels the abandoned
+attempt) and inside a sync step (its thread cannot be cancelled: it runs on beside the new
+attempt, which the contract allows for a step whose result was not journaled).
+
+Resume latency: each test records how long after the endpoint was back the run went on (the
+next step's 'start' counter line; for the approval tests, the run finishing), from the restarted
+process's spawn and from its 'serving' marker (written once it listens and is registered;
+Restate may reach it slightly before), or from restate-server's restart. The figures are printed
+in a summary at the end of the module; only a generous liveness bound (LIVENESS) is asserted.
+Restate retries a failed invocation after 100 ms, doubling up to 1 s, so a run should resume
+within about 1 s of its endpoint listening again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter
+from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pydantic_core
+import pytest
+
+from roost import App, RunHandle
+from roost.runtime.restate._server import RestateServer, admin_query, free_port
+from tests.restate_support import start_test_server
+
+from .restate_pipeline import APP_NAME, RUN_INPUT, STEPS, build_app
+
+pytest.importorskip("restate")
+
+pytestmark = [pytest.mark.crash, pytest.mark.restate]
+
+HERE = Path(__file__).resolve().parent
+SCRIPT = HERE / "restate_pipeline.py"
+REPO = HERE.parent.parent
+MARKER_TIMEOUT = 20.0  # seconds to reach a kill point (or to serve)
+FINISH_TIMEOUT = 30.0  # seconds for the recovered run to finish
+LIVENESS = 10.0  # resume latency bound: a liveness check only (about 1 s is expected)
+OUTAGE = 3.0  # seconds the endpoint stays down in test_kill_mid_fanout
+AGENTS = {"plan", "fact", "style", "merge", "publish"}
+PLAN_STEPS = {"plan.outline", "plan.research", "plan.draft"}
+RUN_PLACEHOLDER = "<run>"
+
+T = TypeVar("T")
+
+# Resume latency figures per test, summarised at the end of the module.
+LATENCIES: dict[str, dict[str, float]] = {}
+
+
+# -- the harness ----------------------------------------------------------------------------------
+
+
+class Harness:
+    """One run id, one counter directory and one endpoint port; the serving processes started
+    on them, and client calls to the run from this process."""
+
+    def __init__(self, root: Path, server: RestateServer, run_id: str) -> None:
+        self.root = root
+        self.server = server
+        self.run_id = run_id
+        self.endpoint = f"http://127.0.0.1:{free_port()}"  # fixed for this test: restarts serve the same URI
+        self.counter_dir = root / "counters"
+        self.counter_dir.mkdir(parents=True, exist_ok=True)
+        self.procs: list[subprocess.Popen[bytes]] = []
+        self.logs: dict[int, tuple[Path, Path]] = {}
+        self.serving_at: dict[int, float] = {}  # pid -> when it served (its marker's time)
+        self.spawned_at: dict[int, float] = {}
+
+    # -- serving processes ----------------------------------------------------------------------
+
+    def start(self, scenario: str, *, block: bool = True) -> subprocess.Popen[bytes]:
+        """Start a serving process and wait until it serves (listens, and is registered)."""
+        for old in self.counter_dir.glob("at-*"):
+            old.unlink()  # markers of an earlier (killed) process
+        env = {k: v for k, v in os.environ.items() if not k.startswith("ROOST_")}
+        env["ROOST_CRASH_BLOCK"] = "1" if block else "0"
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO / "src"), env.get("PYTHONPATH")]))
+        n = len(self.procs)
+        out, err = self.root / f"proc{n}-{scenario}.out", self.root / f"proc{n}-{scenario}.err"
+        spawned = time.time()
+        with open(out, "wb") as fo, open(err, "wb") as fe:
+            proc = subprocess.Popen(
+                [sys.executable, str(SCRIPT), self.endpoint, self.server.admin_url, str(self.counter_dir), scenario],
+                cwd=REPO, env=env, stdout=fo, stderr=fe, stdin=subprocess.DEVNULL,
+            )
+        self.procs.append(proc)
+        self.logs[proc.pid] = (out, err)
+        self.spawned_at[proc.pid] = spawned
+        self.wait_marker(proc, "serving")
+        pid, at, _ = self.marker("serving")[0].split()
+        assert int(pid) == proc.pid
+        self.serving_at[proc.pid] = float(at)
+        return proc
+
+    def stderr(self, proc: subprocess.Popen[bytes] | None) -> str:
+        return "" if proc is None else self.logs[proc.pid][1].read_text(errors="replace")[-3000:]
+
+    def wait_until(self, proc: subprocess.Popen[bytes] | None, what: str, check: Callable[[], Any],
+                   timeout: float = MARKER_TIMEOUT) -> float:
+        """Poll ``check`` (bounded); fail early if the process exits. Returns the seconds waited."""
+        t0 = time.monotonic()
+        while not check():
+            if proc is not None and proc.poll() is not None:
+                pytest.fail(f"serving process exited ({proc.returncode}) before {what}:\n{self.stderr(proc)}")
+            if time.monotonic() - t0 > timeout:
+                pytest.fail(f"not reached within {timeout} s: {what}\n{self.stderr(proc)}")
+            time.sleep(0.01)
+        return time.monotonic() - t0
+
+    def marker(self, point: str) -> list[str]:
+        """The complete lines of the marker ``at-<point>`` (none while it is being written)."""
+        path = self.counter_dir / f"at-{point}"
+        return path.read_text().split("\n")[:-1] if path.exists() else []
+
+    def wait_marker(self, proc: subprocess.Popen[bytes], *points: str) -> None:
+        for point in points:
+            self.wait_until(proc, f"marker at-{point}", lambda: self.marker(point))  # noqa: B023
+
+    def kill(self, proc: subprocess.Popen[bytes]) -> float:
+        """SIGKILL the process (by its pid); returns when it was killed."""
+        assert proc.poll() is None, f"the process to kill has exited already:\n{self.stderr(proc)}"
+        killed = time.time()
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=10)
+        assert proc.returncode == -signal.SIGKILL
+        return killed
+
+    def close(self) -> None:
+        for proc in self.procs:  # only the processes this harness started
+            if proc.poll() is None:
+                os.kill(proc.pid, signal.SIGKILL)
+                proc.wait(timeout=10)
+
+    # -- counters (outside the journal) ---------------------------------------------------------
+
+    def counters(self) -> dict[str, list[dict[str, Any]]]:
+        """Per step ('agent.step'): this run's execution events in its counter file, in order."""
+        out: dict[str, list[dict[str, Any]]] = {}
+        for path in sorted(self.counter_dir.glob("*.log")):
+            lines = path.read_text().split("\n")[:-1]  # complete lines only: one may be being written
+            events = [json.loads(line) for line in lines if line.strip()]
+            out[path.stem] = [e for e in events if e["run"] == self.run_id]
+        return out
+
+    def counts(self, event: str) -> dict[str, int]:
+        return {step: sum(e["event"] == event for e in events) for step, events in self.counters().items()}
+
+    def first_start(self, after: float = 0.0, pid: int | None = None) -> dict[str, Any] | None:
+        """The earliest 'start' line written after ``after`` (by ``pid`` if given)."""
+        starts = [e for events in self.counters().values() for e in events
+                  if e["event"] == "start" and e["at"] > after and (pid is None or e["pid"] == pid)]
+        return min(starts, key=lambda e: e["at"]) if starts else None
+
+    # -- Restate's journal of the run (admin SQL) -------------------------------------------------
+
+    def journal(self, entry_types: tuple[str, ...]) -> list[dict[str, Any]]:
+        """The run's journal entries of those types, in its agents' invocations (keyed by the run id)."""
+        types = ", ".join(f"'{t}'" for t in entry_types)
+        return admin_query(self.server.admin_url, (
+            "SELECT i.target_service_name AS service, j.id AS id, j.index AS idx, j.entry_type AS type, "
+            "j.entry_lite_json AS entry FROM sys_journal j JOIN sys_invocation i ON j.id = i.id "
+            f"WHERE i.target_service_key = '{self.run_id}' AND i.target_service_name LIKE '{APP_NAME}.%' "
+            f"AND j.entry_type IN ({types}) ORDER BY j.index"))
+
+    def journaled_steps(self) -> set[str]:
+        """'agent.step' for every step whose result Restate has journaled."""
+        names: dict[tuple[str, int], str] = {}
+        done: set[tuple[str, int]] = set()
+        for row in self.journal(("Command: Run", "Notification: Run")):
+            entry = json.loads(row["entry"])
+            if row["type"] == "Command: Run":
+                run = entry["Command"]["Run"]
+                agent = row["service"].removeprefix(f"{APP_NAME}.")
+                names[(row["id"], run["completion_id"])] = f"{agent}.{run['name']}"
+            elif entry["Notification"].get("result") == "Success":
+                done.add((row["id"], entry["Notification"]["id"]["CompletionId"]))
+        return {name for key, name in names.items() if key in done}
+
+    def sleeps(self) -> list[float]:
+        """Wake-up times (epoch seconds) of plan's ctx.sleep entries."""
+        rows = [r for r in self.journal(("Command: Sleep",)) if r["service"] == f"{APP_NAME}.plan"]
+        return [json.loads(r["entry"])["Command"]["Sleep"]["wake_up_time"] / 1000.0 for r in rows]
+
+    def invocations(self) -> list[dict[str, Any]]:
+        return admin_query(self.server.admin_url, (
+            "SELECT target, status, completion_result FROM sys_invocation "
+            f"WHERE target_service_key = '{self.run_id}'"))
+
+    # -- client calls (a client-only RestateRuntime in this process) ------------------------------
+
+    def client(self, fn: Callable[[App], Awaitable[T]]) -> T:
+        from roost.runtime.restate import RestateRuntime
+
+        async def go() -> T:
+            runtime = RestateRuntime(ingress=self.server.ingress_url, admin=self.server.admin_url, serve=False)
+            async with build_app(runtime) as app:
+                await app.runtime()
+                return await fn(app)
+
+        return asyncio.run(go())
+
+    def submit(self) -> None:
+        async def go(app: App) -> None:
+            await app.start(RUN_INPUT, self.run_id)
+
+        self.client(go)
+
+    def ledger(self) -> dict[str, Any]:
+        """The run's record in its ledger (a Virtual Object keyed by the run id), as stored."""
+
+        async def go(app: App) -> dict[str, Any]:
+            record: dict[str, Any] | None = await (await app.runtime())._ledger(self.run_id)  # type: ignore[attr-defined]
+            assert record is not None, f"run {self.run_id!r} unknown to the ledger"
+            return record
+
+        return self.client(go)
+
+    def activations(self) -> list[tuple[str, str, str]]:
+        """(agent, kind, status) of every activation the ledger has a report of."""
+        return [(a["agent"], a["kind"], a["status"]) for a in self.ledger()["activations"].values()]
+
+    def resolve(self, name: str, value: Any) -> None:
+        async def go(app: App) -> None:
+            await app.aresolve(self.run_id, name, value)
+
+        self.client(go)
+
+    def finish(self, timeout: float = FINISH_TIMEOUT) -> dict[str, Any]:
+        """Wait for the run to finish; its status, outputs (JSON, run id masked) and agent status."""
+
+        async def go(app: App) -> dict[str, Any]:
+            result = await RunHandle(app, await app.runtime(), self.run_id).result(timeout)
+            outputs = json.dumps(pydantic_core.to_jsonable_python(result.outputs), sort_keys=True)
+            return {"status": result.status, "outputs": json.loads(outputs.replace(self.run_id, RUN_PLACEHOLDER)),
+                    "agent_status": result.agent_status}
+
+        return self.client(go)
+
+    def wait_for_approval(self, proc: subprocess.Popen[bytes]) -> None:
+        self.wait_until(proc, "the run waiting for publish's approval", lambda: self.ledger()["waiting"])
+        assert [w["name"] for w in self.ledger()["waiting"]] == ["publish"]
+
+
+@dataclass
+class Snapshot:
+    """What had happened when a process was killed."""
+
+    journaled: set[str]
+    counters: dict[str, list[dict[str, Any]]]
+    killed_at: float
+
+
+@pytest.fixture(scope="module")
+def restate_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RestateServer]:
+    server = start_test_server(tmp_path_factory.mktemp("restate-crash"))
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def harness(tmp_path: Path, restate_server: RestateServer, request: pytest.FixtureRequest) -> Iterator[Harness]:
+    if not restate_server.running:  # a failed earlier test may have left it down
+        restate_server.start()
+    h = Harness(tmp_path, restate_server, f"crash-{request.node.name.removeprefix('test_')}-{os.urandom(3).hex()}")
+    try:
+        yield h
+    finally:
+        h.close()
+
+
+@pytest.fixture(scope="module")
+def baseline(tmp_path_factory: pytest.TempPathFactory, restate_server: RestateServer) -> dict[str, Any]:
+    """The same pipeline run uninterrupted on the same server (another run id): result, counters."""
+    h = Harness(tmp_path_factory.mktemp("restate-baseline"), restate_server, f"crash-baseline-{os.urandom(3).hex()}")
+    try:
+        proc = h.start("none")
+        h.submit()
+        h.wait_for_approval(proc)
+        h.resolve("publish", True)
+        result = h.finish()
+        return {"result": result, "starts": h.counts("start"), "dones": h.counts("done"),
+                "counters": h.counters(), "activations": h.activations(), "run_id": h.run_id}
+    finally:
+        h.close()
+
+
+@pytest.fixture(scope="module", autouse=True)
+def latency_summary(request: pytest.FixtureRequest) -> Iterator[None]:
+    yield
+    reporter = request.config.pluginmanager.get_plugin("terminalreporter")
+    capture = request.config.pluginmanager.get_plugin("capturemanager")
+    if reporter is None or capture is None or not LATENCIES:
+        return
+    with capture.global_and_fixture_disabled():  # shown without -s
+        reporter.write_line("")
+        reporter.write_line("restate crash suite, resume latency (seconds):")
+        for test, figures in LATENCIES.items():
+            reporter.write_line(f"  {test:48s} " + "  ".join(f"{k}={v:.3f}" for k, v in figures.items()))
+
+
+def endpoint_latency(test: str, h: Harness, proc: subprocess.Popen[bytes], resumed_at: float) -> None:
+    """Record when the restarted process ``proc`` was spawned, served (listening and registered:
+    Restate may reach it a little before) and ran the next step."""
+    spawned, serving = h.spawned_at[proc.pid], h.serving_at[proc.pid]
+    record_latency(test, spawn_to_serving=serving - spawned, serving_to_next_step=resumed_at - serving,
+                   spawn_to_next_step=resumed_at - spawned)
+
+
+def record_latency(test: str, **figures: float) -> None:
+    LATENCIES[test] = figures
+    print(f"{test}: " + ", ".join(f"{k}={v:.3f}s" for k, v in figures.items()))
+
+
+# -- checks ---------------------------------------------------------------------------------------
+
+
+def crash_at(h: Harness, proc: subprocess.Popen[bytes], *, journaled: set[str]) -> Snapshot:
+    """kill -9 the serving process, once Restate's journal holds exactly ``journaled``."""
+    before = h.journaled_steps()
+    assert before == journaled, f"at the wrong point: journaled {sorted(before)}"
+    counters = h.counters()
+    killed_at = h.kill(proc)
+    assert h.journaled_steps() == journaled, "the journal changed while the process was being killed"
+    for step in journaled:  # a journaled step ran to 'done' once before the kill
+        assert [e["event"] for e in counters[step]].count("done") == 1, step
+    return Snapshot(journaled, counters, killed_at)
+
+
+def resumed(h: Harness, proc: subprocess.Popen[bytes] | None, step: str, *, after: float,
+            pid: int | None = None) -> float:
+    """Wait (bounded by LIVENESS) for the next step's 'start' line after ``after``; check it is
+    ``step``'s and return when it was written."""
+    h.wait_until(proc, f"{step} starting again", lambda: h.first_start(after, pid) is not None, timeout=LIVENESS)
+    first = h.first_start(after, pid)
+    assert first is not None and f"{first['agent']}.{first['step']}" == step, f"resumed with {first}, not {step}"
+    return float(first["at"])
+
+
+def approve_and_finish(h: Harness, proc: subprocess.Popen[bytes]) -> dict[str, Any]:
+    """Approve 'publish' once the run waits for it (the test process does), then finish."""
+    h.wait_for_approval(proc)
+    h.resolve("publish", True)
+    return h.finish()
+
+
+def check_recovered(h: Harness, baseline: dict[str, Any], final: dict[str, Any], kills: list[Snapshot],
+                    extra_starts: dict[str, int], *, at_least_once: frozenset[str] = frozenset()) -> None:
+    """The recovered run against the uninterrupted one (see the module docstring).
+
+    ``extra_starts``: per step, how many more times it started than in the uninterrupted run
+    (once per kill that interrupted it); ``at_least_once``: interrupted steps whose abandoned
+    attempt may have finished as well (checked: done once or more)."""
+    # Nothing lost, and the same outputs as the uninterrupted run.
+    assert final["status"] == "completed"
+    assert set(final["outputs"]) == AGENTS, "an agent never produced"
+    assert final["agent_status"] == {a: "completed" for a in AGENTS}
+    assert final["outputs"] == baseline["result"]["outputs"]
+
+    counters = h.counters()
+    starts, dones = h.counts("start"), h.counts("done")
+    # Every step ran to 'done' exactly once overall (no side effect after its result was journaled).
+    assert all(dones.get(s, 0) >= 1 for s in at_least_once), f"a step never completed: {dones}"
+    dones.update({s: 1 for s in at_least_once})
+    assert dones == {s: 1 for s in STEPS}, f"steps did not complete exactly once: {dones}"
+    # A step journaled before a kill never ran again after it.
+    for snap in kills:
+        for step in snap.journaled:
+            assert counters[step] == snap.counters[step], f"{step} ran again after it was journaled"
+    # Interrupted steps started once more per interruption, the others as often as uninterrupted.
+    for step in STEPS:
+        expected = baseline["starts"][step] + extra_starts.get(step, 0)
+        assert starts[step] == expected, f"{step}: {starts[step]} starts, expected {expected}"
+    # Idempotency keys are stable across recoveries, and equal the uninterrupted run's (run id
+    # aside) up to the converge (after it, activation ids depend on which upstream came first).
+    for step, events in counters.items():
+        assert len({e["key"] for e in events}) == 1, f"{step}: idempotency key changed: {events}"
+        if step in PLAN_STEPS | {"fact.fact", "style.style"}:
+            ours = events[0]["key"].replace(h.run_id, RUN_PLACEHOLDER)
+            theirs = baseline["counters"][step][0]["key"].replace(baseline["run_id"], RUN_PLACEHOLDER)
+            assert ours == theirs, step
+
+    # The ledger: every activation reported exactly once, nothing outstanding or waiting.
+    ledger = h.ledger()
+    assert (ledger["status"], ledger["error"], ledger["waiting"]) == ("completed", None, [])
+    assert sorted(ledger["expected"]) == sorted(ledger["done"])
+    assert ledger["count"] == len(ledger["activations"]) == 6, f"{ledger['count']} reports"
+    assert sorted(h.activations()) == sorted(baseline["activations"])
+    assert Counter(status for _, _, status in h.activations()) == Counter(completed=5, absorbed=1)
+    # Restate: every invocation of the run (agents, ledger, workflow) completed, none failed.
+    pending = [i for i in h.invocations() if (i["status"], i.get("completion_result")) != ("completed", "success")]
+    assert not pending, f"invocations not completed successfully: {pending}"
+
+
+# -- the uninterrupted run -----------------------------------------------------------------------
+
+
+def test_uninterrupted_run(baseline: dict[str, Any]) -> None:
+    result = baseline["result"]
+    assert result["status"] == "completed"
+    assert set(result["outputs"]) == AGENTS
+    assert baseline["dones"] == {s: 1 for s in STEPS}
+    # 'draft' fails its first attempt and succeeds on the retry; everything else runs once.
+    assert baseline["starts"] == {s: 2 if s == "plan.draft" else 1 for s in STEPS}
+    assert sorted(status for _, _, status in baseline["activations"]) == ["absorbed"] + ["completed"] * 5
+
+
+# -- kill the serving process, start it again ---------------------------------------------------
+
+
+def test_kill_inside_step(harness: Harness, baseline: dict[str, Any]) -> None:
+    """Killed inside plan's 'research' step: 'outline' (journaled) must not run again."""
+    h = harness
+    proc = h.start("step")
+    h.submit()
+    h.wait_marker(proc, "step")
+    snap = crash_at(h, proc, journaled={"plan.outline"})
+    assert [e["event"] for e in snap.counters["plan.research"]] == ["start"]
+    new = h.start("step", block=False)
+    at = resumed(h, new, "plan.research", after=snap.killed_at, pid=new.pid)
+    endpoint_latency("kill inside step", h, new, at)
+    final = approve_and_finish(h, new)
+    check_recovered(h, baseline, final, [snap], {"plan.research": 1})
+
+
+def test_kill_during_sleep(harness: Harness, baseline: dict[str, Any]) -> None:
+    """Killed during plan's ctx.sleep: the timer survives (fires at its journaled time, not
+    sooner, and is not journaled again), and the steps before it are not run again."""
+    h = harness
+    proc = h.start("sleep")
+    h.submit()
+    h.wait_marker(proc, "sleep")
+    h.wait_until(proc, "the sleep journaled", h.sleeps)
+    snap = crash_at(h, proc, journaled={"plan.outline", "plan.research"})
+    (wake,) = h.sleeps()
+    assert snap.killed_at < wake - 1.0, "the kill should come well before the timer fires"
+    new = h.start("sleep", block=False)
+    serving = h.serving_at[new.pid]
+    assert serving < wake, "the endpoint should be back before the timer fires"
+    at = resumed(h, new, "plan.draft", after=snap.killed_at, pid=new.pid)
+    assert at >= wake - 0.005, "the step after the sleep ran before the journaled wake-up time"
+    record_latency("kill during ctx.sleep", spawn_to_serving=serving - h.spawned_at[new.pid],
+                   wake_to_next_step=at - max(wake, serving))
+    final = approve_and_finish(h, new)
+    check_recovered(h, baseline, final, [snap], {})
+    assert h.sleeps() == [wake], "the sleep was journaled again after the restart"
+
+
+def test_kill_mid_fanout(harness: Harness, baseline: dict[str, Any]) -> None:
+    """Killed while 'fact' (one fan-out branch) is inside its step and 'style' (the other) is
+    done, reported to the ledger: style must not run again, fact must run once more.
+
+    The endpoint stays down for OUTAGE seconds here, long enough for Restate's retry interval
+    to reach its 1 s cap: the resume latency measured is the one a real outage would see."""
+    h = harness
+    proc = h.start("fanout")
+    h.submit()
+    h.wait_marker(proc, "fanout")
+    h.wait_until(proc, "style's activation completed",
+                 lambda: ("style", "completed") in [(a, s) for a, _, s in h.activations()])
+    snap = crash_at(h, proc, journaled=PLAN_STEPS | {"style.style"})
+    assert [e["event"] for e in snap.counters["fact.fact"]] == ["start"]
+    time.sleep(OUTAGE)
+    new = h.start("fanout", block=False)
+    at = resumed(h, new, "fact.fact", after=snap.killed_at, pid=new.pid)
+    endpoint_latency(f"kill mid fan-out ({OUTAGE:.0f} s outage)", h, new, at)
+    final = approve_and_finish(h, new)
+    check_recovered(h, baseline, final, [snap], {"fact.fact": 1})
+
+
+def test_kill_with_converge_half_complete(harness: Harness, baseline: dict[str, Any]) -> None:
+    """Killed while 'fact' is done and its contribution absorbed by 'merge', and 'style' (the
+    other upstream) is inside its step: merge must fire once, with fact's recorded output."""
+    h = harness
+    proc = h.start("converge")
+    h.submit()
+    h.wait_marker(proc, "converge")
+    h.wait_until(proc, "fact's contribution absorbed by merge",
+                 lambda: [(a, s) for a, _, s in h.activations() if a == "merge"] == [("merge", "absorbed")])
+    snap = crash_at(h, proc, journaled=PLAN_STEPS | {"fact.fact"})
+    assert [e["event"] for e in snap.counters["style.style"]] == ["start"]
+    new = h.start("converge", block=False)
+    at = resumed(h, new, "style.style", after=snap.killed_at, pid=new.pid)
+    endpoint_latency("kill mid converge", h, new, at)
+    final = approve_and_finish(h, new)
+    check_recovered(h, baseline, final, [snap], {"style.style": 1})
+
+
+def test_kill_while_waiting_for_approval(harness: Harness, baseline: dict[str, Any]) -> None:
+    """Killed while 'publish' waits for its approval; after the restart the run still waits
+    (the ledger kept it), the test approves, and the run finishes without running publish's
+    step again."""
+    h = harness
+    proc = h.start("approval")
+    h.submit()
+    h.wait_for_approval(proc)
+    snap = crash_at(h, proc, journaled=set(STEPS))
+    new = h.start("approval", block=False)
+    assert [w["name"] for w in h.ledger()["waiting"]] == ["publish"]
+    assert h.ledger()["status"] == "running"
+    asked = time.time()
+    h.resolve("publish", True)
+    final = h.finish()
+    record_latency("approval, resolved after restart", spawn_to_serving=h.serving_at[new.pid] - h.spawned_at[new.pid],
+                   resolve_to_finished=time.time() - asked)
+    check_recovered(h, baseline, final, [snap], {})
+
+
+def test_approval_resolved_while_endpoint_down(harness: Harness, baseline: dict[str, Any]) -> None:
+    """Killed while 'publish' waits for its approval; the test approves while no process
+    serves the app: Restate keeps the ledger's resolve invocation until the endpoint is back
+    (the run still waits meanwhile), then the run finishes."""
+    h = harness
+    proc = h.start("approval")
+    h.submit()
+    h.wait_for_approval(proc)
+    snap = crash_at(h, proc, journaled=set(STEPS))
+
+    # In a thread: whether the client's resolve returns at once (sent) or only once the ledger
+    # has run it (called), this test goes on.
+    answered: list[BaseException | None] = []
+
+    def resolve() -> None:
+        try:
+            h.resolve("publish", True)
+            answered.append(None)
+        except BaseException as exc:  # reported by the test thread
+            answered.append(exc)
+
+    thread = threading.Thread(target=resolve, daemon=True)
+    thread.start()
+
+    def resolve_held() -> bool:
+        # The ledger's handler (the only 'resolve'), however the ledger service is named.
+        return any(i["target"].endswith(f"/{h.run_id}/resolve") and i["status"] != "completed"
+                   for i in h.invocations())
+
+    h.wait_until(None, "the resolve invocation accepted by Restate", resolve_held)
+    time.sleep(0.3)
+    assert resolve_held(), "the ledger ran the resolve while no endpoint served it"
+    assert [w["name"] for w in h.ledger()["waiting"]] == ["publish"]
+    assert answered in ([], [None]), answered
+    new = h.start("approval", block=False)
+    final = h.finish()
+    done = time.time()
+    thread.join(timeout=LIVENESS)
+    assert answered == [None], answered
+    record_latency("approval, resolved while endpoint down", spawn_to_serving=h.serving_at[new.pid] - h.spawned_at[new.pid],
+                   serving_to_finished=done - h.serving_at[new.pid])
+    assert done - h.serving_at[new.pid] < LIVENESS
+    check_recovered(h, baseline, final, [snap], {})
+
+
+def test_killed_again_during_recovery(harness: Harness, baseline: dict[str, Any]) -> None:
+    """Killed inside 'research'; the restarted process is killed inside 'research' again (it
+    replays plan); the next one is killed with the converge half complete; the last finishes."""
+    h = harness
+    proc = h.start("step")
+    h.submit()
+    h.wait_marker(proc, "step")
+    kills = [crash_at(h, proc, journaled={"plan.outline"})]
+    proc = h.start("step")
+    h.wait_marker(proc, "step")
+    kills.append(crash_at(h, proc, journaled={"plan.outline"}))
+    assert [e["event"] for e in kills[-1].counters["plan.research"]] == ["start", "start"]
+    proc = h.start("converge")
+    h.wait_marker(proc, "converge")
+    h.wait_until(proc, "fact's contribution absorbed by merge",
+                 lambda: [(a, s) for a, _, s in h.activations() if a == "merge"] == [("merge", "absorbed")])
+    kills.append(crash_at(h, proc, journaled=PLAN_STEPS | {"fact.fact"}))
+    new = h.start("none", block=False)
+    final = approve_and_finish(h, new)
+    check_recovered(h, baseline, final, kills, {"plan.research": 2, "style.style": 1})
+    pids = {e["pid"] for events in h.counters().values() for e in events}
+    assert len(pids) == 4, "each of the four processes should have executed something"
+
+
+# -- kill restate-server itself -----------------------------------------------------------------
+
+
+@dataclass
+class ServerKill:
+    killed_at: float
+    restart_at: float  # restart() called
+    healthy_at: float  # restart() returned: healthy, partitions answering
+
+
+def kill_restate_server(h: Harness, proc: subprocess.Popen[bytes], *, down_until: float = 0.0) -> ServerKill:
+    """SIGKILL restate-server (its own pid), keep it down until ``down_until`` (epoch seconds),
+    and restart it on the same data dir and ports; the serving process must survive."""
+    server = h.server
+    assert server.running
+    killed_at = time.time()
+    assert server.kill() == -signal.SIGKILL
+    assert not server.running
+    time.sleep(max(0.0, down_until - time.time()))
+    restart_at = time.time()
+    server.restart()
+    healthy_at = time.time()
+    assert proc.poll() is None, "the serving process should survive restate-server's death"
+    return ServerKill(killed_at, restart_at, healthy_at)
+
+
+def test_kill_restate_server_during_sleep(harness: Harness, baseline: dict[str, Any]) -> None:
+    """kill -9 restate-server while plan sleeps; it stays down past the timer's wake-up time and
+    comes back on the same data dir. The serving process, left running, is invoked again: the
+    overdue timer fires at once, the steps journaled before it are not run again, the run ends."""
+    h = harness
+    proc = h.start("server")
+    h.submit()
+    h.wait_marker(proc, "server")
+    h.wait_until(proc, "the sleep journaled", h.sleeps)
+    (wake,) = h.sleeps()
+    journaled, counters = h.journaled_steps(), h.counters()
+    assert journaled == {"plan.outline", "plan.research"}, sorted(journaled)
+    down = kill_restate_server(h, proc, down_until=wake + 0.3)
+    assert down.killed_at < wake, "the kill should come before the timer fires"
+    at = resumed(h, proc, "plan.draft", after=down.killed_at)
+    assert at >= wake, "the step after the sleep ran before the journaled wake-up time"
+    record_latency("kill -9 restate-server during sleep", restart_to_healthy=down.healthy_at - down.restart_at,
+                   restart_to_next_step=at - down.restart_at, healthy_to_next_step=at - down.healthy_at)
+    final = approve_and_finish(h, proc)
+    check_recovered(h, baseline, final, [Snapshot(journaled, counters, down.killed_at)], {})
+    assert h.sleeps() == [wake], "the sleep was journaled again after the restart"
+    assert len(h.procs) == 1, "one serving process served the whole run"
+
+
+def test_kill_restate_server_inside_step(harness: Harness, baseline: dict[str, Any]) -> None:
+    """kill -9 restate-server while plan's async 'research' step runs in the (surviving) serving
+    process: the SDK cancels that attempt when its connection drops, Restate invokes plan again
+    after the restart, and 'research' runs again, once, without 'outline' running again."""
+    h = harness
+    proc = h.start("server-step")
+    h.submit()
+    h.wait_marker(proc, "server-step")
+    journaled, counters = h.journaled_steps(), h.counters()
+    assert journaled == {"plan.outline"}, sorted(journaled)
+    down = kill_restate_server(h, proc)
+    at = resumed(h, proc, "plan.research", after=down.killed_at)
+    record_latency("kill -9 restate-server inside step", restart_to_healthy=down.healthy_at - down.restart_at,
+                   restart_to_next_step=at - down.restart_at, healthy_to_next_step=at - down.healthy_at)
+    time.sleep(0.3)  # an attempt the SDK did not cancel would have the same time to finish
+    (h.counter_dir / "release").touch()
+    final = approve_and_finish(h, proc)
+    check_recovered(h, baseline, final, [Snapshot(journaled, counters, down.killed_at)], {"plan.research": 1})
+    attempts = [(e["event"], e["attempt"]) for e in h.counters()["plan.research"]]
+    assert attempts == [("start", 1), ("start", 2), ("done", 2)], attempts
+
+
+def test_kill_restate_server_inside_sync_step(harness: Harness, baseline: dict[str, Any]) -> None:
+    """kill -9 restate-server while 'fact' (a sync step, in a worker thread of the surviving
+    serving process) runs. A thread cannot be cancelled: the abandoned attempt runs on beside the
+    new one, and both may finish. That is within the contract (a step runs at least once until
+    its result is journaled, never again after): the first result journaled wins, the journaled
+    steps do not run again, and the run ends with the uninterrupted run's outputs."""
+    h = harness
+    proc = h.start("server-sync")
+    h.submit()
+    h.wait_marker(proc, "server-sync")
+    h.wait_until(proc, "style's activation completed", lambda: ("style", "completed") in
+                 [(a, s) for a, _, s in h.activations()])
+    journaled, counters = h.journaled_steps(), h.counters()
+    assert journaled == PLAN_STEPS | {"style.style"}, sorted(journaled)
+    down = kill_restate_server(h, proc)
+    at = resumed(h, proc, "fact.fact", after=down.killed_at)
+    record_latency("kill -9 restate-server inside sync step", restart_to_healthy=down.healthy_at - down.restart_at,
+                   restart_to_next_step=at - down.restart_at, healthy_to_next_step=at - down.healthy_at)
+    (h.counter_dir / "release").touch()
+    final = approve_and_finish(h, proc)
+    time.sleep(0.2)  # let the abandoned thread write its last line
+    events = [(e["event"], e["attempt"]) for e in h.counters()["fact.fact"]]
+    dones = [a for ev, a in events if ev == "done"]
+    print(f"fact.fact after restate-server's kill: {events}")
+    assert events[:2] == [("start", 1), ("start", 2)] and 1 <= len(dones) <= 2, events
+    check_recovered(h, baseline, final, [Snapshot(journaled, counters, down.killed_at)], {"fact.fact": 1},
+                    at_least_once=frozenset({"fact.fact"}))
