@@ -21,6 +21,7 @@ from ._server import aadmin_query
 from ._services import entry_messages
 
 _log = logging.getLogger("roost.restate")
+RESOLVE_WAIT = 10.0  # seconds to wait for the ledger's answer before leaving the resolution to Restate
 
 
 class RestateRuntime(DurableRuntime):
@@ -192,12 +193,25 @@ class RestateRuntime(DurableRuntime):
             raise PromiseError(f"run {run_id!r} is {run['status']}: nothing waits for {name!r}", run_id=run_id)
         if name in run["promises"]:
             raise PromiseError(f"{name!r} of run {run_id!r} is resolved already", run_id=run_id)
-        # Sent, not called: it is kept by Restate and applied as soon as an endpoint serves the
-        # app, even if none does right now (a resolve racing another is ignored by the ledger).
-        resp = await self._post(f"{ledger_service(run['app'])}/{_quote(run_id)}/resolve/send",
-                                {"name": name, "value": value})
-        if resp.status_code not in (200, 202):
-            raise BackendError(f"Restate refused to resolve {name!r} of run {run_id!r} ({resp.status_code}): {resp.text}")
+        # A call, answered by the ledger (which refuses a second resolution). If no endpoint serves
+        # the app right now, Restate keeps the call and applies it once one does: stop waiting.
+        path = f"{ledger_service(run['app'])}/{_quote(run_id)}/resolve"
+        try:
+            resp = await self.client.post(f"{self.settings.ingress}/{path}", json={"name": name, "value": value},
+                                          timeout=httpx.Timeout(30.0, read=RESOLVE_WAIT))
+        except httpx.ReadTimeout:
+            _log.info("no endpoint answered resolving %r of run %r yet; Restate applies it when one does", name, run_id)
+            return
+        except httpx.HTTPError as exc:
+            raise BackendError(f"talking to Restate failed: {type(exc).__name__}: {exc}") from exc
+        answer = resp.json() if resp.status_code == 200 and resp.content else {"error": resp.text}
+        error = answer.get("error")
+        if error == "resolved":
+            raise PromiseError(f"{name!r} of run {run_id!r} is resolved already", run_id=run_id)
+        if error == "finished":
+            raise PromiseError(f"run {run_id!r} is {answer.get('status')}: nothing waits for {name!r}", run_id=run_id)
+        if error:
+            raise BackendError(f"Restate refused to resolve {name!r} of run {run_id!r}: {error}")
 
     async def resume(self, app: CompiledApp, run_id: str) -> None:
         # Restate resumes invocations by itself once an endpoint serves them again.
