@@ -44,6 +44,7 @@ class RestateRuntime(DurableRuntime):
         self.app_refs: dict[str, str | None] = {}
         self._client: httpx.AsyncClient | None = None
         self._servers: list[EndpointServer] = []
+        self._run_apps: dict[str, str] = {}  # run id -> app, for runs submitted here
 
     def register(self, app: CompiledApp, app_ref: str | None = None) -> None:
         self.apps[app.name] = app
@@ -124,6 +125,7 @@ class RestateRuntime(DurableRuntime):
         if resp.status_code != 200:
             raise BackendError(f"Restate refused to record run {run_id!r} ({resp.status_code}): {resp.text}")
         answer = resp.json()
+        self._run_apps[run_id] = answer.get("app", app.name)
         if not answer["created"] and (answer["app"] != app.name or answer["input_hash"] != submission.input_hash):
             raise RunConflictError(
                 f"run id {run_id!r} is already used by a run of app {answer['app']!r} with a different input; "
@@ -131,24 +133,24 @@ class RestateRuntime(DurableRuntime):
         return bool(answer["created"])
 
     async def wait(self, run_id: str, timeout: float | None = None) -> RunRecord:
-        run = await self._ledger(run_id)
-        if run is None:
-            raise RunNotFoundError(run_id)
-        url = f"{self.settings.ingress}/restate/workflow/{run_service(run['app'])}/{_quote(run_id)}/attach"
+        app = self._run_apps.get(run_id)
+        if app is None:
+            run = await self._ledger(run_id)
+            if run is None:
+                raise RunNotFoundError(run_id)
+            app = run["app"]
+        url = f"{self.settings.ingress}/restate/workflow/{run_service(app)}/{_quote(run_id)}/attach"
         try:
             resp = await asyncio.wait_for(self._attach(url), timeout)
         except TimeoutError:
             raise TimeoutError(f"run {run_id!r} did not finish within {timeout} s") from None
         if resp.status_code == 404:
             raise RunNotFoundError(run_id)
-        record = await self.get(run_id)
-        if record.status not in FINISHED:  # the workflow answered before the ledger's last write
-            for _ in range(50):
-                await asyncio.sleep(0.02)
-                record = await self.get(run_id)
-                if record.status in FINISHED:
-                    break
-        return record
+        final = resp.json() if resp.status_code == 200 and resp.content else None
+        self._run_apps.pop(run_id, None)
+        if isinstance(final, dict) and "activations" in final:
+            return _record(run_id, final)  # the workflow returns the ledger's final record
+        return await self.get(run_id)
 
     async def _attach(self, url: str) -> httpx.Response:
         """Wait on the run's workflow; a connection lost to a restarting server is re-attached."""
@@ -164,21 +166,7 @@ class RestateRuntime(DurableRuntime):
         run = await self._ledger(run_id)
         if run is None:
             raise RunNotFoundError(run_id)
-        acts = [
-            ActivationRecord(
-                id=a["id"], agent=a["agent"], kind=a["kind"], status=a["status"], cause=a.get("cause"),
-                started_at=a.get("started"), finished_at=a.get("finished"), attempts=a.get("attempts", 0),
-                output=a.get("output"), error=a.get("error"),
-            )
-            for a in run["activations"].values()
-        ]
-        done = set(run["done"])
-        acts += [ActivationRecord(id=m, agent=m.split(":", 1)[0], kind="?", status="pending")
-                 for m in run["expected"] if m not in done]
-        waiting = [w["name"] for w in run.get("waiting", [])]
-        return RunRecord(run_id=run_id, app=run["app"], status=_status(run), runtime="restate", input=run.get("input"),
-                         created_at=run["created_at"], finished_at=run.get("finished_at"), error=run.get("error"),
-                         activations=acts, waiting_on=waiting)
+        return _record(run_id, run)
 
     async def list_runs(self, limit: int = 50) -> list[RunSummary]:
         runs = sorted(await self._ledgers(""), key=lambda r: r["created_at"], reverse=True)[:limit]
@@ -218,6 +206,23 @@ class RestateRuntime(DurableRuntime):
         self.register(app, self.app_refs.get(app.name))
         if await self._ledger(run_id) is None:
             raise RunNotFoundError(run_id)
+
+
+def _record(run_id: str, run: dict[str, Any]) -> RunRecord:
+    acts = [
+        ActivationRecord(
+            id=a["id"], agent=a["agent"], kind=a["kind"], status=a["status"], cause=a.get("cause"),
+            started_at=a.get("started"), finished_at=a.get("finished"), attempts=a.get("attempts", 0),
+            output=a.get("output"), error=a.get("error"),
+        )
+        for a in run["activations"].values()
+    ]
+    done = set(run["done"])
+    acts += [ActivationRecord(id=m, agent=m.split(":", 1)[0], kind="?", status="pending")
+             for m in run["expected"] if m not in done]
+    return RunRecord(run_id=run_id, app=run["app"], status=_status(run), runtime="restate", input=run.get("input"),
+                     created_at=run["created_at"], finished_at=run.get("finished_at"), error=run.get("error"),
+                     activations=acts, waiting_on=[w["name"] for w in run.get("waiting", [])])
 
 
 def _status(run: dict[str, Any]) -> str:

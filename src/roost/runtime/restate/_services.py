@@ -137,7 +137,8 @@ def ledger_object(app: str) -> restate.VirtualObject:
         if _finished(run):
             run["status"] = "failed" if run["error"] else "completed"
             run["finished_at"] = max([a["finished"] or 0 for a in run["activations"].values()] + [run["created_at"]])
-            ctx.generic_send(run_service(app), "finish", json.dumps({"status": run["status"]}).encode(), key=ctx.key())
+            # The final record goes to the workflow, so a client attached to it needs no second read.
+            ctx.generic_send(run_service(app), "finish", json.dumps(run).encode(), key=ctx.key())
         ctx.set("run", run)
         return {"failed": run["error"] is not None}
 
