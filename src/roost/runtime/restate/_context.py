@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import time
 from collections.abc import Awaitable, Callable
@@ -26,6 +27,17 @@ T = TypeVar("T")
 # Attempts per step idempotency key, in this process: Restate retries a step in a new attempt
 # of the invocation, so the count lives outside it (it restarts if the process dies).
 _ATTEMPTS: dict[str, int] = {}
+
+
+@functools.lru_cache(maxsize=64)
+def _run_options(policy: RetryPolicy) -> restate.RunOptions[dict[str, Any]]:
+    return restate.RunOptions(
+        type_hint=dict,
+        max_attempts=policy.max_attempts,
+        initial_retry_interval=timedelta(seconds=policy.initial_interval),
+        retry_interval_factor=policy.backoff,
+        max_retry_interval=timedelta(seconds=policy.max_interval),
+    )
 
 
 class RestateState(State):
@@ -109,14 +121,8 @@ class RestateContext(DurableContext):
             _ATTEMPTS.pop(key, None)
             return {"v": json.loads(encoded), "t0": t0, "t1": time.time(), "n": attempt}
 
-        options: restate.RunOptions[dict[str, Any]] = restate.RunOptions(
-            max_attempts=policy.max_attempts,
-            initial_retry_interval=timedelta(seconds=policy.initial_interval),
-            retry_interval_factor=policy.backoff,
-            max_retry_interval=timedelta(seconds=policy.max_interval),
-        )
         try:
-            done = await self._ctx.run_typed(name, action, options)
+            done = await self._ctx.run_typed(name, action, _run_options(policy))
         except restate.TerminalError as exc:
             _ATTEMPTS.pop(key, None)
             info = describe(exc)

@@ -7,6 +7,7 @@ import json
 import logging
 import time
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 
@@ -96,10 +97,17 @@ class RestateRuntime(DurableRuntime):
         rows = await self._guard(aadmin_query(
             self.settings.admin,
             f"SELECT service_name, value_utf8 FROM state WHERE key = 'run' AND service_name LIKE '{LEDGER_PATTERN}' "
-            f"{where}"))
+            f"{where}", client=self.client))
         return [json.loads(r["value_utf8"]) for r in rows if r.get("value_utf8")]
 
     async def _ledger(self, run_id: str) -> dict[str, Any] | None:
+        app = self._run_apps.get(run_id)
+        if app is not None and self._servers:
+            # Served here: ask the ledger itself (a shared handler, fast); SQL is for the rest.
+            resp = await self._post(f"{ledger_service(app)}/{_quote(run_id)}/get", None)
+            if resp.status_code == 200:
+                data: dict[str, Any] | None = resp.json() if resp.content else None
+                return data
         found = await self._ledgers(f"AND service_key = '{_sql(run_id)}'")
         if len(found) > 1:  # the same run id in several apps: prefer one this runtime serves
             found = [r for r in found if r["app"] in self.apps] or found
@@ -147,7 +155,6 @@ class RestateRuntime(DurableRuntime):
         if resp.status_code == 404:
             raise RunNotFoundError(run_id)
         final = resp.json() if resp.status_code == 200 and resp.content else None
-        self._run_apps.pop(run_id, None)
         if isinstance(final, dict) and "activations" in final:
             return _record(run_id, final)  # the workflow returns the ledger's final record
         return await self.get(run_id)
@@ -234,4 +241,4 @@ def _sql(text: str) -> str:
 
 
 def _quote(key: str) -> str:
-    return httpx.URL("http://x/").copy_with(path="/" + key).raw_path.decode().lstrip("/")
+    return quote(key, safe="")
