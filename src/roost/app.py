@@ -24,6 +24,7 @@ from .result import FINISHED, RunRecord, RunResult
 from .runtime import DurableRuntime, Submission, get_runtime
 
 Listener = Callable[[dict[str, Any]], None]
+_APPROVAL_POLL = 0.05  # seconds; runtimes without in-process events (prod) are polled this often
 
 
 class RunHandle:
@@ -60,7 +61,7 @@ class RunHandle:
                         return None
                     event.clear()
                     try:  # runtimes without in-process events (prod) are polled
-                        await asyncio.wait_for(event.wait(), 0.2)
+                        await asyncio.wait_for(event.wait(), _APPROVAL_POLL)
                     except TimeoutError:
                         pass
         finally:
