@@ -36,6 +36,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from _common import bounded, pct  # noqa: E402 - bench/ is on sys.path when run as a script
 from pydantic import BaseModel
 
 from roost import App, agent
@@ -52,15 +53,6 @@ class Msg(BaseModel):
 
 # --------------------------------------------------------------------------------------------
 # helpers
-
-
-def pct(values: list[float], p: float) -> float:
-    """Nearest-rank percentile (p in 0..100)."""
-    s = sorted(values)
-    if not s:
-        return float("nan")
-    k = max(0, min(len(s) - 1, round(p / 100 * len(s) + 0.5) - 1))
-    return s[k]
 
 
 def rss_mb() -> float:
@@ -143,15 +135,7 @@ def table(rows: list[Row]) -> str:
     return "\n".join(out)
 
 
-async def bounded(n: int, concurrency: int, make: Callable[[int], Awaitable[Any]]) -> None:
-    """Run make(0..n-1) with at most ``concurrency`` in flight."""
-    sem = asyncio.Semaphore(concurrency)
 
-    async def one(i: int) -> None:
-        async with sem:
-            await make(i)
-
-    await asyncio.gather(*(one(i) for i in range(n)))
 
 
 # --------------------------------------------------------------------------------------------

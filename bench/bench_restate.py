@@ -49,6 +49,7 @@ from typing import Any
 
 import httpx
 import restate
+from _common import bounded, pct  # noqa: E402 - bench/ is on sys.path when run as a script
 from pydantic import BaseModel
 
 from roost import App, agent
@@ -222,15 +223,6 @@ async def orchestrate(inp: Msg, ctx: Any) -> Msg:
 # helpers
 
 
-def pct(values: list[float], p: float) -> float:
-    """Nearest-rank percentile (p in 0..100)."""
-    s = sorted(values)
-    if not s:
-        return float("nan")
-    k = max(0, min(len(s) - 1, round(p / 100 * len(s) + 0.5) - 1))
-    return s[k]
-
-
 def proc_cpu(pid: int) -> float:
     """User + system CPU seconds of process ``pid`` (all its threads)."""
     with open(f"/proc/{pid}/stat", encoding="ascii") as f:
@@ -290,17 +282,6 @@ def table(rows: list[Row]) -> str:
         out.append(f"| {r.metric} | {fmt(r.measured, r.unit)} | {fmt(r.native, r.unit)} | {ratio} | "
                    f"{target_text(r)} | {r.verdict} |")
     return "\n".join(out)
-
-
-async def bounded(n: int, concurrency: int, make: Callable[[int], Awaitable[Any]]) -> None:
-    """Run make(0..n-1) with at most ``concurrency`` in flight."""
-    sem = asyncio.Semaphore(concurrency)
-
-    async def one(i: int) -> None:
-        async with sem:
-            await make(i)
-
-    await asyncio.gather(*(one(i) for i in range(n)))
 
 
 class Marks:
