@@ -20,47 +20,12 @@ import pytest
 from click.testing import CliRunner, Result
 
 from roost.cli import cli
+from tests.apps import pipeline_source
 from tests.restate_support import start_test_server
-
-pytest.importorskip("restate")
 
 pytestmark = pytest.mark.restate
 
-APP = '''
-from pydantic import BaseModel
-from roost import App, agent
-
-
-class Topic(BaseModel):
-    title: str
-
-
-class Draft(BaseModel):
-    text: str
-
-
-class Final(BaseModel):
-    text: str
-    words: int
-
-
-def write(t: Topic) -> Draft:
-    return Draft(text=f"about {t.title}")
-
-
-def edit(d: Draft) -> Draft:
-    return Draft(text=d.text.upper())
-
-
-def publish(d: Draft) -> Final:
-    return Final(text=d.text, words=len(d.text.split()))
-
-
-writer = agent("writer").contracts(input=Topic, output=Draft).engine(write)
-editor = agent("editor").contracts(input=Draft, output=Draft).engine(edit).reacts_to(writer).needs_approval()
-publisher = agent("publisher").contracts(input=Draft, output=Final).engine(publish).reacts_to(editor)
-app = App([writer, editor, publisher], name="cli_restate_pipeline")
-'''
+APP = pipeline_source("cli_restate_pipeline", approval=True)
 
 
 @pytest.fixture(scope="module")

@@ -18,46 +18,7 @@ from roost import App
 from roost._loader import import_file, load_app, split_ref
 from roost.cli import cli
 from roost.runtime.local import LocalRuntime
-
-PIPELINE = '''
-from pydantic import BaseModel
-from roost import App, agent
-
-
-class Topic(BaseModel):
-    title: str
-
-
-class Draft(BaseModel):
-    text: str
-
-
-class Final(BaseModel):
-    text: str
-    words: int
-
-
-def write(t: Topic) -> Draft:
-    return Draft(text=f"about {t.title}")
-
-
-def edit(d: Draft) -> Draft:
-    return Draft(text=d.text.upper())
-
-
-def publish(d: Draft) -> Final:
-    return Final(text=d.text, words=len(d.text.split()))
-
-
-writer = agent("writer").contracts(input=Topic, output=Draft).engine(write)
-editor = agent("editor").contracts(input=Draft, output=Draft).engine(edit).reacts_to(writer)
-publisher = agent("publisher").contracts(input=Draft, output=Final).engine(publish).reacts_to(editor)
-{approval}
-pipeline = App([writer, editor, publisher], name="{name}")
-
-if __name__ == "__main__":
-    raise SystemExit("imported as __main__")
-'''
+from tests.apps import PIPELINE
 
 FAILING = '''
 from pydantic import BaseModel
