@@ -56,8 +56,6 @@ from tests.restate_support import start_test_server
 
 from .restate_pipeline import APP_NAME, RUN_INPUT, STEPS, build_app
 
-pytest.importorskip("restate")
-
 pytestmark = [pytest.mark.crash, pytest.mark.restate]
 
 HERE = Path(__file__).resolve().parent

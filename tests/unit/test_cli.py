@@ -418,7 +418,6 @@ def test_run_prod_on_the_local_runtime(no_settings: Path, monkeypatch: pytest.Mo
 
 
 def test_serve_without_a_restate_server(no_settings: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    pytest.importorskip("restate")
     admin = _unreachable(monkeypatch)
     res = invoke("serve", write_app(no_settings))
     assert res.exit_code == 1
@@ -427,7 +426,6 @@ def test_serve_without_a_restate_server(no_settings: Path, monkeypatch: pytest.M
 
 
 def test_restate_commands_without_a_restate_server(no_settings: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    pytest.importorskip("restate")
     admin = _unreachable(monkeypatch)
     app_file = write_app(no_settings)
     for args in (("runs", "list"), ("runs", "show", "r"), ("runs", "resume", "r"), ("resolve", "r", "editor", "true")):

@@ -19,6 +19,7 @@ from typing import Any
 
 import httpx
 import pytest
+import restate  # noqa: E402 - the restate extra is part of the test install
 
 from roost.errors import ConfigError
 from roost.runtime.restate._http import serve_asgi
@@ -35,9 +36,6 @@ from roost.runtime.restate._server import (
     wait_service,
 )
 from tests.restate_support import REPO_ROOT, restate_binary, serve_endpoint, start_test_server
-
-restate = pytest.importorskip("restate")
-
 
 # -- helpers ----------------------------------------------------------------------------------------
 
