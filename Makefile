@@ -8,11 +8,11 @@ BIN     = $(VENV)/bin
 $(BIN)/.roost-base: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e ".[restate]"
+	$(BIN)/pip install -q -e ".[restate,llm]"
 	touch $@
 
 $(BIN)/.roost-dev: $(BIN)/.roost-base
-	$(BIN)/pip install -q -e ".[dev,restate]"
+	$(BIN)/pip install -q -e ".[dev,restate,temporal,llm]"
 	touch $@
 
 ## demo: set up and run the demo pipeline on the embedded runtime
