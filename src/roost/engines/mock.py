@@ -73,12 +73,25 @@ class MockEngine(Engine):
 
     def __init__(self, **fixed: Any) -> None:
         self.fixed = fixed
+        self._types: dict[str, Any] = {}
 
     def produce(self, spec: AgentSpec, args: tuple[Any, ...]) -> Any:
-        value = mock_value(spec.output_type, _seed(args))
+        return revive(pydantic_core.to_jsonable_python(self.produce_for(spec.output_type, args)), spec.output_type)
+
+    def check(self, spec: AgentSpec) -> None:
+        self._types[spec.name] = spec.output_type
+
+    def produce_json(self, agent: str, args: list[Any]) -> Any:
+        """The step: JSON arguments in, JSON out, so any backend can run it in another process."""
+        return pydantic_core.to_jsonable_python(self.produce_for(self._types[agent], args))
+
+    def produce_for(self, output_type: Any, args: list[Any] | tuple[Any, ...]) -> Any:
+        value = mock_value(output_type, _seed(tuple(args)))
         if self.fixed and isinstance(value, BaseModel):
             value = value.model_copy(update=self.fixed)
-        return revive(pydantic_core.to_jsonable_python(value), spec.output_type)
+        return value
 
     async def run(self, ctx: DurableContext, spec: AgentSpec, args: tuple[Any, ...]) -> Any:
-        return await ctx.step(spec.name, self.produce, spec, args, retry=spec.retry)
+        self._types.setdefault(spec.name, spec.output_type)
+        return await ctx.step(spec.name, self.produce_json, spec.name, pydantic_core.to_jsonable_python(list(args)),
+                              retry=spec.retry)

@@ -30,12 +30,13 @@ __all__ = [
 _BACKENDS: dict[str, tuple[str, str, str | None]] = {
     "local": ("roost.runtime.local", "LocalRuntime", None),
     "restate": ("roost.runtime.restate", "RestateRuntime", "restate"),
+    "temporal": ("roost.runtime.temporal", "TemporalRuntime", "temporal"),
 }
-_PLANNED = {"temporal"}
+_PLANNED: set[str] = set()
 
 
 def get_runtime(name: str | None = None, **options: Any) -> DurableRuntime:
-    """A runtime by name (``local``, ``restate``; default from ``ROOST_RUNTIME``, else ``local``).
+    """A runtime by name (``local``, ``restate``, ``temporal``; default from ``ROOST_RUNTIME``, else ``local``).
 
     A backend whose optional dependencies are missing raises MissingExtraError with the
     ``pip install`` command."""

@@ -1,0 +1,163 @@
+"""The worker side of steps: one dynamic activity runs every step of every agent.
+
+A step's function is found again in the worker from a reference the workflow sends (the agent's
+function engine, a method of the agent's engine, or an importable function) and its arguments
+travel as JSON. A function that cannot be named that way (a lambda, a closure) runs as a
+*local* activity: in the process whose workflow code holds it, found through :data:`LOCAL`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import importlib
+import inspect
+import json
+import time
+import typing
+from collections.abc import Callable, Sequence
+from datetime import timedelta
+from typing import Any
+
+from temporalio import activity
+from temporalio.common import RawValue
+from temporalio.exceptions import ApplicationError
+
+from ..._codec import dumps, revive
+from ..._graph import CompiledApp
+from ...errors import ConfigError, RetryableError, SerializationError, TerminalError
+from .._base import StepInfo
+from .._steps import call_step
+
+HEARTBEAT_EVERY = 0.5
+"""Seconds between heartbeats of a running step (the workflow sets a heartbeat timeout of a few
+seconds, so a step whose worker was killed is retried elsewhere within that time)."""
+
+APPS: dict[tuple[str, str], CompiledApp] = {}
+"""(task queue, app name) -> the app, for the workers of this process."""
+
+LOCAL: dict[str, tuple[Callable[..., Any], tuple[Any, ...], dict[str, Any]]] = {}
+"""token -> (function, args, kwargs) of steps run as local activities in this process."""
+
+
+def find_app(task_queue: str, name: str) -> CompiledApp:
+    app = APPS.get((task_queue, name))
+    if app is None:
+        raise ApplicationError(
+            f"this worker (task queue {task_queue!r}) does not serve app {name!r}; start one with "
+            f"'roost serve FILE' for that app", type="ConfigError", non_retryable=False)
+    return app
+
+
+def step_ref(app: CompiledApp, agent: str, fn: Callable[..., Any]) -> dict[str, str] | None:
+    """How a worker finds ``fn`` again, or None when only this process can (run it locally)."""
+    engine = app.specs[agent].engine
+    if getattr(engine, "fn", None) is fn:
+        return {"kind": "engine"}
+    owner = getattr(fn, "__self__", None)
+    if owner is engine and owner is not None and hasattr(fn, "__name__"):
+        return {"kind": "method", "name": fn.__name__}
+    module, qualname = getattr(fn, "__module__", None), getattr(fn, "__qualname__", "")
+    if module and qualname and "<" not in qualname and module != "__main__":
+        try:
+            found: Any = importlib.import_module(module)
+            for part in qualname.split("."):
+                found = getattr(found, part)
+        except (ImportError, AttributeError):
+            return None
+        if found is fn:
+            return {"kind": "import", "module": module, "qualname": qualname}
+    return None
+
+
+def resolve_ref(app: CompiledApp, agent: str, ref: dict[str, str]) -> Callable[..., Any]:
+    spec = app.specs.get(agent)
+    if spec is None:
+        raise ConfigError(f"app {app.name!r} served here has no agent {agent!r}: is this worker running other code?")
+    if ref["kind"] == "engine":
+        fn: Callable[..., Any] = spec.engine.fn  # type: ignore[attr-defined]
+        return fn
+    if ref["kind"] == "method":
+        method: Callable[..., Any] = getattr(spec.engine, ref["name"])
+        return method
+    found: Any = importlib.import_module(ref["module"])
+    for part in ref["qualname"].split("."):
+        found = getattr(found, part)
+    return found  # type: ignore[no-any-return]
+
+
+def _param_types(fn: Callable[..., Any]) -> tuple[list[Any], dict[str, Any]]:
+    try:
+        hints = typing.get_type_hints(fn)
+        params = [p for p in inspect.signature(fn).parameters.values() if p.name != "self"]
+    except (TypeError, ValueError, NameError):
+        return [], {}
+    positional = [hints.get(p.name) for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    return positional, {p.name: hints.get(p.name) for p in params}
+
+
+def revive_args(fn: Callable[..., Any], args: list[Any], kwargs: dict[str, Any]) -> tuple[tuple[Any, ...], dict[str, Any]]:
+    """JSON arguments back into the types ``fn`` annotates (models, lists of models, ...)."""
+    positional, named = _param_types(fn)
+    out = tuple(revive(a, positional[i] if i < len(positional) else None) for i, a in enumerate(args))
+    return out, {k: revive(v, named.get(k)) for k, v in kwargs.items()}
+
+
+def _non_retryable(exc: BaseException, names: Sequence[str]) -> bool:
+    if isinstance(exc, TerminalError):
+        return True
+    return any(f"{t.__module__}.{t.__qualname__}" in names for t in type(exc).__mro__)
+
+
+async def _heartbeat() -> None:
+    while True:
+        await asyncio.sleep(HEARTBEAT_EVERY)
+        activity.heartbeat()
+
+
+@activity.defn(dynamic=True)
+async def run_step(args: Sequence[RawValue]) -> dict[str, Any]:
+    """Every step: find the function, call it once, return its JSON result with its timings."""
+    req: dict[str, Any] = activity.payload_converter().from_payload(args[0].payload, dict)
+    info = activity.info()
+    attempt = info.attempt
+    step = StepInfo(req["run_id"], req["agent"], req["step"], attempt, req["key"])
+    if LOCAL_KEY in req:
+        found = LOCAL.get(req[LOCAL_KEY])
+        if found is None:  # only if the workflow moved processes between scheduling and running
+            raise ApplicationError(f"step {req['step']!r} of agent {req['agent']!r} is not registered in this process",
+                                   type="BackendError")
+        fn, fargs, fkwargs = found
+    else:
+        app = find_app(info.task_queue, req["app"])
+        fn = resolve_ref(app, req["agent"], req["ref"])
+        if req["ref"]["kind"] == "engine":  # the agent's own function: its inputs have the contract's types
+            spec = app.specs[req["agent"]]
+            fargs = tuple(revive(a, spec.slot_type(i) if spec.kind == "converge" else spec.input_type)
+                          for i, a in enumerate(req["args"]))
+            fkwargs = req["kwargs"]
+        else:
+            fargs, fkwargs = revive_args(fn, req["args"], req["kwargs"])
+    beats = None if info.is_local else asyncio.create_task(_heartbeat())
+    t0 = time.time()
+    try:
+        result = await call_step(fn, fargs, fkwargs, step)
+        encoded = dumps(result, what=f"run {step.run_id!r}, agent {step.agent!r}, step {step.name!r}")
+    except SerializationError as exc:
+        raise ApplicationError(str(exc), {"attempt": attempt}, type="SerializationError", non_retryable=True) from None
+    except Exception as exc:
+        delay = exc.retry_after if isinstance(exc, RetryableError) and exc.retry_after else None
+        raise ApplicationError(
+            str(exc), {"attempt": attempt}, type=getattr(exc, "kind", None) or type(exc).__name__,
+            non_retryable=_non_retryable(exc, req.get("non_retryable", [])),
+            next_retry_delay=timedelta(seconds=delay) if delay else None,
+        ) from exc
+    finally:
+        if beats is not None:
+            beats.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await beats
+    return {"v": json.loads(encoded), "t0": t0, "t1": time.time(), "n": attempt}
+
+
+LOCAL_KEY = "local"

@@ -1,0 +1,269 @@
+"""TemporalRuntime: runs apps on a Temporal cluster (opt-in: ``ROOST_RUNTIME=temporal``)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from datetime import timedelta
+from typing import Any
+
+from temporalio.client import (
+    Client,
+    WorkflowExecutionStatus,
+    WorkflowFailureError,
+    WorkflowHandle,
+    WorkflowUpdateFailedError,
+)
+from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
+from temporalio.exceptions import ApplicationError, WorkflowAlreadyStartedError
+from temporalio.service import RPCError, RPCStatusCode
+from temporalio.worker import UnsandboxedWorkflowRunner, Worker
+
+from ..._config import TemporalSettings, load_settings
+from ..._graph import CompiledApp
+from ...errors import BackendError, ConfigError, PromiseError, RoostError, RunConflictError, RunNotFoundError
+from ...result import ActivationRecord, RunRecord
+from .._base import DurableRuntime, RunSummary, Submission
+from ._activities import APPS, run_step
+from ._names import RECORD_QUERY, RESOLVE, RESOLVE_SIGNAL, default_task_queue, run_workflow
+from ._workflow import EntityWorkflow, RunWorkflow
+
+_log = logging.getLogger("roost.temporal")
+
+STICKY_TIMEOUT = timedelta(seconds=1)
+"""How long a workflow task waits for the worker that last ran the workflow before any worker of
+the task queue may take it (Temporal's default is 10 s, which is how long a run would stall
+after its worker was killed)."""
+WORKFLOW_TASK_TIMEOUT = timedelta(seconds=5)
+"""How long a worker may take over one workflow task (roost's orchestration takes milliseconds);
+a worker killed in the middle of one is noticed after this."""
+RESOLVE_WAIT = 10.0
+"""Seconds to wait for a worker to accept a resolution before sending it as a signal instead."""
+QUERY_TIMEOUT = timedelta(seconds=5)
+
+
+class TemporalRuntime(DurableRuntime):
+    """Talks to a Temporal frontend; unless ``serve=False``, also runs a worker in this process
+    for the registered apps (on their task queue, ``roost.<app>`` by default)."""
+
+    name = "temporal"
+
+    def __init__(self, *, address: str | None = None, namespace: str | None = None, task_queue: str | None = None,
+                 serve: bool | None = None) -> None:
+        base = load_settings().temporal
+        self.settings = TemporalSettings(
+            address=address or base.address, namespace=namespace or base.namespace,
+            task_queue=task_queue or base.task_queue, serve=base.serve if serve is None else serve,
+        )
+        self.apps: dict[str, CompiledApp] = {}
+        self._client: Client | None = None
+        self._workers: list[tuple[Worker, asyncio.Task[None]]] = []
+
+    def register(self, app: CompiledApp, app_ref: str | None = None) -> None:
+        self.apps[app.name] = app
+
+    def task_queue(self, app: str) -> str:
+        return self.settings.task_queue or default_task_queue(app)
+
+    @property
+    def client(self) -> Client:
+        if self._client is None:
+            raise ConfigError("the temporal runtime is not open")
+        return self._client
+
+    async def open(self) -> None:
+        if self._client is not None:
+            return
+        try:
+            self._client = await Client.connect(self.settings.address, namespace=self.settings.namespace)
+        except RuntimeError as exc:  # the SDK reports connection failures as RuntimeError
+            raise BackendError(
+                f"cannot reach Temporal at {self.settings.address} (namespace {self.settings.namespace!r}): {exc}. "
+                "Start a local dev server with 'roost dev temporal', or set ROOST_TEMPORAL_ADDRESS") from exc
+        if self.settings.serve:
+            await self.serve()
+
+    async def serve(self) -> None:
+        """Start one worker per task queue of the registered apps, in this event loop."""
+        queues: dict[str, list[CompiledApp]] = {}
+        for app in self.apps.values():
+            queues.setdefault(self.task_queue(app.name), []).append(app)
+        serving = {w.task_queue for w, _ in self._workers}
+        for queue, apps in queues.items():
+            for app in apps:
+                APPS[(queue, app.name)] = app
+            if queue in serving:
+                continue
+            worker = Worker(
+                self.client, task_queue=queue, workflows=[RunWorkflow, EntityWorkflow], activities=[run_step],
+                workflow_runner=UnsandboxedWorkflowRunner(), sticky_queue_schedule_to_start_timeout=STICKY_TIMEOUT,
+                max_heartbeat_throttle_interval=timedelta(seconds=1), graceful_shutdown_timeout=timedelta(seconds=1),
+                workflow_failure_exception_types=[RoostError],
+            )
+            self._workers.append((worker, asyncio.get_running_loop().create_task(worker.run())))
+
+    async def run_workers(self) -> None:
+        """Serve until cancelled (what ``roost serve`` does)."""
+        await self.serve()
+        await asyncio.gather(*(task for _, task in self._workers))
+
+    async def close(self) -> None:
+        for worker, task in self._workers:
+            if not task.done():
+                with contextlib.suppress(Exception):
+                    await worker.shutdown()
+            with contextlib.suppress(BaseException):
+                await task
+        self._workers.clear()
+        self._client = None
+
+    # -- runs -------------------------------------------------------------------------------
+
+    def _handle(self, run_id: str) -> WorkflowHandle[Any, Any]:
+        return self.client.get_workflow_handle(run_id)
+
+    async def submit(self, submission: Submission) -> bool:
+        app, run_id = submission.app, submission.run_id
+        self.register(app)
+        if self.settings.serve and self._client is not None:
+            await self.serve()
+        import json
+
+        body = {
+            "run_id": run_id, "app": app.name, "fingerprint": app.fingerprint,
+            "input": json.loads(submission.input_json), "input_hash": submission.input_hash,
+            "created_at": time.time(), "max_activations": app.max_activations,
+            "entries": [{"agent": agent, "payload": payload} for agent, payload in submission.entries],
+        }
+        try:
+            await self.client.start_workflow(
+                run_workflow(app.name), body, id=run_id, task_queue=self.task_queue(app.name),
+                id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE, id_conflict_policy=WorkflowIDConflictPolicy.FAIL,
+                task_timeout=WORKFLOW_TASK_TIMEOUT,
+                memo={"roost_app": app.name, "roost_input_hash": submission.input_hash, "roost_created_at": body["created_at"]},
+            )
+            return True
+        except WorkflowAlreadyStartedError:
+            pass
+        except RPCError as exc:
+            raise BackendError(f"Temporal refused to start run {run_id!r}: {exc}") from exc
+        desc = await self._handle(run_id).describe()
+        memo = await desc.memo()
+        if memo.get("roost_app") != app.name or memo.get("roost_input_hash") != submission.input_hash:
+            raise RunConflictError(
+                f"run id {run_id!r} is already used by a run of app {memo.get('roost_app', desc.workflow_type)!r} "
+                "with a different input; a run id names one run: use a new id for new input", run_id=run_id)
+        return False
+
+    async def wait(self, run_id: str, timeout: float | None = None) -> RunRecord:
+        try:
+            outcome = await asyncio.wait_for(self._outcome(run_id), timeout)
+        except TimeoutError:
+            raise TimeoutError(f"run {run_id!r} did not finish within {timeout} s") from None
+        return outcome
+
+    async def _outcome(self, run_id: str) -> RunRecord:
+        """Wait for the workflow to close; its result (or failure details) is the final record."""
+        handle = self._handle(run_id)
+        try:
+            run = await handle.result(follow_runs=False)
+        except WorkflowFailureError as exc:
+            cause = exc.cause
+            if isinstance(cause, ApplicationError) and cause.details and isinstance(cause.details[0], dict):
+                return _record(cause.details[0])
+            raise BackendError(f"run {run_id!r} ended on Temporal without a roost record: {exc}: {cause}") from exc
+        except RPCError as exc:
+            if exc.status == RPCStatusCode.NOT_FOUND:
+                raise RunNotFoundError(run_id) from None
+            raise BackendError(f"talking to Temporal failed: {exc}") from exc
+        return _record(run)
+
+    async def get(self, run_id: str) -> RunRecord:
+        handle = self._handle(run_id)
+        try:
+            desc = await handle.describe()
+        except RPCError as exc:
+            if exc.status == RPCStatusCode.NOT_FOUND:
+                raise RunNotFoundError(run_id) from None
+            raise BackendError(f"talking to Temporal failed: {exc}") from exc
+        if desc.status != WorkflowExecutionStatus.RUNNING:
+            return await self._outcome(run_id)
+        try:
+            run = await handle.query(RECORD_QUERY, result_type=dict, rpc_timeout=QUERY_TIMEOUT)
+        except RPCError as exc:  # no worker answers: what Temporal itself knows
+            _log.info("no worker answered the record query of run %r: %s", run_id, exc)
+            memo = await desc.memo()
+            return RunRecord(run_id=run_id, app=str(memo.get("roost_app", desc.workflow_type)), status="running",
+                             runtime="temporal", created_at=float(memo.get("roost_created_at", 0.0)))
+        return _record(run)
+
+    async def list_runs(self, limit: int = 50) -> list[RunSummary]:
+        out: list[RunSummary] = []
+        async for wf in self.client.list_workflows(limit=limit * 4):
+            if not wf.workflow_type.startswith("roost.") or wf.workflow_type == "roost.entity":
+                continue
+            memo = await wf.memo()
+            status = wf.status.name.lower() if wf.status else "running"
+            status = {"timed_out": "failed", "terminated": "failed", "canceled": "failed"}.get(status, status)
+            out.append(RunSummary(
+                wf.id, str(memo.get("roost_app", wf.workflow_type[6:])), status,
+                float(memo.get("roost_created_at", wf.start_time.timestamp())),
+                wf.close_time.timestamp() if wf.close_time else None, "temporal"))
+            if len(out) >= limit:
+                break
+        return out
+
+    async def resolve(self, run_id: str, name: str, value: Any) -> None:
+        handle = self._handle(run_id)
+        try:
+            await asyncio.wait_for(handle.execute_update(RESOLVE, {"name": name, "value": value}), RESOLVE_WAIT)
+        except WorkflowUpdateFailedError as exc:
+            reason = str(exc.cause) if exc.cause else str(exc)
+            if "resolved" in reason:
+                raise PromiseError(f"{name!r} of run {run_id!r} is resolved already", run_id=run_id) from None
+            raise PromiseError(f"run {run_id!r} is finished: nothing waits for {name!r}", run_id=run_id) from None
+        except TimeoutError:
+            # No worker answered: leave the value in the run's history; it applies once one runs.
+            _log.info("no worker answered resolving %r of run %r; sent as a signal", name, run_id)
+            await handle.signal(RESOLVE_SIGNAL, {"name": name, "value": value})
+        except RPCError as exc:
+            if exc.status == RPCStatusCode.NOT_FOUND:
+                if await self._exists(run_id):
+                    raise PromiseError(f"run {run_id!r} is finished: nothing waits for {name!r}", run_id=run_id) from None
+                raise RunNotFoundError(run_id) from None
+            raise BackendError(f"talking to Temporal failed: {exc}") from exc
+
+    async def _exists(self, run_id: str) -> bool:
+        try:
+            await self._handle(run_id).describe()
+        except RPCError:
+            return False
+        return True
+
+    async def resume(self, app: CompiledApp, run_id: str) -> None:
+        # Temporal continues a run by itself as soon as a worker serves its task queue.
+        self.register(app)
+        if not await self._exists(run_id):
+            raise RunNotFoundError(run_id)
+
+
+def _record(run: dict[str, Any]) -> RunRecord:
+    acts = [
+        ActivationRecord(
+            id=a["id"], agent=a["agent"], kind=a["kind"], status=a["status"], cause=a.get("cause"),
+            started_at=a.get("started"), finished_at=a.get("finished"), attempts=a.get("attempts", 0),
+            output=a.get("output"), error=a.get("error"),
+        )
+        for a in sorted(run["activations"].values(), key=lambda a: a.get("seq", 0))
+    ]
+    done = set(run["done"])
+    acts += [ActivationRecord(id=m, agent=m.split(":", 1)[0], kind="?", status="pending")
+             for m in run["expected"] if m not in done]
+    status = run["status"]
+    if status == "running" and run.get("waiting"):
+        status = "waiting"
+    return RunRecord(run_id=run["run_id"], app=run["app"], status=status, runtime="temporal", input=run.get("input"),
+                     created_at=run["created_at"], finished_at=run.get("finished_at"), error=run.get("error"),
+                     activations=acts, waiting_on=[w["name"] for w in run.get("waiting", [])])
