@@ -15,6 +15,7 @@ from temporalio.client import (
     WorkflowFailureError,
     WorkflowHandle,
     WorkflowUpdateFailedError,
+    WorkflowUpdateRPCTimeoutOrCancelledError,
 )
 from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
 from temporalio.exceptions import ApplicationError, WorkflowAlreadyStartedError
@@ -51,8 +52,9 @@ class TemporalRuntime(DurableRuntime):
     name = "temporal"
 
     def __init__(self, *, address: str | None = None, namespace: str | None = None, task_queue: str | None = None,
-                 serve: bool | None = None) -> None:
+                 serve: bool | None = None, resolve_wait: float = RESOLVE_WAIT) -> None:
         base = load_settings().temporal
+        self.resolve_wait = resolve_wait
         self.settings = TemporalSettings(
             address=address or base.address, namespace=namespace or base.namespace,
             task_queue=task_queue or base.task_queue, serve=base.serve if serve is None else serve,
@@ -218,13 +220,14 @@ class TemporalRuntime(DurableRuntime):
     async def resolve(self, run_id: str, name: str, value: Any) -> None:
         handle = self._handle(run_id)
         try:
-            await asyncio.wait_for(handle.execute_update(RESOLVE, {"name": name, "value": value}), RESOLVE_WAIT)
+            await handle.execute_update(RESOLVE, {"name": name, "value": value},
+                                        rpc_timeout=timedelta(seconds=self.resolve_wait))
         except WorkflowUpdateFailedError as exc:
             reason = str(exc.cause) if exc.cause else str(exc)
             if "resolved" in reason:
                 raise PromiseError(f"{name!r} of run {run_id!r} is resolved already", run_id=run_id) from None
             raise PromiseError(f"run {run_id!r} is finished: nothing waits for {name!r}", run_id=run_id) from None
-        except TimeoutError:
+        except WorkflowUpdateRPCTimeoutOrCancelledError:
             # No worker answered: leave the value in the run's history; it applies once one runs.
             _log.info("no worker answered resolving %r of run %r; sent as a signal", name, run_id)
             await handle.signal(RESOLVE_SIGNAL, {"name": name, "value": value})

@@ -37,6 +37,8 @@ DEV_DYNAMIC_CONFIG: dict[str, str] = {
     # 50 ms on every activity and workflow task; polling faster brings that to a few ms.
     "history.transferProcessorMaxPollRPS": "1000",
     "history.timerProcessorMaxPollRPS": "1000",
+    # Timers (sleeps, retry back-off, heartbeat timeouts) fire up to this late; the default is 1 s.
+    "history.timerProcessorMaxTimeShift": '"100ms"',
 }
 """Dynamic config the dev server gets unless told otherwise (see docs/runtime.md, Temporal)."""
 

@@ -1,0 +1,383 @@
+"""kill -9 the Temporal backend at chosen points of a run, bring it back, and check what survived.
+
+One dev server per module (``temporal server start-dev --db-filename``, so workflows survive its
+own kill -9) hosts every run. Each test has its own task queue and run id, runs
+tests/crash/temporal_pipeline.py as a worker subprocess (the pipeline of restate_pipeline.py:
+same steps, counters outside Temporal, markers and scenarios), starts the run from this process
+with a client-only ``TemporalRuntime``, waits (bounded) until the worker is at the kill point,
+kills it with SIGKILL (by pid), then starts a worker again and checks against an uninterrupted
+run of the same pipeline:
+
+* a step whose activity had completed before the kill never runs again (its counter lines do not
+  change), and every step ran to 'done' exactly once;
+* nothing was lost: the run completed and every agent produced;
+* the outputs equal the uninterrupted run's (up to the run id inside idempotency keys).
+
+Also: kill -9 of the dev server itself during a sleep (restarted on the same database), and two
+workers on one task queue where the one running a step is killed and the other finishes the run.
+
+Resume latency (from the new worker polling, or the server back, to the run's next step) is
+printed in a summary; only a generous liveness bound is asserted (no timed assertions).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Awaitable, Callable, Iterator
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pydantic_core
+import pytest
+
+from roost import App, RunHandle
+from roost.runtime.temporal import TemporalDevServer, TemporalRuntime
+
+from .restate_pipeline import LONG_SLEEP, RUN_INPUT, STEPS, build_app
+
+pytestmark = [pytest.mark.crash, pytest.mark.temporal]
+
+HERE = Path(__file__).resolve().parent
+SCRIPT = HERE / "temporal_pipeline.py"
+REPO = HERE.parent.parent
+MARKER_TIMEOUT = 20.0
+FINISH_TIMEOUT = 40.0
+LIVENESS = 10.0
+AGENTS = {"plan", "fact", "style", "merge", "publish"}
+RUN_PLACEHOLDER = "<run>"
+T = TypeVar("T")
+LATENCIES: dict[str, dict[str, float]] = {}
+
+
+class Harness:
+    def __init__(self, root: Path, server: TemporalDevServer, name: str) -> None:
+        self.root = root
+        self.server = server
+        suffix = os.urandom(3).hex()
+        self.run_id = f"crash-{name}-{suffix}"
+        self.task_queue = f"crash-{name}-{suffix}"
+        self.counter_dir = root / "counters"
+        self.counter_dir.mkdir(parents=True, exist_ok=True)
+        self.procs: list[subprocess.Popen[bytes]] = []
+        self.logs: dict[int, Path] = {}
+        self.serving_at: dict[int, float] = {}
+
+    # -- workers -----------------------------------------------------------------------------
+
+    def start(self, scenario: str, *, block: bool = True) -> subprocess.Popen[bytes]:
+        for old in self.counter_dir.glob("at-*"):
+            old.unlink()
+        env = {k: v for k, v in os.environ.items() if not k.startswith("ROOST_")}
+        env["ROOST_CRASH_BLOCK"] = "1" if block else "0"
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO / "src"), env.get("PYTHONPATH")]))
+        err = self.root / f"worker{len(self.procs)}-{scenario}.err"
+        with open(err, "wb") as fe:
+            proc = subprocess.Popen([sys.executable, str(SCRIPT), self.server.address, self.task_queue,
+                                     str(self.counter_dir), scenario], cwd=REPO, env=env, stdout=fe, stderr=fe,
+                                    stdin=subprocess.DEVNULL)
+        self.procs.append(proc)
+        self.logs[proc.pid] = err
+        self.wait_until(proc, "the worker polling", lambda: self.marker("serving"))
+        self.serving_at[proc.pid] = float(self.marker("serving")[-1].split()[1])
+        return proc
+
+    def stderr(self, proc: subprocess.Popen[bytes] | None) -> str:
+        return "" if proc is None else self.logs[proc.pid].read_text(errors="replace")[-3000:]
+
+    def wait_until(self, proc: subprocess.Popen[bytes] | None, what: str, check: Callable[[], Any],
+                   timeout: float = MARKER_TIMEOUT) -> float:
+        t0 = time.monotonic()
+        while not check():
+            if proc is not None and proc.poll() is not None:
+                pytest.fail(f"worker exited ({proc.returncode}) before {what}:\n{self.stderr(proc)}")
+            if time.monotonic() - t0 > timeout:
+                pytest.fail(f"not reached within {timeout} s: {what}\n{self.stderr(proc)}")
+            time.sleep(0.01)
+        return time.monotonic() - t0
+
+    def marker(self, point: str) -> list[str]:
+        path = self.counter_dir / f"at-{point}"
+        return path.read_text().split("\n")[:-1] if path.exists() else []
+
+    def kill(self, proc: subprocess.Popen[bytes]) -> float:
+        assert proc.poll() is None, f"the worker to kill has exited already:\n{self.stderr(proc)}"
+        killed = time.time()
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=10)
+        assert proc.returncode == -signal.SIGKILL
+        return killed
+
+    def close(self) -> None:
+        for proc in self.procs:
+            if proc.poll() is None:
+                os.kill(proc.pid, signal.SIGKILL)
+                proc.wait(timeout=10)
+
+    # -- counters (outside Temporal) --------------------------------------------------------------
+
+    def counters(self) -> dict[str, list[dict[str, Any]]]:
+        out: dict[str, list[dict[str, Any]]] = {}
+        for path in sorted(self.counter_dir.glob("*.log")):
+            events = [json.loads(line) for line in path.read_text().split("\n")[:-1] if line.strip()]
+            out[path.stem] = [e for e in events if e["run"] == self.run_id]
+        return out
+
+    def counts(self, event: str) -> dict[str, int]:
+        return {step: sum(e["event"] == event for e in events) for step, events in self.counters().items()}
+
+    def first_start(self, after: float) -> dict[str, Any] | None:
+        starts = [e for events in self.counters().values() for e in events if e["event"] == "start" and e["at"] > after]
+        return min(starts, key=lambda e: e["at"]) if starts else None
+
+    # -- the client (this process) ----------------------------------------------------------------
+
+    def client(self, fn: Callable[[App], Awaitable[T]]) -> T:
+        async def go() -> T:
+            runtime = TemporalRuntime(address=self.server.address, task_queue=self.task_queue, serve=False,
+                                      resolve_wait=1.0)
+            async with build_app(runtime) as app:
+                await app.runtime()
+                return await fn(app)
+
+        return asyncio.run(go())
+
+    def submit(self) -> None:
+        async def go(app: App) -> None:
+            await app.start(RUN_INPUT, self.run_id)
+
+        self.client(go)
+
+    def completed_steps(self) -> set[str]:
+        """Activity types ('agent.step') whose completion Temporal has recorded in the run's history."""
+
+        async def go(app: App) -> set[str]:
+            runtime = await app.runtime()
+            history = await runtime.client.get_workflow_handle(self.run_id).fetch_history()  # type: ignore[attr-defined]
+            types = {e.event_id: e.activity_task_scheduled_event_attributes.activity_type.name
+                     for e in history.events if e.HasField("activity_task_scheduled_event_attributes")}
+            return {types[e.activity_task_completed_event_attributes.scheduled_event_id]
+                    for e in history.events if e.HasField("activity_task_completed_event_attributes")}
+
+        return self.client(go)
+
+    def closed_at(self) -> float:
+        """When Temporal closed the run's workflow."""
+
+        async def go(app: App) -> float:
+            runtime = await app.runtime()
+            desc = await runtime.client.get_workflow_handle(self.run_id).describe()  # type: ignore[attr-defined]
+            assert desc.close_time is not None
+            return float(desc.close_time.timestamp())
+
+        return self.client(go)
+
+    def waiting(self) -> list[str]:
+        async def go(app: App) -> list[str]:
+            return (await app.aget(self.run_id)).record.waiting_on  # type: ignore[no-any-return]
+
+        return self.client(go)
+
+    def resolve(self, name: str, value: Any) -> None:
+        async def go(app: App) -> None:
+            await app.aresolve(self.run_id, name, value)
+
+        self.client(go)
+
+    def finish(self, timeout: float = FINISH_TIMEOUT) -> dict[str, Any]:
+        async def go(app: App) -> dict[str, Any]:
+            result = await RunHandle(app, await app.runtime(), self.run_id).result(timeout)
+            outputs = json.dumps(pydantic_core.to_jsonable_python(result.outputs), sort_keys=True)
+            return {"status": result.status, "outputs": json.loads(outputs.replace(self.run_id, RUN_PLACEHOLDER)),
+                    "agent_status": result.agent_status}
+
+        return self.client(go)
+
+    def approve_when_waiting(self, proc: subprocess.Popen[bytes] | None) -> None:
+        self.wait_until(proc, "the run waiting for publish's approval", lambda: self.waiting() == ["publish"],
+                        timeout=FINISH_TIMEOUT)
+        self.resolve("publish", True)
+
+
+@pytest.fixture(scope="module")
+def temporal(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TemporalDevServer]:
+    server = TemporalDevServer(tmp_path_factory.mktemp("temporal-crash"))
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def harness(tmp_path: Path, temporal: TemporalDevServer, request: pytest.FixtureRequest) -> Iterator[Harness]:
+    if not temporal.running:
+        temporal.start()
+    h = Harness(tmp_path, temporal, request.node.name.removeprefix("test_")[:24].replace("_", "-"))
+    try:
+        yield h
+    finally:
+        h.close()
+
+
+@pytest.fixture(scope="module")
+def baseline(tmp_path_factory: pytest.TempPathFactory, temporal: TemporalDevServer) -> dict[str, Any]:
+    h = Harness(tmp_path_factory.mktemp("temporal-baseline"), temporal, "baseline")
+    try:
+        proc = h.start("none")
+        h.submit()
+        h.approve_when_waiting(proc)
+        return {"result": h.finish(), "dones": h.counts("done")}
+    finally:
+        h.close()
+
+
+@pytest.fixture(scope="module", autouse=True)
+def latency_summary(request: pytest.FixtureRequest) -> Iterator[None]:
+    yield
+    reporter = request.config.pluginmanager.get_plugin("terminalreporter")
+    capture = request.config.pluginmanager.get_plugin("capturemanager")
+    if reporter is None or capture is None or not LATENCIES:
+        return
+    with capture.global_and_fixture_disabled():
+        reporter.write_line("")
+        reporter.write_line("temporal crash suite, resume latency (seconds):")
+        for test, figures in LATENCIES.items():
+            reporter.write_line(f"  {test:48s} " + "  ".join(f"{k}={v:.3f}" for k, v in figures.items()))
+
+
+def check_recovery(h: Harness, baseline: dict[str, Any], before: dict[str, list[dict[str, Any]]],
+                   completed: set[str], result: dict[str, Any]) -> None:
+    """The guarantees every scenario checks once the run has finished."""
+    assert result == baseline["result"], "the recovered run's outputs differ from an uninterrupted run's"
+    assert result["status"] == "completed" and set(result["agent_status"]) == AGENTS
+    after = h.counters()
+    for step in completed:  # completed before the kill: never executed again
+        assert after.get(step) == before.get(step), f"{step} ran again after its result was recorded"
+    dones = h.counts("done")
+    assert {s: dones.get(s, 0) for s in STEPS} == {s: 1 for s in STEPS}, f"each step must finish exactly once: {dones}"
+    assert baseline["dones"] == {s: 1 for s in STEPS}
+
+
+def test_kill_worker_inside_an_activity(harness: Harness, baseline: dict[str, Any]) -> None:
+    h = harness
+    proc = h.start("step")
+    h.submit()
+    h.wait_until(proc, "plan inside 'research'", lambda: h.marker("step"))
+    before, completed = h.counters(), h.completed_steps()
+    assert "plan.outline" in completed and "plan.research" not in completed
+    killed = h.kill(proc)
+    again = h.start("none", block=False)
+    serving = h.serving_at[again.pid]
+    h.wait_until(again, "research started again", lambda: h.first_start(killed), timeout=LIVENESS + 5)
+    restart = h.first_start(killed)
+    assert restart is not None and restart["step"] == "research" and restart["attempt"] == 2
+    LATENCIES["kill_worker_inside_an_activity"] = {"after_kill": restart["at"] - killed,
+                                                   "after_worker_up": restart["at"] - serving}
+    h.approve_when_waiting(again)
+    check_recovery(h, baseline, before, completed, h.finish())
+    research = [e for e in h.counters()["plan.research"] if e["event"] == "start"]
+    assert len({e["key"] for e in research}) == 1, "the retried step keeps its idempotency key"
+
+
+def test_kill_worker_during_a_sleep(harness: Harness, baseline: dict[str, Any]) -> None:
+    h = harness
+    proc = h.start("sleep")
+    h.submit()
+    h.wait_until(proc, "plan entering its sleep", lambda: h.marker("sleep"))
+    due = float(h.marker("sleep")[0].split()[1]) + LONG_SLEEP  # when the timer fires, at the earliest
+    time.sleep(0.3)  # the timer is started (the workflow task that starts it completes in ms)
+    before, completed = h.counters(), h.completed_steps()
+    assert {"plan.outline", "plan.research"} <= completed
+    killed = h.kill(proc)
+    time.sleep(1.0)
+    again = h.start("none", block=False)
+    serving = h.serving_at[again.pid]
+    h.wait_until(again, "draft after the sleep", lambda: h.first_start(killed), timeout=LIVENESS + 5)
+    nxt = h.first_start(killed)
+    assert nxt is not None and nxt["step"] == "draft"
+    LATENCIES["kill_worker_during_a_sleep"] = {"after_due_and_worker_up": nxt["at"] - max(serving, due)}
+    h.approve_when_waiting(again)
+    check_recovery(h, baseline, before, completed, h.finish())
+
+
+def test_kill_worker_mid_fan_out(harness: Harness, baseline: dict[str, Any]) -> None:
+    h = harness
+    proc = h.start("fanout")
+    h.submit()
+    h.wait_until(proc, "fact inside its step", lambda: h.marker("fanout"))
+    h.wait_until(proc, "style finished", lambda: "style" in h.completed_steps().__str__())
+    before, completed = h.counters(), h.completed_steps()
+    assert "style.style" in completed and "fact.fact" not in completed
+    killed = h.kill(proc)
+    again = h.start("none", block=False)
+    serving = h.serving_at[again.pid]
+    h.wait_until(again, "fact started again", lambda: h.first_start(killed), timeout=LIVENESS + 5)
+    restart = h.first_start(killed)
+    assert restart is not None and restart["step"] == "fact"
+    LATENCIES["kill_worker_mid_fan_out"] = {"after_kill": restart["at"] - killed,
+                                            "after_worker_up": restart["at"] - serving}
+    h.approve_when_waiting(again)
+    check_recovery(h, baseline, before, completed, h.finish())
+
+
+def test_kill_worker_waiting_for_approval_resolved_while_down(harness: Harness, baseline: dict[str, Any]) -> None:
+    h = harness
+    proc = h.start("approval")
+    h.submit()
+    h.wait_until(proc, "publish waiting for approval", lambda: h.waiting() == ["publish"], timeout=FINISH_TIMEOUT)
+    before, completed = h.counters(), h.completed_steps()
+    h.kill(proc)
+    h.resolve("publish", True)  # no worker: kept in the run's history, applied when one runs
+    again = h.start("none", block=False)
+    serving = h.serving_at[again.pid]
+    result = h.finish()
+    finished = h.closed_at()
+    assert finished > serving, "the approval was applied by the new worker"
+    LATENCIES["kill_worker_waiting_for_approval"] = {"finished_after_worker_up": finished - serving}
+    check_recovery(h, baseline, before, completed, result)
+
+
+def test_kill_dev_server_during_a_sleep(harness: Harness, baseline: dict[str, Any]) -> None:
+    h = harness
+    proc = h.start("server")
+    h.submit()
+    h.wait_until(proc, "plan entering its sleep", lambda: h.marker("server"))
+    time.sleep(0.3)
+    before, completed = h.counters(), h.completed_steps()
+    h.server.kill()
+    time.sleep(1.5)  # the timer comes due while the server is down
+    back = time.time()
+    h.server.start()
+    h.wait_until(proc, "draft after the sleep", lambda: h.first_start(back), timeout=LIVENESS + 20)
+    nxt = h.first_start(back)
+    assert nxt is not None and nxt["step"] == "draft"
+    LATENCIES["kill_dev_server_during_a_sleep"] = {"after_server_up": nxt["at"] - back}
+    h.approve_when_waiting(proc)
+    check_recovery(h, baseline, before, completed, h.finish())
+
+
+def test_two_workers_one_killed_mid_step(harness: Harness, baseline: dict[str, Any]) -> None:
+    h = harness
+    first = h.start("step")
+    second = h.start("step")
+    h.submit()
+    h.wait_until(None, "a worker inside 'research'", lambda: h.marker("step"), timeout=MARKER_TIMEOUT)
+    holder = int(h.marker("step")[0].split()[0])
+    victim, survivor = (first, second) if holder == first.pid else (second, first)
+    assert victim.pid == holder
+    before, completed = h.counters(), h.completed_steps()
+    (h.counter_dir / "release").touch()  # the survivor runs the retried step through
+    killed = h.kill(victim)
+    h.wait_until(survivor, "research started again", lambda: h.first_start(killed), timeout=LIVENESS + 5)
+    restart = h.first_start(killed)
+    assert restart is not None and restart["pid"] == survivor.pid and restart["attempt"] == 2
+    LATENCIES["two_workers_one_killed"] = {"after_kill": restart["at"] - killed}
+    h.approve_when_waiting(survivor)
+    check_recovery(h, baseline, before, completed, h.finish())
+    assert survivor.poll() is None
