@@ -8,7 +8,7 @@ loaded by name; ``roost.engines`` turns inputs into outputs; ``roost.testing`` i
 
 from .agent import Agent, agent
 from .app import App, RunHandle
-from .engines import Engine, MockEngine
+from .engines import Engine, MockEngine, Tool, tool
 from .errors import (
     ContractViolationError,
     DefinitionError,
@@ -37,8 +37,10 @@ __all__ = [
     "RunHandle",
     "RunResult",
     "TerminalError",
+    "Tool",
     "agent",
     "current_step",
+    "tool",
 ]
 
 __version__ = "0.1.0"

@@ -12,6 +12,7 @@ from .runtime._retry import RetryPolicy
 
 if TYPE_CHECKING:
     from .engines import Engine
+    from .engines.llm import Tool
 
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_\-]{0,63}$")
 
@@ -45,6 +46,7 @@ class Agent:
         self.approval = False
         self.retry_policy: RetryPolicy | None = None
         self.key_fn: Callable[[Any], str] | None = None
+        self.tools: tuple[Tool, ...] = ()
         self._groups = 0
 
     def __repr__(self) -> str:
@@ -63,16 +65,52 @@ class Agent:
         A function with a ``ctx`` parameter is orchestration code and receives the
         DurableContext; any other function runs as one durable step."""
         from .engines import Engine, FunctionEngine
+        from .engines.llm import LLMEngine
 
-        self._engine = engine if isinstance(engine, Engine) else FunctionEngine(engine, agent=self.name)
+        impl = engine if isinstance(engine, Engine) else FunctionEngine(engine, agent=self.name)
+        if self.tools and not isinstance(impl, LLMEngine):
+            raise DefinitionError(
+                f"agent {self.name!r} has tools ({', '.join(t.name for t in self.tools)}), which only a model "
+                "engine can call: use .model(\"provider/name\") instead of .engine(...)"
+            )
+        self._engine = impl
         return self
 
-    def model(self, spec: str, **settings: Any) -> Agent:
-        """An LLM engine (``"provider/name"``). Not available in this release."""
-        raise DefinitionError(
-            f"agent {self.name!r}: .model({spec!r}) needs the LLM engine, which this version of roost "
-            "does not ship yet; use .engine(fn) with a function or .engine(MockEngine()) for now"
-        )
+    def model(self, spec: str, *, prompt: Callable[..., str] | None = None, **settings: Any) -> Agent:
+        """Make this agent an LLM: ``.model("openai/gpt-4o-mini", temperature=0.2, max_tokens=400,
+        system="...")``. Any OpenAI-compatible endpoint (``provider/name``: openai, ollama, vllm,
+        llamacpp, lmstudio, litellm, openrouter, groq, together, or ``compatible`` with
+        ``base_url=``). The output contract becomes JSON-schema structured output; tools come
+        from ``.with_tools``. Settings: temperature, max_tokens, system, base_url, api_key_env,
+        timeout, max_retries, max_turns, max_tool_errors, max_concurrency, strict, output_mode, retry,
+        params (see docs/llm.md);
+        ``prompt(*inputs) -> str`` renders the user message. Needs ``pip install "roost[llm]"``."""
+        from .engines.llm import LLMEngine
+
+        self._engine = LLMEngine(spec, agent=self.name, tools=self.tools, prompt=prompt, **settings)
+        return self
+
+    def with_tools(self, *tools: Callable[..., Any]) -> Agent:
+        """Offer typed functions (``@tool`` or plain functions with type hints) to this agent's model.
+
+        The model may call them in a loop before it answers; every call is a durable step whose
+        ``roost.current_step().idempotency_key`` is stable across retries and recoveries."""
+        from .engines.llm import LLMEngine, as_tool
+
+        if self._engine is not None and not isinstance(self._engine, LLMEngine):
+            raise DefinitionError(
+                f"agent {self.name!r}: with_tools() needs a model engine (.model(\"provider/name\")), but this "
+                "agent's engine is a function or another engine"
+            )
+        new = tuple(as_tool(t) for t in tools)
+        names = [t.name for t in (*self.tools, *new)]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise DefinitionError(f"agent {self.name!r}: two tools are named {', '.join(map(repr, dupes))}")
+        self.tools = (*self.tools, *new)
+        if isinstance(self._engine, LLMEngine):
+            self._engine.add_tools(new)
+        return self
 
     def reacts_to(
         self,

@@ -1,7 +1,8 @@
-"""Engines turn an agent's input into its output: plain functions, the mock, (later) models."""
+"""Engines turn an agent's input into its output: plain functions, the mock, models (``llm/``)."""
 
 from ._base import Engine
 from .function import FunctionEngine
+from .llm import LLMEngine, Tool, tool
 from .mock import MockEngine, mock_value
 
-__all__ = ["Engine", "FunctionEngine", "MockEngine", "mock_value"]
+__all__ = ["Engine", "FunctionEngine", "LLMEngine", "MockEngine", "Tool", "mock_value", "tool"]
