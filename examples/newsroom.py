@@ -7,7 +7,13 @@
 Run it with ``make demo`` (or ``python examples/newsroom.py``). The journal is
 ``.roost/roost.db``: kill the process at any point and run it again with the same run id
 (``--run-id``) to see it finish without redoing what was done. With ``--prod`` the same code
-runs on Restate (``roost dev restate`` starts one locally).
+runs on Restate (``roost dev restate`` starts one locally), or on Temporal with
+``ROOST_RUNTIME=temporal`` (``roost dev temporal``).
+
+When a model endpoint is configured in the environment (``ROOST_LLM_BASE_URL``, or an API key in
+``ROOST_LLM_API_KEY`` / ``OPENAI_API_KEY``), the writer, critic and fact checker are model calls
+(``ROOST_DEMO_MODEL``, default ``openai/gpt-4o-mini``); otherwise they are the plain functions
+below. The demo says which.
 """
 
 from __future__ import annotations
@@ -15,6 +21,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import time
 
 from pydantic import BaseModel
@@ -89,6 +96,20 @@ fact_checker.reacts_to(writer)  # fan-out: both react to the writer
 editor.reacts_to(writer, critic, fact_checker).needs_approval()  # converge, then a human approves
 publisher.reacts_to(editor, when=lambda v: v.publish)
 
+
+def demo_model() -> str | None:
+    """The model to use when the environment configures an endpoint, else None."""
+    if any(os.environ.get(v) for v in ("ROOST_LLM_BASE_URL", "ROOST_LLM_API_KEY", "OPENAI_API_KEY")):
+        return os.environ.get("ROOST_DEMO_MODEL", "openai/gpt-4o-mini")
+    return None
+
+
+MODEL = demo_model()
+if MODEL:  # the same contracts and wiring; only the engines change
+    writer.model(MODEL, max_tokens=300, system="Write a short news article about the topic: a title and a body.")
+    critic.model(MODEL, max_tokens=200, system="Review the draft: a score from 0 to 10 and one line of notes.")
+    fact_checker.model(MODEL, max_tokens=200, system="Count the factual claims in the draft and list any problems.")
+
 app = App([writer, critic, fact_checker, editor, publisher], name="newsroom")
 
 
@@ -96,12 +117,17 @@ async def main(topic: str, run_id: str | None, prod: bool) -> None:
     handle = await app.start(Idea(topic=topic), run_id=run_id, mode="prod" if prod else "local")
     where = "the prod runtime (ROOST_RUNTIME, default restate)" if prod else "the embedded runtime (journal .roost/roost.db)"
     print(f"run {handle.run_id} started on {where}")
-    waiting = await handle.approval(timeout=30)
+    if MODEL:
+        endpoint = os.environ.get("ROOST_LLM_BASE_URL") or "the provider's default endpoint"
+        print(f"engines: the LLM engine ({MODEL} at {endpoint}) for writer, critic and fact_checker")
+    else:
+        print("engines: plain functions (no model endpoint configured; set ROOST_LLM_BASE_URL to use a model)")
+    waiting = await handle.approval(timeout=300 if MODEL else 30)
     if waiting:
         print(f"the run waits for approval of {waiting!r}; the demo approves it "
               f"(from a shell: roost resolve {handle.run_id} {waiting} true)")
         await app.aresolve(handle.run_id, waiting, True)
-    result = await handle.result(timeout=30)
+    result = await handle.result(timeout=300 if MODEL else 30)
     print(f"status: {result.status}")
     for name, output in result.outputs.items():
         print(f"  {name:13} {json.dumps(output.model_dump())}")
