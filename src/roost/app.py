@@ -59,8 +59,13 @@ class RunHandle:
                         return rec.waiting_on[0]
                     if rec.status in FINISHED:
                         return None
+                    names = await self._runtime.await_waiting(self.run_id)
+                    if names:
+                        return names[0]
+                    if names is not None:
+                        continue  # finished: the record says how
                     event.clear()
-                    try:  # runtimes without in-process events (prod) are polled
+                    try:  # runtimes without in-process events or a blocking wait are polled
                         await asyncio.wait_for(event.wait(), _APPROVAL_POLL)
                     except TimeoutError:
                         pass

@@ -88,7 +88,11 @@ async def test_each_activates_per_item_and_list_input_gathers_them(make_app: Mak
         nonlocal running, peak
         running += 1
         peak = max(peak, running)
-        await asyncio.sleep(0.1)
+        deadline = time.monotonic() + 5.0  # a barrier, bounded: parallel items all get here
+        while running < 4 and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+        peak = max(peak, running)
+        await asyncio.sleep(0.05)
         running -= 1
         return Done(value=item.name.upper())
 

@@ -195,6 +195,12 @@ class DurableRuntime(ABC):
     async def resume(self, app: CompiledApp, run_id: str) -> None:
         """Continue an unfinished run whose process died."""
 
+    async def await_waiting(self, run_id: str) -> list[str] | None:
+        """Block until the run waits on a promise (its names) or has finished (``[]``).
+
+        None means this backend cannot block on that, and callers poll ``get`` instead."""
+        return None
+
     async def __aenter__(self) -> DurableRuntime:
         await self.open()
         return self

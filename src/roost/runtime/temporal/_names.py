@@ -16,6 +16,7 @@ LOCAL_STEP = "local"  # marker in a step request: run the function registered in
 RESOLVE = "resolve"
 RESOLVE_SIGNAL = "resolve-later"
 RECORD_QUERY = "record"
+AWAIT_WAITING = "await-waiting"
 GRANTED_SIGNAL = "entity-granted"
 ACQUIRE_SIGNAL = "acquire"
 RELEASE_SIGNAL = "release"

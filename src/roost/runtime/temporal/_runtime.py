@@ -28,7 +28,7 @@ from ...errors import BackendError, ConfigError, PromiseError, RoostError, RunCo
 from ...result import ActivationRecord, RunRecord
 from .._base import DurableRuntime, RunSummary, Submission
 from ._activities import APPS, run_step
-from ._names import RECORD_QUERY, RESOLVE, RESOLVE_SIGNAL, default_task_queue, run_workflow
+from ._names import AWAIT_WAITING, RECORD_QUERY, RESOLVE, RESOLVE_SIGNAL, default_task_queue, run_workflow
 from ._workflow import EntityWorkflow, RunWorkflow
 
 _log = logging.getLogger("roost.temporal")
@@ -237,6 +237,16 @@ class TemporalRuntime(DurableRuntime):
                     raise PromiseError(f"run {run_id!r} is finished: nothing waits for {name!r}", run_id=run_id) from None
                 raise RunNotFoundError(run_id) from None
             raise BackendError(f"talking to Temporal failed: {exc}") from exc
+
+    async def await_waiting(self, run_id: str) -> list[str] | None:
+        """A blocking update on the run workflow: no polling (see RunHandle.approval)."""
+        try:
+            names: list[str] = await self._handle(run_id).execute_update(AWAIT_WAITING, result_type=list)
+        except (WorkflowUpdateFailedError, RPCError) as exc:
+            if isinstance(exc, RPCError) and exc.status == RPCStatusCode.NOT_FOUND and not await self._exists(run_id):
+                raise RunNotFoundError(run_id) from None
+            return []  # the run finished (an update cannot reach a closed workflow)
+        return names
 
     async def _exists(self, run_id: str) -> bool:
         try:

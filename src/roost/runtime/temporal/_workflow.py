@@ -31,6 +31,7 @@ from ._activities import find_app
 from ._context import TemporalContext
 from ._names import (
     ACQUIRE_SIGNAL,
+    AWAIT_WAITING,
     ENTITY_WORKFLOW,
     GRANTED_SIGNAL,
     RECORD_QUERY,
@@ -88,6 +89,7 @@ class RunWorkflow:
             self.deliver(msg, key)
         await workflow.wait_condition(lambda: self.pending == 0)
         self.closed = True
+        await workflow.wait_condition(workflow.all_handlers_finished)  # await-waiting callers get []
         run = self.run
         run["status"] = "failed" if run["error"] else "completed"
         run["finished_at"] = max([a.get("finished") or 0 for a in run["activations"].values()] + [run["created_at"]])
@@ -266,6 +268,12 @@ class RunWorkflow:
         """The same as the update, for a client that could not wait for a worker to answer."""
         if not self.closed and req["name"] not in self.promises:
             self._set_promise(req["name"], req.get("value"))
+
+    @workflow.update(name=AWAIT_WAITING)
+    async def await_waiting(self) -> list[str]:
+        """Answers once the run waits on a promise, or with [] once it has finished."""
+        await workflow.wait_condition(lambda: bool(self.run["waiting"]) or self.closed)
+        return [] if self.closed else [w["name"] for w in self.run["waiting"]]
 
     @workflow.query(name=RECORD_QUERY)
     def record(self) -> dict[str, Any]:
