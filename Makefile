@@ -19,9 +19,11 @@ $(BIN)/.roost-dev: $(BIN)/.roost-base
 demo: $(BIN)/.roost-base
 	$(BIN)/python examples/newsroom.py
 
-## test: install what the tests need (restate-server from npm under .roost/npm too), lint, type-check, run the whole suite
+## test: install what the tests need (restate-server from npm under .roost/npm too; llama-cpp-python built
+## once and cached under .roost/wheels, plus the SmolLM2 weights, for the llm_real suite), lint, type-check, run the whole suite
 test: $(BIN)/.roost-dev
 	$(BIN)/python -W ignore::RuntimeWarning:runpy -m roost.runtime.restate._server --install
+	bash scripts/install_model.sh $(VENV)
 	$(BIN)/ruff check src tests bench examples
 	$(BIN)/mypy
 	$(BIN)/pytest
