@@ -419,3 +419,19 @@ def test_fake_server_errors_keys_and_responders() -> None:
         assert status == 429 and body["error"]["message"] == "slow"
         status, body = _post(server.base_url, {"model": "m", "messages": [{}, {}]}, key="sk-right")
         assert status == 200 and json.loads(body["choices"][0]["message"]["content"]) == {"n": 2}
+
+
+def test_answers_with_raw_newlines_in_strings_are_accepted_but_still_validated() -> None:
+    import pydantic
+    from pydantic import BaseModel
+
+    from roost.engines.llm._schema import OutputSchema
+
+    class Note(BaseModel):
+        text: str
+        n: int
+
+    schema = OutputSchema.of(Note, agent="a")
+    assert schema.parse('{"text": "line one\nline two", "n": 2}') == Note(text="line one\nline two", n=2)
+    with pytest.raises(pydantic.ValidationError, match="n"):
+        schema.parse('{"text": "a\nb"}')

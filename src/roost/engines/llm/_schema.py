@@ -109,7 +109,16 @@ class OutputSchema:
         fenced = _FENCE.match(text)
         if fenced:  # some models wrap JSON in a markdown fence even when asked not to
             text = fenced.group(1).strip()
-        value = self._adapter.validate_json(text or '""')
+        try:
+            value = self._adapter.validate_json(text or '""')
+        except pydantic.ValidationError:
+            # Some servers' JSON grammars let raw newlines and tabs into strings, which strict JSON
+            # refuses; a lenient parse keeps such an answer when it fits the contract otherwise.
+            try:
+                loose = json.loads(text, strict=False)
+            except ValueError:
+                raise  # noqa: B904 - the original ValidationError, with the field detail
+            value = self._adapter.validate_python(loose)
         return value.value if self.wrapped else value
 
     def instruction(self, *, with_schema: bool = False) -> str:
