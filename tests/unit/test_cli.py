@@ -15,7 +15,8 @@ import pytest
 from click.testing import CliRunner, Result
 
 from roost import App
-from roost._loader import import_file, load_app, split_ref
+from roost._cli_view import CliError
+from roost._loader import import_file, load_app, load_apps, split_ref
 from roost.cli import cli
 from roost.runtime.local import LocalRuntime
 from tests.apps import PIPELINE
@@ -362,6 +363,19 @@ def test_load_app_errors(tmp_path: Path) -> None:
     assert "Traceback" not in res.output
 
 
+def test_load_apps(tmp_path: Path) -> None:
+    """Every App of a file (once each, whatever globals refer to it), or the one ATTR names."""
+    several = tmp_path / "several.py"
+    several.write_text(PIPELINE.replace("{approval}", "").replace("{name}", "one")
+                       + "\nsecond = App([writer], name='two')\napp = second\n")
+    assert [app.name for app in load_apps(str(several))] == ["one", "two"]
+    assert [app.name for app in load_apps(f"{several}:second")] == ["two"]
+    several.write_text(several.read_text() + "\nthird = App([writer], name='two')\n")
+    with pytest.raises(CliError, match="several roost.App instances named 'two'"):
+        load_apps(str(several))
+    assert [app.name for app in load_apps(f"{several}:third")] == ["two"]
+
+
 def test_version() -> None:
     res = invoke("--version")
     assert res.exit_code == 0 and "0.1.0" in res.stdout
@@ -391,16 +405,38 @@ def _unreachable(monkeypatch: pytest.MonkeyPatch) -> str:
     return admin
 
 
-def test_temporal_is_not_available_yet(no_settings: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_temporal_commands_without_a_temporal_server(no_settings: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The temporal runtime is the configured one, but nothing listens at its address: each command
+    says so (naming 'roost dev temporal') and exits 1."""
+    pytest.importorskip("temporalio")
+    from roost.runtime.restate._server import free_port
+
     app_file = write_app(no_settings)
+    address = f"127.0.0.1:{free_port()}"
     monkeypatch.setenv("ROOST_RUNTIME", "temporal")
-    for args in (("serve", app_file), ("run", app_file, "--prod", "-i", '{"title": "t"}')):
+    monkeypatch.setenv("ROOST_TEMPORAL_ADDRESS", address)
+    for args in (("serve", app_file), ("run", app_file, "--prod", "-i", '{"title": "t"}'),
+                 ("runs", "list", "--runtime", "temporal"), ("runs", "show", "r", "--runtime", "temporal"),
+                 ("runs", "resume", "r", "--runtime", "temporal"), ("resolve", "r", "editor", "true", "--runtime", "temporal")):
         res = invoke(*args)
-        assert res.exit_code == 2, args
-        assert "temporal" in res.stderr and "not available yet" in res.stderr and "Traceback" not in res.output
+        assert res.exit_code == 1, (args, res.output)
+        assert f"cannot reach Temporal at {address}" in res.stderr and "roost dev temporal" in res.stderr, args
+        assert "Traceback" not in res.output
     monkeypatch.setenv("ROOST_MODE", "prod")  # the runs commands default to the configured runtime
     res = invoke("runs", "list")
-    assert res.exit_code == 2 and "not available yet" in res.stderr
+    assert res.exit_code == 1 and f"cannot reach Temporal at {address}" in res.stderr
+    monkeypatch.delenv("ROOST_MODE")  # the local journal by default: the error says how to read Temporal's runs
+    res = invoke("runs", "show", "r")
+    assert res.exit_code == 1 and "no journal at" in res.stderr and "add --runtime temporal" in res.stderr
+
+
+def test_serve_options_of_the_other_runtime(no_settings: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    app_file = write_app(no_settings)
+    monkeypatch.setenv("ROOST_RUNTIME", "temporal")
+    res = invoke("serve", app_file, "--endpoint", "http://127.0.0.1:9")
+    assert res.exit_code == 2 and "--endpoint does not apply to Temporal" in res.stderr
+    res = invoke("serve", app_file, "--runtime", "restate", "--address", "127.0.0.1:9", "--task-queue", "q")
+    assert res.exit_code == 2 and "--address and --task-queue do not apply to Restate" in res.stderr
 
 
 def test_run_prod_on_the_local_runtime(no_settings: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -447,6 +483,10 @@ def test_help_documents_prod_mode() -> None:
     assert "--prod" in text and "--mode" in text
     text = " ".join(invoke("serve", "--help").stdout.split())
     assert "--endpoint" in text and "--admin" in text and "SIGTERM" in text
+    assert "--address" in text and "--namespace" in text and "--task-queue" in text and "Temporal" in text
+    assert "local|restate|temporal" in " ".join(invoke("resolve", "--help").stdout.split())
+    text = " ".join(invoke("dev", "temporal", "--help").stdout.split())
+    assert "--port" in text and "--dir" in text and ".roost/temporal" in text
 
 
 def test_progress_view_of_a_polled_prod_run(tmp_path: Path) -> None:
