@@ -122,8 +122,8 @@ class RunError(RoostError):
 
 
 class RunNotFoundError(RunError):
-    def __init__(self, run_id: str) -> None:
-        super().__init__(f"no run with id {run_id!r} in the journal", run_id=run_id)
+    def __init__(self, run_id: str, where: str = "in the journal") -> None:
+        super().__init__(f"no run with id {run_id!r} {where}", run_id=run_id)
 
 
 class RunConflictError(RunError):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 
 import pytest
@@ -83,15 +84,16 @@ async def test_when_and_map_on_edges(make_app: MakeApp) -> None:
 async def test_each_activates_per_item_and_list_input_gathers_them(make_app: MakeApp) -> None:
     running = 0
     peak = 0
+    all_in = asyncio.Event()
 
     async def work(item: Item) -> Done:
         nonlocal running, peak
         running += 1
         peak = max(peak, running)
-        deadline = time.monotonic() + 5.0  # a barrier, bounded: parallel items all get here
-        while running < 4 and time.monotonic() < deadline:
-            await asyncio.sleep(0.01)
-        peak = max(peak, running)
+        if running == 4:
+            all_in.set()
+        with contextlib.suppress(TimeoutError):  # a barrier, bounded: parallel items all get here
+            await asyncio.wait_for(all_in.wait(), 5.0)
         await asyncio.sleep(0.05)
         running -= 1
         return Done(value=item.name.upper())

@@ -145,7 +145,7 @@ class RestateRuntime(DurableRuntime):
         if app is None:
             run = await self._ledger(run_id)
             if run is None:
-                raise RunNotFoundError(run_id)
+                raise RunNotFoundError(run_id, f"on Restate at {self.settings.ingress}")
             app = run["app"]
         url = f"{self.settings.ingress}/restate/workflow/{run_service(app)}/{_quote(run_id)}/attach"
         try:
@@ -153,7 +153,7 @@ class RestateRuntime(DurableRuntime):
         except TimeoutError:
             raise TimeoutError(f"run {run_id!r} did not finish within {timeout} s") from None
         if resp.status_code == 404:
-            raise RunNotFoundError(run_id)
+            raise RunNotFoundError(run_id, f"on Restate at {self.settings.ingress}")
         final = resp.json() if resp.status_code == 200 and resp.content else None
         if isinstance(final, dict) and "activations" in final:
             return _record(run_id, final)  # the workflow returns the ledger's final record
@@ -172,7 +172,7 @@ class RestateRuntime(DurableRuntime):
     async def get(self, run_id: str) -> RunRecord:
         run = await self._ledger(run_id)
         if run is None:
-            raise RunNotFoundError(run_id)
+            raise RunNotFoundError(run_id, f"on Restate at {self.settings.ingress}")
         return _record(run_id, run)
 
     async def list_runs(self, limit: int = 50) -> list[RunSummary]:
@@ -183,7 +183,7 @@ class RestateRuntime(DurableRuntime):
     async def resolve(self, run_id: str, name: str, value: Any) -> None:
         run = await self._ledger(run_id)
         if run is None:
-            raise RunNotFoundError(run_id)
+            raise RunNotFoundError(run_id, f"on Restate at {self.settings.ingress}")
         if run["status"] in FINISHED:
             raise PromiseError(f"run {run_id!r} is {run['status']}: nothing waits for {name!r}", run_id=run_id)
         if name in run["promises"]:
@@ -212,7 +212,7 @@ class RestateRuntime(DurableRuntime):
         # Restate resumes invocations by itself once an endpoint serves them again.
         self.register(app, self.app_refs.get(app.name))
         if await self._ledger(run_id) is None:
-            raise RunNotFoundError(run_id)
+            raise RunNotFoundError(run_id, f"on Restate at {self.settings.ingress}")
 
 
 def _record(run_id: str, run: dict[str, Any]) -> RunRecord:

@@ -178,7 +178,7 @@ class TemporalRuntime(DurableRuntime):
             raise BackendError(f"run {run_id!r} ended on Temporal without a roost record: {exc}: {cause}") from exc
         except RPCError as exc:
             if exc.status == RPCStatusCode.NOT_FOUND:
-                raise RunNotFoundError(run_id) from None
+                raise self._not_found(run_id) from None
             raise BackendError(f"talking to Temporal failed: {exc}") from exc
         return _record(run)
 
@@ -188,7 +188,7 @@ class TemporalRuntime(DurableRuntime):
             desc = await handle.describe()
         except RPCError as exc:
             if exc.status == RPCStatusCode.NOT_FOUND:
-                raise RunNotFoundError(run_id) from None
+                raise self._not_found(run_id) from None
             raise BackendError(f"talking to Temporal failed: {exc}") from exc
         if desc.status != WorkflowExecutionStatus.RUNNING:
             return await self._outcome(run_id)
@@ -235,7 +235,7 @@ class TemporalRuntime(DurableRuntime):
             if exc.status == RPCStatusCode.NOT_FOUND:
                 if await self._exists(run_id):
                     raise PromiseError(f"run {run_id!r} is finished: nothing waits for {name!r}", run_id=run_id) from None
-                raise RunNotFoundError(run_id) from None
+                raise self._not_found(run_id) from None
             raise BackendError(f"talking to Temporal failed: {exc}") from exc
 
     async def await_waiting(self, run_id: str) -> list[str] | None:
@@ -244,9 +244,12 @@ class TemporalRuntime(DurableRuntime):
             names: list[str] = await self._handle(run_id).execute_update(AWAIT_WAITING, result_type=list)
         except (WorkflowUpdateFailedError, RPCError) as exc:
             if isinstance(exc, RPCError) and exc.status == RPCStatusCode.NOT_FOUND and not await self._exists(run_id):
-                raise RunNotFoundError(run_id) from None
+                raise self._not_found(run_id) from None
             return []  # the run finished (an update cannot reach a closed workflow)
         return names
+
+    def _not_found(self, run_id: str) -> RunNotFoundError:
+        return RunNotFoundError(run_id, f"on Temporal at {self.settings.address} (namespace {self.settings.namespace!r})")
 
     async def _exists(self, run_id: str) -> bool:
         try:
@@ -259,7 +262,7 @@ class TemporalRuntime(DurableRuntime):
         # Temporal continues a run by itself as soon as a worker serves its task queue.
         self.register(app)
         if not await self._exists(run_id):
-            raise RunNotFoundError(run_id)
+            raise self._not_found(run_id)
 
 
 def _record(run: dict[str, Any]) -> RunRecord:
