@@ -250,7 +250,7 @@ def test_start_fails_fast_with_the_log_when_a_port_is_taken(tmp_path: Path) -> N
         taken.listen()
         srv = RestateServer(tmp_path / "restate", ingress_port=taken.getsockname()[1], binary=restate_binary())
         started = time.monotonic()
-        with pytest.raises(RestateServerError, match=r"(exited with code|not healthy).*restate\.log"):
+        with pytest.raises(RestateServerError, match=r"(exited with code|not ready).*restate\.log"):
             srv.start(timeout=10)
         assert time.monotonic() - started < 10
         assert not srv.running

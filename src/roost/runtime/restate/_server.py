@@ -22,19 +22,18 @@ import contextlib
 import os
 import platform
 import shutil
-import signal
 import socket
 import subprocess
 import sys
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from types import TracebackType
-from typing import Any, Self
+from typing import Any
 
 import httpx
 
 from ...errors import BackendError, ConfigError
+from .._process import ServerProcess
 
 __all__ = [
     "ALWAYS_REPLAY_ENV",
@@ -195,7 +194,7 @@ def _another_free_port(taken: set[int]) -> int:
 # -- the server process -----------------------------------------------------------------------------
 
 
-class RestateServer:
+class RestateServer(ServerProcess):
     """One single-node ``restate-server`` on 127.0.0.1, with its data under ``base_dir``.
 
     Ports left as None are picked free when the object is built and kept for its life, so
@@ -213,6 +212,9 @@ class RestateServer:
             register_deployment(server.admin_url, "http://127.0.0.1:9080")
             httpx.post(f"{server.ingress_url}/Greeter/greet", json="world")
     """
+
+    error = RestateServerError
+    label = "restate-server"
 
     def __init__(
         self,
@@ -235,7 +237,7 @@ class RestateServer:
         self.log_file = Path(log_file).absolute() if log_file is not None else self.base_dir / "restate.log"
         self.binary = binary
         self.extra_env = dict(env or {})
-        self._proc: subprocess.Popen[bytes] | None = None
+        super().__init__()
 
     # -- addresses and state
 
@@ -248,16 +250,6 @@ class RestateServer:
     def admin_url(self) -> str:
         """``http://127.0.0.1:<admin port>``: deployments, SQL queries, health."""
         return f"http://{_HOST}:{self.admin_port}"
-
-    @property
-    def pid(self) -> int | None:
-        """The server's process id while it runs (None before :meth:`start` and after it exited)."""
-        return self._proc.pid if self.running and self._proc is not None else None
-
-    @property
-    def running(self) -> bool:
-        """Whether the process started here is still alive."""
-        return self._proc is not None and self._proc.poll() is None
 
     def environment(self) -> dict[str, str]:
         """The environment the server process gets."""
@@ -281,104 +273,12 @@ class RestateServer:
         binary = self.binary or find_restate_server(install=False)
         return [str(binary), "--base-dir", str(self.base_dir), "--node-name", "n1", "--no-logo"]
 
-    # -- lifecycle
-
-    def start(self, timeout: float = 20.0) -> None:
-        """Launch the server and wait until admin ``/health`` and ingress ``/restate/health`` answer 200
-        and the partitions answer a ``sys_invocation`` query.
-
-        Raises:
-            RestateServerError: it is already running, exited during start-up, or was not healthy
-                within ``timeout`` seconds (then it is stopped); the message ends with its log.
-        """
-        if self.running:
-            raise RestateServerError(f"restate-server is already running (pid {self.pid})")
-        command = self.command()
-        self.base_dir.mkdir(parents=True, exist_ok=True)
-        self.log_file.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.log_file, "ab") as log:
-            log.write(f"\n--- roost: starting {' '.join(command)}\n".encode())
-            log.flush()
-            self._proc = subprocess.Popen(command, env=self.environment(), stdin=subprocess.DEVNULL,
-                                          stdout=log, stderr=subprocess.STDOUT, cwd=self.base_dir)
-        try:
-            self._wait_healthy(timeout)
-        except BaseException:
-            self.stop(timeout=5.0)  # SIGTERM first: an interrupted start need not crash the server
-            raise
-
-    def _wait_healthy(self, timeout: float) -> None:
-        deadline = time.monotonic() + timeout
-        urls = [f"{self.admin_url}/health", f"{self.ingress_url}/restate/health"]
+    def is_ready(self) -> bool:
+        """Admin ``/health`` and ingress ``/restate/health`` answer 200 and the partitions answer a
+        ``sys_invocation`` query."""
         with httpx.Client(timeout=2.0) as client:
-            while True:
-                assert self._proc is not None
-                code = self._proc.poll()
-                if code is not None:
-                    raise RestateServerError(f"restate-server exited with code {code} during start-up"
-                                             f"{self._log_tail()}")
-                if all(_is_ok(client, url) for url in urls) and _partitions_ready(client, self.admin_url):
-                    return
-                if time.monotonic() >= deadline:
-                    raise RestateServerError(f"restate-server was not healthy after {timeout:.1f} s"
-                                             f"{self._log_tail()}")
-                time.sleep(_POLL)
-
-    def _log_tail(self, lines: int = 30) -> str:
-        try:
-            text = self.log_file.read_text(encoding="utf-8", errors="replace")
-        except OSError:
-            return ""
-        return f"; the end of {self.log_file}:\n" + "\n".join(text.splitlines()[-lines:])
-
-    def wait(self, timeout: float | None = None) -> int | None:
-        """Wait up to ``timeout`` seconds (None: for ever) for the process to exit; its exit code, or
-        None if it still runs (or was never started)."""
-        if self._proc is None:
-            return None
-        try:
-            return self._proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            return None
-
-    def stop(self, timeout: float = 10.0) -> int | None:
-        """SIGTERM, wait up to ``timeout`` seconds, then SIGKILL. Returns the exit code (None if not started)."""
-        proc = self._proc
-        if proc is None:
-            return None
-        if proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                return self.kill()
-        return proc.returncode
-
-    def kill(self, timeout: float = 10.0) -> int | None:
-        """SIGKILL (a crash: nothing is flushed) and wait for the process. Returns its exit code."""
-        proc = self._proc
-        if proc is None:
-            return None
-        if proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                proc.kill()
-        proc.wait(timeout)
-        return proc.returncode
-
-    def restart(self, timeout: float = 20.0) -> None:
-        """Stop the server if it runs, then start it again on the same ports and data directory."""
-        self.stop()
-        self.start(timeout)
-
-    def __enter__(self) -> Self:
-        if not self.running:
-            self.start()
-        return self
-
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
-        self.stop()
+            urls = [f"{self.admin_url}/health", f"{self.ingress_url}/restate/health"]
+            return all(_is_ok(client, url) for url in urls) and _partitions_ready(client, self.admin_url)
 
     def __repr__(self) -> str:
         state = f"pid {self.pid}" if self.running else "stopped"

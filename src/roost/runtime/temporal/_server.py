@@ -11,20 +11,15 @@ accepts connections, and stops, kills or restarts it by pid.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import shutil
-import signal
 import socket
-import subprocess
 import sys
-import time
 from collections.abc import Mapping
 from pathlib import Path
-from types import TracebackType
-from typing import Self
 
 from ...errors import BackendError, ConfigError
+from .._process import ServerProcess
 from ..restate._server import free_port
 
 __all__ = ["DEV_DYNAMIC_CONFIG", "TemporalDevServer", "TemporalServerError", "find_temporal", "free_port"]
@@ -64,7 +59,7 @@ def find_temporal() -> Path:
                       f"or set {_CLI_ENV} to its path")
 
 
-class TemporalDevServer:
+class TemporalDevServer(ServerProcess):
     """``temporal server start-dev`` on 127.0.0.1 with its database in ``base_dir``.
 
     The port is picked free when the object is built and kept, so :meth:`restart` (or
@@ -72,6 +67,10 @@ class TemporalDevServer:
     ``dynamic_config`` is added to :data:`DEV_DYNAMIC_CONFIG`; ``persist=False`` keeps workflows
     in memory only (lost on restart).
     """
+
+    error = TemporalServerError
+    label = "the Temporal dev server"
+    start_timeout = 30.0
 
     def __init__(self, base_dir: Path, *, port: int | None = None, persist: bool = True,
                  dynamic_config: Mapping[str, str] | None = None, namespaces: tuple[str, ...] = (),
@@ -83,7 +82,7 @@ class TemporalDevServer:
         self.namespaces = namespaces
         self.binary = binary
         self.log_file = self.base_dir / "temporal.log"
-        self._proc: subprocess.Popen[bytes] | None = None
+        super().__init__()
 
     @property
     def address(self) -> str:
@@ -93,14 +92,6 @@ class TemporalDevServer:
     @property
     def db_file(self) -> Path:
         return self.base_dir / "temporal.db"
-
-    @property
-    def pid(self) -> int | None:
-        return self._proc.pid if self.running and self._proc is not None else None
-
-    @property
-    def running(self) -> bool:
-        return self._proc is not None and self._proc.poll() is None
 
     def command(self) -> list[str]:
         cmd = [str(self.binary or find_temporal()), "server", "start-dev", "--ip", _HOST, "--port", str(self.port),
@@ -113,90 +104,13 @@ class TemporalDevServer:
             cmd += ["--namespace", ns]
         return cmd
 
-    def start(self, timeout: float = 30.0) -> None:
-        """Launch the server and wait until its frontend accepts connections."""
-        if self.running:
-            raise TemporalServerError(f"the Temporal dev server is already running (pid {self.pid})")
-        command = self.command()
-        self.base_dir.mkdir(parents=True, exist_ok=True)
-        with open(self.log_file, "ab") as log:
-            log.write(f"\n--- roost: starting {' '.join(command)}\n".encode())
-            log.flush()
-            self._proc = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                                          cwd=self.base_dir)
+    def is_ready(self) -> bool:
+        """The frontend accepts connections."""
         try:
-            self._wait_ready(timeout)
-        except BaseException:
-            self.stop(timeout=5.0)
-            raise
-
-    def _wait_ready(self, timeout: float) -> None:
-        deadline = time.monotonic() + timeout
-        while True:
-            assert self._proc is not None
-            code = self._proc.poll()
-            if code is not None:
-                raise TemporalServerError(f"the Temporal dev server exited with code {code} during start-up"
-                                          f"{self._log_tail()}")
-            with contextlib.suppress(OSError), socket.create_connection((_HOST, self.port), timeout=0.5):
-                return
-            if time.monotonic() >= deadline:
-                raise TemporalServerError(f"the Temporal dev server did not listen on {self.address} within "
-                                          f"{timeout:.0f} s{self._log_tail()}")
-            time.sleep(0.05)
-
-    def _log_tail(self, lines: int = 30) -> str:
-        try:
-            text = self.log_file.read_text(encoding="utf-8", errors="replace")
+            with socket.create_connection((_HOST, self.port), timeout=0.5):
+                return True
         except OSError:
-            return ""
-        return f"; the end of {self.log_file}:\n" + "\n".join(text.splitlines()[-lines:])
-
-    def wait(self, timeout: float | None = None) -> int | None:
-        if self._proc is None:
-            return None
-        try:
-            return self._proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            return None
-
-    def stop(self, timeout: float = 10.0) -> int | None:
-        """SIGTERM, wait up to ``timeout`` seconds, then SIGKILL."""
-        proc = self._proc
-        if proc is None:
-            return None
-        if proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                return self.kill()
-        return proc.returncode
-
-    def kill(self, timeout: float = 10.0) -> int | None:
-        """SIGKILL (a crash) and wait for the process."""
-        proc = self._proc
-        if proc is None:
-            return None
-        if proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                proc.kill()
-        proc.wait(timeout)
-        return proc.returncode
-
-    def restart(self, timeout: float = 30.0) -> None:
-        self.stop()
-        self.start(timeout)
-
-    def __enter__(self) -> Self:
-        if not self.running:
-            self.start()
-        return self
-
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
-        self.stop()
+            return False
 
     def __repr__(self) -> str:
         return f"TemporalDevServer({self.address}, pid={self.pid}, db={self.db_file if self.persist else 'memory'})"
