@@ -435,3 +435,16 @@ def test_answers_with_raw_newlines_in_strings_are_accepted_but_still_validated()
     assert schema.parse('{"text": "line one\nline two", "n": 2}') == Note(text="line one\nline two", n=2)
     with pytest.raises(pydantic.ValidationError, match="n"):
         schema.parse('{"text": "a\nb"}')
+
+
+def test_an_answer_that_is_not_json_keeps_the_validation_error() -> None:
+    import pydantic
+    from pydantic import BaseModel
+
+    from roost.engines.llm._schema import OutputSchema
+
+    class Note(BaseModel):
+        text: str
+
+    with pytest.raises(pydantic.ValidationError, match="Invalid JSON"):
+        OutputSchema.of(Note, agent="a").parse('{"text": ')

@@ -111,13 +111,13 @@ class OutputSchema:
             text = fenced.group(1).strip()
         try:
             value = self._adapter.validate_json(text or '""')
-        except pydantic.ValidationError:
+        except pydantic.ValidationError as invalid:
             # Some servers' JSON grammars let raw newlines and tabs into strings, which strict JSON
             # refuses; a lenient parse keeps such an answer when it fits the contract otherwise.
             try:
                 loose = json.loads(text, strict=False)
             except ValueError:
-                raise  # noqa: B904 - the original ValidationError, with the field detail
+                raise invalid from None  # not JSON at all: the original error, with its detail
             value = self._adapter.validate_python(loose)
         return value.value if self.wrapped else value
 

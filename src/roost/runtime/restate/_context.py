@@ -12,11 +12,12 @@ from typing import Any, TypeVar
 
 import restate
 
-from ..._activation import Message, entity_of, outgoing
+from ..._activation import Message, entity_of
 from ..._codec import dumps, revive
 from ..._graph import CompiledApp
 from ...errors import RetryableError, SerializationError, StepFailedError, TerminalError
-from .._base import DurableContext, State, StepInfo
+from .._base import State, StepInfo
+from .._engine_context import EngineContext, RemoteStepError
 from .._retry import RetryPolicy, seconds
 from .._steps import call_step, return_type
 from ._errors import describe, to_restate
@@ -72,30 +73,15 @@ def decode_message(data: dict[str, Any]) -> Message:
                    data.get("cause"), data.get("meta") or {})
 
 
-class RestateContext(DurableContext):
+class RestateContext(EngineContext):
     def __init__(self, ctx: restate.ObjectContext, app: CompiledApp, msg: Message, key: str) -> None:
+        super().__init__(app, msg, key)
         self._ctx = ctx
-        self._app = app
-        self._msg = msg
-        self.run_id = msg.run_id
-        self.agent = msg.target
-        self.activation_id = msg.id
-        self.caused_by = msg.cause
-        self.key = key
         self._state = RestateState(ctx)
-        self._position = 0
-        self.produced: list[str] = []
-        self.attempts = 1
-        self.started: float | None = None
-        self.finished: float | None = None
 
     @property
     def state(self) -> RestateState:
         return self._state
-
-    def _next(self) -> int:
-        self._position += 1
-        return self._position - 1
 
     async def step(self, name: str, fn: Callable[..., T] | Callable[..., Awaitable[T]], *args: Any,
                    retry: RetryPolicy | None = None, **kwargs: Any) -> T:
@@ -128,11 +114,9 @@ class RestateContext(DurableContext):
             info = describe(exc)
             attempts = int(info.get("attempt") or policy.max_attempts)
             self.attempts = max(self.attempts, attempts)
-            cause = _Remote(info.get("type", "Error"), info.get("message", ""))
+            cause = RemoteStepError(info.get("type", "Error"), info.get("message", ""))
             raise StepFailedError(run_id=self.run_id, agent=self.agent, step=name, attempts=attempts, cause=cause) from None
-        self.attempts = max(self.attempts, int(done.get("n", 1)))
-        self.started = done["t0"] if self.started is None else self.started
-        self.finished = done["t1"]
+        self._record_step(done)
         return revive(done["v"], return_type(fn))  # type: ignore[no-any-return]
 
     async def sleep(self, duration: float | timedelta) -> None:
@@ -147,21 +131,18 @@ class RestateContext(DurableContext):
                                                            "activation": self.activation_id}).encode(), key=self.run_id)
         return await future
 
-    def _message(self, agent: str, payload: Any, kind: str, meta: dict[str, Any]) -> Message:
-        return outgoing(self._app, self, agent, payload, kind=kind, position=self._next(), meta=meta)
-
     def deliver(self, msg: Message, key: str, delay: float | None = None) -> None:
         """One-way message to an agent's entity (what reacts_to compiles to)."""
         self._ctx.generic_send(agent_service(self._app.name, msg.target), ACTIVATE, encode_message(msg), key=key,
                                send_delay=timedelta(seconds=delay) if delay else None)
 
     async def send(self, agent: str, payload: Any, *, delay: float | timedelta | None = None) -> None:
-        msg = self._message(agent, payload, "send", {})
+        msg = self._message(agent, payload, "send")
         self.deliver(msg, entity_of(self._app, msg), seconds(delay) if delay else None)
         self.produced.append(msg.id)  # only once sent: the ledger waits for every id it is told of
 
     async def call(self, agent: str, payload: Any) -> Any:
-        msg = self._message(agent, payload, "call", {})
+        msg = self._message(agent, payload, "call")
         spec = self._app.specs[agent]
         key = entity_of(self._app, msg)
         self.produced.append(msg.id)
@@ -172,12 +153,3 @@ class RestateContext(DurableContext):
             raise TerminalError(f"run {self.run_id!r}: call from {self.agent!r} to agent {agent!r} failed: "
                                 f"{exc.message}") from None
         return revive(json.loads(raw)["output"], spec.output_type)
-
-
-class _Remote(Exception):
-    """The last exception of a step whose attempts ran in another process or attempt."""
-
-    def __init__(self, kind: str, message: str) -> None:
-        super().__init__(message)
-        self.kind = kind
-

@@ -17,11 +17,12 @@ from temporalio.common import RetryPolicy as TemporalRetryPolicy
 from temporalio.exceptions import ActivityError, ApplicationError
 from temporalio.exceptions import TimeoutError as TemporalTimeoutError
 
-from ..._activation import Message, entity_of, outgoing
+from ..._activation import Message, entity_of
 from ..._codec import dumps, revive
 from ..._graph import CompiledApp
 from ...errors import SerializationError, StepFailedError
-from .._base import DurableContext, State
+from .._base import State
+from .._engine_context import EngineContext, RemoteStepError
 from .._retry import RetryPolicy, seconds
 from .._steps import return_type
 from ._activities import LOCAL, LOCAL_KEY, step_ref
@@ -69,37 +70,15 @@ class TemporalState(State):
         return sorted(k for k in self.data if not k.startswith("__roost."))
 
 
-class _Remote(Exception):
-    """The last exception of a step that ran in an activity."""
-
-    def __init__(self, kind: str, message: str) -> None:
-        super().__init__(message)
-        self.kind = kind
-
-
-class TemporalContext(DurableContext):
+class TemporalContext(EngineContext):
     def __init__(self, run: RunWorkflow, app: CompiledApp, msg: Message, key: str, state: dict[str, Any]) -> None:
+        super().__init__(app, msg, key)
         self._run = run
-        self._app = app
-        self.run_id = msg.run_id
-        self.agent = msg.target
-        self.activation_id = msg.id
-        self.caused_by = msg.cause
-        self.key = key
         self._state = TemporalState(state)
-        self._position = 0
-        self.produced: list[str] = []
-        self.attempts = 1
-        self.started: float | None = None
-        self.finished: float | None = None
 
     @property
     def state(self) -> TemporalState:
         return self._state
-
-    def _next(self) -> int:
-        self._position += 1
-        return self._position - 1
 
     async def step(self, name: str, fn: Callable[..., T] | Callable[..., Awaitable[T]], *args: Any,
                    retry: RetryPolicy | None = None, **kwargs: Any) -> T:
@@ -134,9 +113,7 @@ class TemporalContext(DurableContext):
         finally:
             if token is not None:
                 LOCAL.pop(token, None)
-        self.attempts = max(self.attempts, int(done.get("n", 1)))
-        self.started = done["t0"] if self.started is None else self.started
-        self.finished = done["t1"]
+        self._record_step(done)
         return revive(done["v"], return_type(fn))  # type: ignore[no-any-return]
 
     def _failed(self, name: str, policy: RetryPolicy, exc: ActivityError) -> StepFailedError:
@@ -148,11 +125,11 @@ class TemporalContext(DurableContext):
             if cause.type == "SerializationError":
                 return StepFailedError(run_id=self.run_id, agent=self.agent, step=name, attempts=attempts,
                                        cause=SerializationError(cause.message))
-            error: Exception = _Remote(cause.type or "Error", cause.message)
+            error: Exception = RemoteStepError(cause.type or "Error", cause.message)
         elif isinstance(cause, TemporalTimeoutError):
-            error = _Remote("TimeoutError", f"the step timed out ({cause.type.name if cause.type else 'timeout'})")
+            error = RemoteStepError("TimeoutError", f"the step timed out ({cause.type.name if cause.type else 'timeout'})")
         else:
-            error = _Remote(type(cause).__name__ if cause else "Error", str(cause or exc))
+            error = RemoteStepError(type(cause).__name__ if cause else "Error", str(cause or exc))
         self.attempts = max(self.attempts, attempts)
         return StepFailedError(run_id=self.run_id, agent=self.agent, step=name, attempts=attempts, cause=error)
 
@@ -164,9 +141,6 @@ class TemporalContext(DurableContext):
 
     async def promise(self, name: str) -> Any:
         return await self._run.wait_promise(name, self.agent, self.activation_id)
-
-    def _message(self, agent: str, payload: Any, kind: str) -> Message:
-        return outgoing(self._app, self, agent, payload, kind=kind, position=self._next())
 
     async def send(self, agent: str, payload: Any, *, delay: float | timedelta | None = None) -> None:
         msg = self._message(agent, payload, "send")
