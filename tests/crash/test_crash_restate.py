@@ -38,7 +38,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import threading
 import time
 from collections import Counter
@@ -54,14 +53,13 @@ from roost import App, RunHandle
 from roost.runtime.restate._server import RestateServer, admin_query, free_port
 from tests.restate_support import start_test_server
 
+from ._harness import WorkerHarness, print_latencies
 from .restate_pipeline import APP_NAME, RUN_INPUT, STEPS, build_app
 
 pytestmark = [pytest.mark.crash, pytest.mark.restate]
 
 HERE = Path(__file__).resolve().parent
 SCRIPT = HERE / "restate_pipeline.py"
-REPO = HERE.parent.parent
-MARKER_TIMEOUT = 20.0  # seconds to reach a kill point (or to serve)
 FINISH_TIMEOUT = 30.0  # seconds for the recovered run to finish
 LIVENESS = 10.0  # resume latency bound: a liveness check only (about 1 s is expected)
 OUTAGE = 3.0  # seconds the endpoint stays down in test_kill_mid_fanout
@@ -78,106 +76,28 @@ LATENCIES: dict[str, dict[str, float]] = {}
 # -- the harness ----------------------------------------------------------------------------------
 
 
-class Harness:
+class Harness(WorkerHarness):
     """One run id, one counter directory and one endpoint port; the serving processes started
     on them, and client calls to the run from this process."""
 
     def __init__(self, root: Path, server: RestateServer, run_id: str) -> None:
-        self.root = root
+        super().__init__(root, run_id)
         self.server = server
-        self.run_id = run_id
         self.endpoint = f"http://127.0.0.1:{free_port()}"  # fixed for this test: restarts serve the same URI
-        self.counter_dir = root / "counters"
-        self.counter_dir.mkdir(parents=True, exist_ok=True)
-        self.procs: list[subprocess.Popen[bytes]] = []
-        self.logs: dict[int, tuple[Path, Path]] = {}
         self.serving_at: dict[int, float] = {}  # pid -> when it served (its marker's time)
         self.spawned_at: dict[int, float] = {}
 
-    # -- serving processes ----------------------------------------------------------------------
-
     def start(self, scenario: str, *, block: bool = True) -> subprocess.Popen[bytes]:
         """Start a serving process and wait until it serves (listens, and is registered)."""
-        for old in self.counter_dir.glob("at-*"):
-            old.unlink()  # markers of an earlier (killed) process
-        env = {k: v for k, v in os.environ.items() if not k.startswith("ROOST_")}
-        env["ROOST_CRASH_BLOCK"] = "1" if block else "0"
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO / "src"), env.get("PYTHONPATH")]))
-        n = len(self.procs)
-        out, err = self.root / f"proc{n}-{scenario}.out", self.root / f"proc{n}-{scenario}.err"
         spawned = time.time()
-        with open(out, "wb") as fo, open(err, "wb") as fe:
-            proc = subprocess.Popen(
-                [sys.executable, str(SCRIPT), self.endpoint, self.server.admin_url, str(self.counter_dir), scenario],
-                cwd=REPO, env=env, stdout=fo, stderr=fe, stdin=subprocess.DEVNULL,
-            )
-        self.procs.append(proc)
-        self.logs[proc.pid] = (out, err)
+        proc = self.spawn([str(SCRIPT), self.endpoint, self.server.admin_url, str(self.counter_dir), scenario],
+                          scenario, block=block)
         self.spawned_at[proc.pid] = spawned
         self.wait_marker(proc, "serving")
         pid, at, _ = self.marker("serving")[0].split()
         assert int(pid) == proc.pid
         self.serving_at[proc.pid] = float(at)
         return proc
-
-    def stderr(self, proc: subprocess.Popen[bytes] | None) -> str:
-        return "" if proc is None else self.logs[proc.pid][1].read_text(errors="replace")[-3000:]
-
-    def wait_until(self, proc: subprocess.Popen[bytes] | None, what: str, check: Callable[[], Any],
-                   timeout: float = MARKER_TIMEOUT) -> float:
-        """Poll ``check`` (bounded); fail early if the process exits. Returns the seconds waited."""
-        t0 = time.monotonic()
-        while not check():
-            if proc is not None and proc.poll() is not None:
-                pytest.fail(f"serving process exited ({proc.returncode}) before {what}:\n{self.stderr(proc)}")
-            if time.monotonic() - t0 > timeout:
-                pytest.fail(f"not reached within {timeout} s: {what}\n{self.stderr(proc)}")
-            time.sleep(0.01)
-        return time.monotonic() - t0
-
-    def marker(self, point: str) -> list[str]:
-        """The complete lines of the marker ``at-<point>`` (none while it is being written)."""
-        path = self.counter_dir / f"at-{point}"
-        return path.read_text().split("\n")[:-1] if path.exists() else []
-
-    def wait_marker(self, proc: subprocess.Popen[bytes], *points: str) -> None:
-        for point in points:
-            self.wait_until(proc, f"marker at-{point}", lambda: self.marker(point))  # noqa: B023
-
-    def kill(self, proc: subprocess.Popen[bytes]) -> float:
-        """SIGKILL the process (by its pid); returns when it was killed."""
-        assert proc.poll() is None, f"the process to kill has exited already:\n{self.stderr(proc)}"
-        killed = time.time()
-        os.kill(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=10)
-        assert proc.returncode == -signal.SIGKILL
-        return killed
-
-    def close(self) -> None:
-        for proc in self.procs:  # only the processes this harness started
-            if proc.poll() is None:
-                os.kill(proc.pid, signal.SIGKILL)
-                proc.wait(timeout=10)
-
-    # -- counters (outside the journal) ---------------------------------------------------------
-
-    def counters(self) -> dict[str, list[dict[str, Any]]]:
-        """Per step ('agent.step'): this run's execution events in its counter file, in order."""
-        out: dict[str, list[dict[str, Any]]] = {}
-        for path in sorted(self.counter_dir.glob("*.log")):
-            lines = path.read_text().split("\n")[:-1]  # complete lines only: one may be being written
-            events = [json.loads(line) for line in lines if line.strip()]
-            out[path.stem] = [e for e in events if e["run"] == self.run_id]
-        return out
-
-    def counts(self, event: str) -> dict[str, int]:
-        return {step: sum(e["event"] == event for e in events) for step, events in self.counters().items()}
-
-    def first_start(self, after: float = 0.0, pid: int | None = None) -> dict[str, Any] | None:
-        """The earliest 'start' line written after ``after`` (by ``pid`` if given)."""
-        starts = [e for events in self.counters().values() for e in events
-                  if e["event"] == "start" and e["at"] > after and (pid is None or e["pid"] == pid)]
-        return min(starts, key=lambda e: e["at"]) if starts else None
 
     # -- Restate's journal of the run (admin SQL) -------------------------------------------------
 
@@ -316,16 +236,7 @@ def baseline(tmp_path_factory: pytest.TempPathFactory, restate_server: RestateSe
 
 @pytest.fixture(scope="module", autouse=True)
 def latency_summary(request: pytest.FixtureRequest) -> Iterator[None]:
-    yield
-    reporter = request.config.pluginmanager.get_plugin("terminalreporter")
-    capture = request.config.pluginmanager.get_plugin("capturemanager")
-    if reporter is None or capture is None or not LATENCIES:
-        return
-    with capture.global_and_fixture_disabled():  # shown without -s
-        reporter.write_line("")
-        reporter.write_line("restate crash suite, resume latency (seconds):")
-        for test, figures in LATENCIES.items():
-            reporter.write_line(f"  {test:48s} " + "  ".join(f"{k}={v:.3f}" for k, v in figures.items()))
+    yield from print_latencies(request, "restate crash suite", LATENCIES)
 
 
 def endpoint_latency(test: str, h: Harness, proc: subprocess.Popen[bytes], resumed_at: float) -> None:

@@ -25,9 +25,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import signal
 import subprocess
-import sys
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
@@ -39,14 +37,13 @@ import pytest
 from roost import App, RunHandle
 from roost.runtime.temporal import TemporalDevServer, TemporalRuntime
 
+from ._harness import MARKER_TIMEOUT, WorkerHarness, print_latencies
 from .restate_pipeline import LONG_SLEEP, RUN_INPUT, STEPS, build_app
 
 pytestmark = [pytest.mark.crash, pytest.mark.temporal]
 
 HERE = Path(__file__).resolve().parent
 SCRIPT = HERE / "temporal_pipeline.py"
-REPO = HERE.parent.parent
-MARKER_TIMEOUT = 20.0
 FINISH_TIMEOUT = 40.0
 LIVENESS = 10.0
 AGENTS = {"plan", "fact", "style", "merge", "publish"}
@@ -55,85 +52,21 @@ T = TypeVar("T")
 LATENCIES: dict[str, dict[str, float]] = {}
 
 
-class Harness:
+class Harness(WorkerHarness):
     def __init__(self, root: Path, server: TemporalDevServer, name: str) -> None:
-        self.root = root
-        self.server = server
         suffix = os.urandom(3).hex()
-        self.run_id = f"crash-{name}-{suffix}"
+        super().__init__(root, f"crash-{name}-{suffix}")
+        self.server = server
         self.task_queue = f"crash-{name}-{suffix}"
-        self.counter_dir = root / "counters"
-        self.counter_dir.mkdir(parents=True, exist_ok=True)
-        self.procs: list[subprocess.Popen[bytes]] = []
-        self.logs: dict[int, Path] = {}
         self.serving_at: dict[int, float] = {}
 
-    # -- workers -----------------------------------------------------------------------------
-
     def start(self, scenario: str, *, block: bool = True) -> subprocess.Popen[bytes]:
-        for old in self.counter_dir.glob("at-*"):
-            old.unlink()
-        env = {k: v for k, v in os.environ.items() if not k.startswith("ROOST_")}
-        env["ROOST_CRASH_BLOCK"] = "1" if block else "0"
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO / "src"), env.get("PYTHONPATH")]))
-        err = self.root / f"worker{len(self.procs)}-{scenario}.err"
-        with open(err, "wb") as fe:
-            proc = subprocess.Popen([sys.executable, str(SCRIPT), self.server.address, self.task_queue,
-                                     str(self.counter_dir), scenario], cwd=REPO, env=env, stdout=fe, stderr=fe,
-                                    stdin=subprocess.DEVNULL)
-        self.procs.append(proc)
-        self.logs[proc.pid] = err
+        """Start a worker and wait until it polls the run's task queue."""
+        proc = self.spawn([str(SCRIPT), self.server.address, self.task_queue, str(self.counter_dir), scenario],
+                          scenario, block=block)
         self.wait_until(proc, "the worker polling", lambda: self.marker("serving"))
         self.serving_at[proc.pid] = float(self.marker("serving")[-1].split()[1])
         return proc
-
-    def stderr(self, proc: subprocess.Popen[bytes] | None) -> str:
-        return "" if proc is None else self.logs[proc.pid].read_text(errors="replace")[-3000:]
-
-    def wait_until(self, proc: subprocess.Popen[bytes] | None, what: str, check: Callable[[], Any],
-                   timeout: float = MARKER_TIMEOUT) -> float:
-        t0 = time.monotonic()
-        while not check():
-            if proc is not None and proc.poll() is not None:
-                pytest.fail(f"worker exited ({proc.returncode}) before {what}:\n{self.stderr(proc)}")
-            if time.monotonic() - t0 > timeout:
-                pytest.fail(f"not reached within {timeout} s: {what}\n{self.stderr(proc)}")
-            time.sleep(0.01)
-        return time.monotonic() - t0
-
-    def marker(self, point: str) -> list[str]:
-        path = self.counter_dir / f"at-{point}"
-        return path.read_text().split("\n")[:-1] if path.exists() else []
-
-    def kill(self, proc: subprocess.Popen[bytes]) -> float:
-        assert proc.poll() is None, f"the worker to kill has exited already:\n{self.stderr(proc)}"
-        killed = time.time()
-        os.kill(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=10)
-        assert proc.returncode == -signal.SIGKILL
-        return killed
-
-    def close(self) -> None:
-        for proc in self.procs:
-            if proc.poll() is None:
-                os.kill(proc.pid, signal.SIGKILL)
-                proc.wait(timeout=10)
-
-    # -- counters (outside Temporal) --------------------------------------------------------------
-
-    def counters(self) -> dict[str, list[dict[str, Any]]]:
-        out: dict[str, list[dict[str, Any]]] = {}
-        for path in sorted(self.counter_dir.glob("*.log")):
-            events = [json.loads(line) for line in path.read_text().split("\n")[:-1] if line.strip()]
-            out[path.stem] = [e for e in events if e["run"] == self.run_id]
-        return out
-
-    def counts(self, event: str) -> dict[str, int]:
-        return {step: sum(e["event"] == event for e in events) for step, events in self.counters().items()}
-
-    def first_start(self, after: float) -> dict[str, Any] | None:
-        starts = [e for events in self.counters().values() for e in events if e["event"] == "start" and e["at"] > after]
-        return min(starts, key=lambda e: e["at"]) if starts else None
 
     # -- the client (this process) ----------------------------------------------------------------
 
@@ -239,16 +172,7 @@ def baseline(tmp_path_factory: pytest.TempPathFactory, temporal: TemporalDevServ
 
 @pytest.fixture(scope="module", autouse=True)
 def latency_summary(request: pytest.FixtureRequest) -> Iterator[None]:
-    yield
-    reporter = request.config.pluginmanager.get_plugin("terminalreporter")
-    capture = request.config.pluginmanager.get_plugin("capturemanager")
-    if reporter is None or capture is None or not LATENCIES:
-        return
-    with capture.global_and_fixture_disabled():
-        reporter.write_line("")
-        reporter.write_line("temporal crash suite, resume latency (seconds):")
-        for test, figures in LATENCIES.items():
-            reporter.write_line(f"  {test:48s} " + "  ".join(f"{k}={v:.3f}" for k, v in figures.items()))
+    yield from print_latencies(request, "temporal crash suite", LATENCIES)
 
 
 def check_recovery(h: Harness, baseline: dict[str, Any], before: dict[str, list[dict[str, Any]]],

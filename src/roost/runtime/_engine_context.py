@@ -12,6 +12,7 @@ from typing import Any
 from .._activation import Message, outgoing
 from .._graph import CompiledApp
 from ._base import DurableContext
+from ._retry import RetryPolicy
 
 
 class RemoteStepError(Exception):
@@ -42,6 +43,11 @@ class EngineContext(DurableContext):
         """The next position in the activation: steps and messages are named by it."""
         self._position += 1
         return self._position - 1
+
+    def _begin_step(self, retry: RetryPolicy | None) -> tuple[RetryPolicy, str]:
+        """The policy a step runs under and its idempotency key (``run/activation/position``)."""
+        pos = self._next()
+        return retry or self._app.specs[self.agent].retry, f"{self.run_id}/{self.activation_id}/{pos}"
 
     def _record_step(self, done: dict[str, Any]) -> None:
         """Note a finished step's attempts and timings (``n``, ``t0``, ``t1`` of its result)."""

@@ -85,9 +85,7 @@ class RestateContext(EngineContext):
 
     async def step(self, name: str, fn: Callable[..., T] | Callable[..., Awaitable[T]], *args: Any,
                    retry: RetryPolicy | None = None, **kwargs: Any) -> T:
-        pos = self._next()
-        policy = retry or self._app.specs[self.agent].retry
-        key = f"{self.run_id}/{self.activation_id}/{pos}"
+        policy, key = self._begin_step(retry)
         async def action() -> dict[str, Any]:
             # Runs only until Restate has journaled its result; the timings and attempt travel
             # with the result, so replays see the same values.

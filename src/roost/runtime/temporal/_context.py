@@ -82,9 +82,7 @@ class TemporalContext(EngineContext):
 
     async def step(self, name: str, fn: Callable[..., T] | Callable[..., Awaitable[T]], *args: Any,
                    retry: RetryPolicy | None = None, **kwargs: Any) -> T:
-        pos = self._next()
-        policy = retry or self._app.specs[self.agent].retry
-        key = f"{self.run_id}/{self.activation_id}/{pos}"
+        policy, key = self._begin_step(retry)
         req: dict[str, Any] = {
             "app": self._app.name, "agent": self.agent, "step": name, "run_id": self.run_id, "key": key,
             "non_retryable": [f"{t.__module__}.{t.__qualname__}" for t in policy.non_retryable],
