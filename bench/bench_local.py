@@ -14,14 +14,12 @@ directory that is deleted at the end. See bench/README.md for what each figure m
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import cProfile
 import gc
 import io
 import json
 import os
-import platform
 import pstats
 import shutil
 import signal
@@ -36,7 +34,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from _common import bounded, pct  # noqa: E402 - bench/ is on sys.path when run as a script
+from _common import add_out, arg_parser, bounded, chosen, host_info, pct, timed, write_json  # bench/ is on sys.path
 from pydantic import BaseModel
 
 from roost import App, agent
@@ -556,21 +554,7 @@ MEASUREMENTS: dict[str, Callable[[Bench], Awaitable[None]]] = {
 
 
 def machine_info() -> dict[str, Any]:
-    cpu = ""
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            cpu = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), "")
-    except OSError:
-        pass
-    mem = ""
-    try:
-        with open("/proc/meminfo", encoding="ascii") as f:
-            mem = f"{int(f.readline().split()[1]) / 1024 / 1024:.1f} GiB"
-    except OSError:
-        pass
-    return {"nproc": os.cpu_count(), "cpu": cpu, "memory": mem, "python": platform.python_version(),
-            "sqlite": sqlite3.sqlite_version, "platform": platform.platform(),
-            "event_loop": "asyncio (default selector loop)"}
+    return host_info(sqlite=sqlite3.sqlite_version)
 
 
 def profile(name: str, tmp: Path) -> None:
@@ -602,28 +586,21 @@ def main() -> None:
         fn = {"_child-block": child_block, "_child-resume": child_resume, "_child-fresh": child_fresh}[kind]
         asyncio.run(fn(journal, n))
         return
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--only", default=",".join(MEASUREMENTS), help="comma-separated: " + ", ".join(MEASUREMENTS))
-    p.add_argument("--quick", action="store_true", help="smaller counts (smoke test; figures are noisier)")
+    p = arg_parser(__doc__, MEASUREMENTS)
     p.add_argument("--profile", choices=list(MEASUREMENTS), help="cProfile one measurement in process mode")
-    p.add_argument("--out", default=str(RESULTS), help="JSON results file (default bench/results/local.json)")
+    add_out(p, RESULTS)
     args = p.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="roost-bench-"))
     try:
         if args.profile:
             profile(args.profile, tmp)
             return
-        names = [s.strip() for s in args.only.split(",") if s.strip()]
-        unknown = set(names) - set(MEASUREMENTS)
-        if unknown:
-            p.error(f"unknown measurement(s): {', '.join(sorted(unknown))}")
+        names = chosen(p, args.only, MEASUREMENTS)
         b = Bench(tmp, args.quick)
-        timings = {}
+        timings: dict[str, float] = {}
         for name in names:
-            t0 = time.perf_counter()
-            asyncio.run(MEASUREMENTS[name](b))
-            timings[name] = round(time.perf_counter() - t0, 1)
-            print(f"[{name}: {timings[name]} s]", file=sys.stderr, flush=True)
+            with timed(name, timings):
+                asyncio.run(MEASUREMENTS[name](b))
         info = machine_info()
         print(f"\nroost local runtime — {info['nproc']} CPU ({info['cpu']}), Python {info['python']}, "
               f"SQLite {info['sqlite']}{' (quick)' if args.quick else ''}\n")
@@ -631,13 +608,10 @@ def main() -> None:
         notes = [f"- {r.metric} ({r.mode}): {r.note}" for r in b.rows if r.note]
         if notes:
             print("\n" + "\n".join(notes))
-        out = Path(args.out)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        payload = {"machine": info, "quick": args.quick, "measurement_seconds": timings,
-                   "generated_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-                   "rows": [{**asdict(r), "verdict": r.verdict} for r in b.rows]}
-        out.write_text(json.dumps(payload, indent=2) + "\n")
-        print(f"\nwrote {out}")
+        write_json(Path(args.out), {
+            "machine": info, "quick": args.quick, "measurement_seconds": timings,
+            "generated_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "rows": [{**asdict(r), "verdict": r.verdict} for r in b.rows]})
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 

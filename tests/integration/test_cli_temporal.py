@@ -9,22 +9,18 @@ blocks; the short commands run in-process with ``CliRunner``. Every wait is boun
 
 from __future__ import annotations
 
-import json
-import os
 import signal
 import socket
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
-from click.testing import CliRunner, Result
 
-from roost.cli import cli
+from tests import cli_support
 from tests.apps import pipeline_source
+from tests.cli_support import clean_env, outputs_of, roost, show, spawn, stop, wait_for, write_app
 
 pytest.importorskip("temporalio")
 
@@ -33,9 +29,7 @@ from roost.runtime.temporal._server import free_port  # noqa: E402
 
 pytestmark = pytest.mark.temporal
 
-APP = pipeline_source("cli_temporal_pipeline", approval=True)
-OWLS = {"writer": {"text": "about owls"}, "editor": {"text": "ABOUT OWLS"},
-        "publisher": {"text": "ABOUT OWLS", "words": 2}}
+APP_NAME = "cli_temporal_pipeline"
 
 
 @pytest.fixture(scope="module")
@@ -48,11 +42,6 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TemporalDevServ
         started.stop()
 
 
-def clean_env(**settings: str) -> dict[str, str]:
-    base = {k: v for k, v in os.environ.items() if not k.startswith("ROOST_")}
-    return {**base, "COLUMNS": "200", **settings}
-
-
 @pytest.fixture
 def env(server: TemporalDevServer, tmp_path: Path) -> dict[str, str]:
     """Environment of the commands: the module's dev server, no project settings."""
@@ -60,59 +49,8 @@ def env(server: TemporalDevServer, tmp_path: Path) -> dict[str, str]:
                      ROOST_JOURNAL=str(tmp_path / "unused.db"))  # a local journal must not be touched
 
 
-def roost(env: dict[str, str], *args: str | Path) -> Result:
-    """A short command, in this process with ``env``."""
-    cleared = {k: None for k in os.environ if k.startswith("ROOST_") and k not in env}
-    return CliRunner().invoke(cli, [str(a) for a in args], env={**cleared, **env}, catch_exceptions=False)
-
-
-def spawn(env: dict[str, str], out: Path, cwd: Path, *args: str | Path) -> subprocess.Popen[bytes]:
-    with out.open("wb") as sink:
-        return subprocess.Popen([sys.executable, "-m", "roost.cli", *map(str, args)], stdout=sink,
-                                stderr=subprocess.STDOUT, env=env, cwd=cwd)
-
-
-def wait_for(out: Path, text: str, proc: subprocess.Popen[bytes], timeout: float = 30.0) -> str:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        printed = out.read_text() if out.exists() else ""
-        if text in printed:
-            return printed
-        if proc.poll() is not None:
-            break
-        time.sleep(0.05)
-    raise AssertionError(f"{text!r} not printed (exit code {proc.poll()}); output so far:\n{out.read_text()}")
-
-
-def outputs_of(output: str) -> dict[str, object]:
-    start = output.index("outputs:\n") + len("outputs:\n")
-    end = output.index("\nrun id:", start)
-    parsed: dict[str, object] = json.loads(output[start:end])
-    return parsed
-
-
-def stop(proc: subprocess.Popen[bytes], sig: int = signal.SIGTERM, timeout: float = 15.0) -> int:
-    """Signal a process this test started (by its pid) and wait for it; SIGKILL if it lingers."""
-    if proc.poll() is None:
-        proc.send_signal(sig)
-        try:
-            proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(10)
-    return proc.returncode
-
-
-def show(env: dict[str, str], run_id: str) -> dict[str, Any]:
-    res = roost(env, "runs", "show", run_id, "--runtime", "temporal", "--json")
-    assert res.exit_code == 0, res.output
-    record: dict[str, Any] = json.loads(res.stdout)
-    return record
-
-
 def test_serve_run_list_show_resolve(env: dict[str, str], server: TemporalDevServer, tmp_path: Path) -> None:
-    app_file = tmp_path / "pipeline.py"
-    app_file.write_text(APP)
+    app_file = write_app(tmp_path, name=APP_NAME, approval=True)
     serve_out, run_out = tmp_path / "serve.out", tmp_path / "run.out"
     serving = spawn(env, serve_out, tmp_path, "serve", app_file)
     running: subprocess.Popen[bytes] | None = None
@@ -130,39 +68,14 @@ def test_serve_run_list_show_resolve(env: dict[str, str], server: TemporalDevSer
         assert "roost resolve cli-t1 editor true|false --runtime temporal" in text
         assert "a worker in this process runs the app (task queue roost.cli_temporal_pipeline" in text
 
-        listed = roost(env, "runs", "list", "--runtime", "temporal")
-        assert listed.exit_code == 0, listed.output
-        row = next(line for line in listed.stdout.splitlines() if "cli-t1" in line)
-        assert "cli_temporal_pipeline" in row and "waiting" in row
-
-        shown = roost(env, "runs", "show", "cli-t1", "--runtime", "temporal")
-        assert shown.exit_code == 0, shown.output
-        assert "roost resolve cli-t1 editor true|false --runtime temporal" in shown.stdout
-        record = show(env, "cli-t1")
-        assert record["runtime"] == "temporal" and record["status"] == "waiting"
-        assert record["waiting_on"] == ["editor"]
-        acts = {a["agent"]: a for a in record["activations"]}
-        assert acts["writer"]["status"] == "completed" and acts["writer"]["output"] == {"text": "about owls"}
-        assert acts["editor"]["status"] == "pending"
+        cli_support.assert_waits_for_editor(env, "cli-t1", "temporal", APP_NAME)
 
         resumed = roost(env, "runs", "resume", "cli-t1", "--runtime", "temporal")
         assert resumed.exit_code == 0, resumed.output
         assert "Temporal resumes runs by itself" in resumed.stdout and "roost serve" in resumed.stdout
         assert f"on Temporal at {server.address}" in resumed.stdout and "it is waiting" in resumed.stdout
 
-        resolved = roost(env, "resolve", "cli-t1", "editor", "true", "--runtime", "temporal")
-        assert resolved.exit_code == 0, resolved.output
-        assert "resolved editor = true for run cli-t1" in resolved.stdout
-
-        assert running.wait(timeout=30) == 0, run_out.read_text()
-        text = run_out.read_text()
-        assert outputs_of(text) == OWLS
-        assert "completed publisher" in text and "run id: cli-t1" in text
-
-        record = show(env, "cli-t1")
-        assert record["status"] == "completed" and record["waiting_on"] == []
-        again = roost(env, "resolve", "cli-t1", "editor", "true", "--runtime", "temporal")
-        assert again.exit_code == 1 and "nothing waits for 'editor'" in again.stderr
+        cli_support.approve_and_finish(env, "cli-t1", "temporal", running, run_out, timeout=30)
         done = roost(env, "runs", "resume", "cli-t1", "--runtime", "temporal")
         assert done.exit_code == 0 and "is finished (completed) on Temporal" in done.stdout
 
@@ -183,7 +96,7 @@ def test_serve_run_list_show_resolve(env: dict[str, str], server: TemporalDevSer
     assert "stopped" in text and "Traceback" not in text
 
     # nothing serves the app any more: a finished run's record is still read (from its workflow's result)
-    record = show(env, "cli-t1")
+    record = show(env, "cli-t1", "temporal")
     assert record["status"] == "completed" and len(record["activations"]) == 3
 
 
@@ -220,7 +133,7 @@ def test_interrupted_run_goes_on_under_roost_serve(env: dict[str, str], tmp_path
         text = wait_for(serve_out, "Ctrl-C stops", serving)
         assert "serving app cli_temporal_again" in text and "serving app cli_temporal_solo" in text
         deadline = time.monotonic() + 30
-        while (record := show(env, "cli-t2"))["status"] != "completed":
+        while (record := show(env, "cli-t2", "temporal"))["status"] != "completed":
             assert time.monotonic() < deadline, record
             time.sleep(0.2)
         acts = {a["agent"]: a["status"] for a in record["activations"]}
@@ -245,8 +158,7 @@ def test_unreachable_temporal(tmp_path: Path) -> None:
     """Nothing listens at the address: every command says so, names 'roost dev temporal' and exits 1."""
     address = f"127.0.0.1:{free_port()}"
     env = clean_env(ROOST_RUNTIME="temporal", ROOST_TEMPORAL_ADDRESS=address, ROOST_JOURNAL=str(tmp_path / "j.db"))
-    app_file = tmp_path / "pipeline.py"
-    app_file.write_text(APP)
+    app_file = write_app(tmp_path, name=APP_NAME, approval=True)
     for args in (("serve", app_file), ("run", app_file, "--prod", "-i", '{"title": "t"}')):
         out = tmp_path / "out.txt"
         proc = spawn(env, out, tmp_path, *args)

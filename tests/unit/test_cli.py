@@ -7,19 +7,16 @@ import json
 import os
 import signal
 import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
-from click.testing import CliRunner, Result
 
 from roost import App
 from roost._cli_view import CliError
 from roost._loader import import_file, load_app, load_apps, split_ref
-from roost.cli import cli
 from roost.runtime.local import LocalRuntime
 from tests.apps import PIPELINE
+from tests.cli_support import OWLS, invoke, outputs_of, spawn, stop, wait_for, write_app
 
 FAILING = '''
 from pydantic import BaseModel
@@ -44,24 +41,6 @@ app = App([first, second], name="failing")
 '''
 
 
-def write_app(tmp_path: Path, *, approval: bool = False, name: str = "pipeline", file: str = "pipeline.py") -> Path:
-    path = tmp_path / file
-    path.write_text(PIPELINE.replace("{approval}", "editor.needs_approval()" if approval else "").replace("{name}", name))
-    return path
-
-
-def invoke(*args: str | Path) -> Result:
-    return CliRunner().invoke(cli, [str(a) for a in args], catch_exceptions=False)
-
-
-def outputs_of(output: str) -> dict[str, object]:
-    """The JSON printed between 'outputs:' and 'run id:'."""
-    start = output.index("outputs:\n") + len("outputs:\n")
-    end = output.index("\nrun id:", start)
-    parsed: dict[str, object] = json.loads(output[start:end])
-    return parsed
-
-
 def show_json(run_id: str, journal: Path) -> dict[str, object]:
     res = invoke("runs", "show", run_id, "--json", "--journal", journal)
     assert res.exit_code == 0, res.output
@@ -76,11 +55,7 @@ def test_run_completes_and_prints_outputs(tmp_path: Path) -> None:
     app_file, journal = write_app(tmp_path), tmp_path / "j.db"
     res = invoke("run", app_file, "--input", '{"title": "owls"}', "--run-id", "r-1", "--journal", journal)
     assert res.exit_code == 0, res.output
-    assert outputs_of(res.stdout) == {
-        "writer": {"text": "about owls"},
-        "editor": {"text": "ABOUT OWLS"},
-        "publisher": {"text": "ABOUT OWLS", "words": 2},
-    }
+    assert outputs_of(res.stdout) == OWLS
     assert "run id: r-1" in res.stdout
     # not a terminal: plain progress lines, then the final table
     assert "started   writer" in res.stdout and "completed publisher" in res.stdout
@@ -183,37 +158,20 @@ def test_unknown_run_id_exits_1_with_a_message(tmp_path: Path) -> None:
 # -- approvals: resolve and resume -------------------------------------------------------------
 
 
-def _wait_for(path: Path, text: str, proc: subprocess.Popen[bytes], timeout: float = 20.0) -> str:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        out = path.read_text() if path.exists() else ""
-        if text in out:
-            return out
-        if proc.poll() is not None:
-            break
-        time.sleep(0.05)
-    raise AssertionError(f"{text!r} not printed; output so far:\n{path.read_text()}")
-
-
 def _start_run(app_file: Path, journal: Path, run_id: str, out: Path) -> subprocess.Popen[bytes]:
-    with out.open("wb") as sink:
-        return subprocess.Popen(
-            [sys.executable, "-m", "roost.cli", "run", str(app_file), "--input", '{"title": "owls"}',
-             "--run-id", run_id, "--journal", str(journal)],
-            stdout=sink, stderr=subprocess.STDOUT, env={**os.environ, "COLUMNS": "200"},
-        )
+    return spawn({**os.environ, "COLUMNS": "200"}, out, None, "run", app_file, "--input", '{"title": "owls"}',
+                 "--run-id", run_id, "--journal", journal)
 
 
 def test_resolve_resumes_an_orphaned_run(tmp_path: Path) -> None:
     app_file, journal, out = write_app(tmp_path, approval=True), tmp_path / "j.db", tmp_path / "run.out"
     proc = _start_run(app_file, journal, "r-orphan", out)
     try:
-        text = _wait_for(out, "waiting for approval of 'editor'", proc)
+        text = wait_for(out, "waiting for approval of 'editor'", proc)
         assert "roost resolve r-orphan editor true|false" in text
         assert f"--journal {journal}" in text
     finally:
-        os.kill(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=10)
+        stop(proc, signal.SIGKILL)
     assert proc.returncode == -signal.SIGKILL
     assert show_json("r-orphan", journal)["waiting_on"] == ["editor"]
 
@@ -232,15 +190,13 @@ def test_resolve_while_the_run_process_lives(tmp_path: Path) -> None:
     app_file, journal, out = write_app(tmp_path, approval=True), tmp_path / "j.db", tmp_path / "run.out"
     proc = _start_run(app_file, journal, "r-live", out)
     try:
-        _wait_for(out, "waiting for approval of 'editor'", proc)
+        wait_for(out, "waiting for approval of 'editor'", proc)
         res = invoke("resolve", "r-live", "editor", "false", "--journal", journal)
         assert res.exit_code == 0, res.output
         assert f"the process running it (pid {proc.pid}) will continue" in res.stdout
         assert proc.wait(timeout=15) == 0
     finally:
-        if proc.poll() is None:
-            os.kill(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=10)
+        stop(proc, signal.SIGKILL)
     text = out.read_text()
     assert "rejected  editor" in text
     outputs = outputs_of(text)
