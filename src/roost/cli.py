@@ -1058,7 +1058,33 @@ def _temporal_version(binary: Path) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     """Entry point of the ``roost`` console script."""
-    cli.main(args=argv, prog_name="roost")
+    try:
+        code = cli.main(args=argv, prog_name="roost", standalone_mode=False)
+    except click.exceptions.Exit as exc:
+        code = exc.exit_code
+    except click.ClickException as exc:
+        exc.show()
+        code = exc.exit_code
+    except click.exceptions.Abort:
+        click.echo("Aborted!", err=True)
+        code = 1
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    _exit(code if isinstance(code, int) else 0)
+
+
+def _exit(code: int) -> None:
+    """Exit with ``code``. After the Temporal SDK was used, skip the interpreter's teardown: its
+    Rust bridge threads can crash CPython's finalization (SIGSEGV/SIGABRT after the command has
+    finished; temporalio 1.35), which would turn a finished command into a failed exit status."""
+    if "temporalio.bridge.temporal_sdk_bridge" not in sys.modules:
+        sys.exit(code)
+    import logging
+
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 if __name__ == "__main__":
