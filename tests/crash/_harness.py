@@ -4,20 +4,29 @@ the resume-latency summary printed at the end of a module."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
+import pydantic_core
 import pytest
+
+from roost import App, RunHandle
+from roost.runtime import DurableRuntime
+
+from .restate_pipeline import RUN_INPUT, build_app
 
 REPO = Path(__file__).resolve().parent.parent.parent
 MARKER_TIMEOUT = 20.0  # seconds to reach a kill point (or to serve)
+RUN_PLACEHOLDER = "<run>"  # stands for the run id inside outputs (idempotency keys), to compare runs
+T = TypeVar("T")
 
 
 class WorkerHarness:
@@ -107,6 +116,47 @@ class WorkerHarness:
         starts = [e for events in self.counters().values() for e in events
                   if e["event"] == "start" and e["at"] > after and (pid is None or e["pid"] == pid)]
         return min(starts, key=lambda e: e["at"]) if starts else None
+
+
+class PipelineHarness(WorkerHarness):
+    """A WorkerHarness for the pipeline of restate_pipeline.py, with client calls to its run from
+    this process through a client-only runtime (``client_runtime``, per backend)."""
+
+    finish_timeout = 30.0
+
+    def client_runtime(self) -> DurableRuntime:
+        raise NotImplementedError
+
+    def client(self, fn: Callable[[App], Awaitable[T]]) -> T:
+        async def go() -> T:
+            async with build_app(self.client_runtime()) as app:
+                await app.runtime()
+                return await fn(app)
+
+        return asyncio.run(go())
+
+    def submit(self) -> None:
+        async def go(app: App) -> None:
+            await app.start(RUN_INPUT, self.run_id)
+
+        self.client(go)
+
+    def resolve(self, name: str, value: Any) -> None:
+        async def go(app: App) -> None:
+            await app.aresolve(self.run_id, name, value)
+
+        self.client(go)
+
+    def finish(self, timeout: float | None = None) -> dict[str, Any]:
+        """Wait for the run to finish; its status, outputs (JSON, run id masked) and agent status."""
+
+        async def go(app: App) -> dict[str, Any]:
+            result = await RunHandle(app, await app.runtime(), self.run_id).result(timeout or self.finish_timeout)
+            outputs = json.dumps(pydantic_core.to_jsonable_python(result.outputs), sort_keys=True)
+            return {"status": result.status, "outputs": json.loads(outputs.replace(self.run_id, RUN_PLACEHOLDER)),
+                    "agent_status": result.agent_status}
+
+        return self.client(go)
 
 
 def print_latencies(request: pytest.FixtureRequest, title: str, latencies: dict[str, dict[str, float]]) -> Iterator[None]:

@@ -25,6 +25,12 @@ from pydantic import BaseModel
 
 from roost import App, agent, current_step, tool
 
+# Counter lines are written the same way as the other crash pipelines' (fsync'ed appends).
+if __package__:
+    from .pipeline import _append
+else:
+    from pipeline import _append
+
 APP_NAME = "crashllm"
 MODEL = "crash-model"
 QUESTION = {"text": "how durable are agents?"}
@@ -41,15 +47,6 @@ class Question(BaseModel):
 class Answer(BaseModel):
     summary: str
     product: int
-
-
-def _append(path: Path, line: str) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
-    try:
-        os.write(fd, line.encode())
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def effect(step: str, event: str) -> None:

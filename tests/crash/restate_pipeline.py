@@ -50,9 +50,9 @@ from roost import App, DurableContext, RetryableError, agent, current_step
 
 # The same models as the local suite's pipeline (imported as tests.crash.*, or run as a script).
 if __package__:
-    from .pipeline import Facts, Merged, Plan, Published, Style, Topic
+    from .pipeline import Facts, Merged, Plan, Published, Style, Topic, _append
 else:
-    from pipeline import Facts, Merged, Plan, Published, Style, Topic
+    from pipeline import Facts, Merged, Plan, Published, Style, Topic, _append
 
 RUN_INPUT = {"text": "crash safety"}
 APP_NAME = "crashrestate"
@@ -70,15 +70,6 @@ SCENARIO = "none"
 COUNTER_DIR = Path(".")
 
 
-
-
-def _append(path: Path, line: str) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
-    try:
-        os.write(fd, line.encode())
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def effect(step: str, event: str) -> None:

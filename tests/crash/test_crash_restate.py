@@ -33,7 +33,6 @@ within about 1 s of its endpoint listening again.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import signal
@@ -41,20 +40,20 @@ import subprocess
 import threading
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
-import pydantic_core
 import pytest
 
-from roost import App, RunHandle
+from roost import App
+from roost.runtime import DurableRuntime
 from roost.runtime.restate._server import RestateServer, admin_query, free_port
 from tests.restate_support import start_test_server
 
-from ._harness import WorkerHarness, print_latencies
-from .restate_pipeline import APP_NAME, RUN_INPUT, STEPS, build_app
+from ._harness import RUN_PLACEHOLDER, PipelineHarness, print_latencies
+from .restate_pipeline import APP_NAME, STEPS
 
 pytestmark = [pytest.mark.crash, pytest.mark.restate]
 
@@ -65,9 +64,7 @@ LIVENESS = 10.0  # resume latency bound: a liveness check only (about 1 s is exp
 OUTAGE = 3.0  # seconds the endpoint stays down in test_kill_mid_fanout
 AGENTS = {"plan", "fact", "style", "merge", "publish"}
 PLAN_STEPS = {"plan.outline", "plan.research", "plan.draft"}
-RUN_PLACEHOLDER = "<run>"
 
-T = TypeVar("T")
 
 # Resume latency figures per test, summarised at the end of the module.
 LATENCIES: dict[str, dict[str, float]] = {}
@@ -76,7 +73,7 @@ LATENCIES: dict[str, dict[str, float]] = {}
 # -- the harness ----------------------------------------------------------------------------------
 
 
-class Harness(WorkerHarness):
+class Harness(PipelineHarness):
     """One run id, one counter directory and one endpoint port; the serving processes started
     on them, and client calls to the run from this process."""
 
@@ -136,22 +133,10 @@ class Harness(WorkerHarness):
 
     # -- client calls (a client-only RestateRuntime in this process) ------------------------------
 
-    def client(self, fn: Callable[[App], Awaitable[T]]) -> T:
+    def client_runtime(self) -> DurableRuntime:
         from roost.runtime.restate import RestateRuntime
 
-        async def go() -> T:
-            runtime = RestateRuntime(ingress=self.server.ingress_url, admin=self.server.admin_url, serve=False)
-            async with build_app(runtime) as app:
-                await app.runtime()
-                return await fn(app)
-
-        return asyncio.run(go())
-
-    def submit(self) -> None:
-        async def go(app: App) -> None:
-            await app.start(RUN_INPUT, self.run_id)
-
-        self.client(go)
+        return RestateRuntime(ingress=self.server.ingress_url, admin=self.server.admin_url, serve=False)
 
     def ledger(self) -> dict[str, Any]:
         """The run's record in its ledger (a Virtual Object keyed by the run id), as stored."""
@@ -166,23 +151,6 @@ class Harness(WorkerHarness):
     def activations(self) -> list[tuple[str, str, str]]:
         """(agent, kind, status) of every activation the ledger has a report of."""
         return [(a["agent"], a["kind"], a["status"]) for a in self.ledger()["activations"].values()]
-
-    def resolve(self, name: str, value: Any) -> None:
-        async def go(app: App) -> None:
-            await app.aresolve(self.run_id, name, value)
-
-        self.client(go)
-
-    def finish(self, timeout: float = FINISH_TIMEOUT) -> dict[str, Any]:
-        """Wait for the run to finish; its status, outputs (JSON, run id masked) and agent status."""
-
-        async def go(app: App) -> dict[str, Any]:
-            result = await RunHandle(app, await app.runtime(), self.run_id).result(timeout)
-            outputs = json.dumps(pydantic_core.to_jsonable_python(result.outputs), sort_keys=True)
-            return {"status": result.status, "outputs": json.loads(outputs.replace(self.run_id, RUN_PLACEHOLDER)),
-                    "agent_status": result.agent_status}
-
-        return self.client(go)
 
     def wait_for_approval(self, proc: subprocess.Popen[bytes]) -> None:
         self.wait_until(proc, "the run waiting for publish's approval", lambda: self.ledger()["waiting"])

@@ -22,23 +22,21 @@ printed in a summary; only a generous liveness bound is asserted (no timed asser
 
 from __future__ import annotations
 
-import asyncio
-import json
 import os
 import subprocess
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
-import pydantic_core
 import pytest
 
-from roost import App, RunHandle
+from roost import App
+from roost.runtime import DurableRuntime
 from roost.runtime.temporal import TemporalDevServer, TemporalRuntime
 
-from ._harness import MARKER_TIMEOUT, WorkerHarness, print_latencies
-from .restate_pipeline import LONG_SLEEP, RUN_INPUT, STEPS, build_app
+from ._harness import MARKER_TIMEOUT, PipelineHarness, print_latencies
+from .restate_pipeline import LONG_SLEEP, STEPS
 
 pytestmark = [pytest.mark.crash, pytest.mark.temporal]
 
@@ -47,12 +45,12 @@ SCRIPT = HERE / "temporal_pipeline.py"
 FINISH_TIMEOUT = 40.0
 LIVENESS = 10.0
 AGENTS = {"plan", "fact", "style", "merge", "publish"}
-RUN_PLACEHOLDER = "<run>"
-T = TypeVar("T")
 LATENCIES: dict[str, dict[str, float]] = {}
 
 
-class Harness(WorkerHarness):
+class Harness(PipelineHarness):
+    finish_timeout = FINISH_TIMEOUT
+
     def __init__(self, root: Path, server: TemporalDevServer, name: str) -> None:
         suffix = os.urandom(3).hex()
         super().__init__(root, f"crash-{name}-{suffix}")
@@ -70,21 +68,8 @@ class Harness(WorkerHarness):
 
     # -- the client (this process) ----------------------------------------------------------------
 
-    def client(self, fn: Callable[[App], Awaitable[T]]) -> T:
-        async def go() -> T:
-            runtime = TemporalRuntime(address=self.server.address, task_queue=self.task_queue, serve=False,
-                                      resolve_wait=1.0)
-            async with build_app(runtime) as app:
-                await app.runtime()
-                return await fn(app)
-
-        return asyncio.run(go())
-
-    def submit(self) -> None:
-        async def go(app: App) -> None:
-            await app.start(RUN_INPUT, self.run_id)
-
-        self.client(go)
+    def client_runtime(self) -> DurableRuntime:
+        return TemporalRuntime(address=self.server.address, task_queue=self.task_queue, serve=False, resolve_wait=1.0)
 
     def completed_steps(self) -> set[str]:
         """Activity types ('agent.step') whose completion Temporal has recorded in the run's history."""
@@ -113,21 +98,6 @@ class Harness(WorkerHarness):
     def waiting(self) -> list[str]:
         async def go(app: App) -> list[str]:
             return (await app.aget(self.run_id)).record.waiting_on  # type: ignore[no-any-return]
-
-        return self.client(go)
-
-    def resolve(self, name: str, value: Any) -> None:
-        async def go(app: App) -> None:
-            await app.aresolve(self.run_id, name, value)
-
-        self.client(go)
-
-    def finish(self, timeout: float = FINISH_TIMEOUT) -> dict[str, Any]:
-        async def go(app: App) -> dict[str, Any]:
-            result = await RunHandle(app, await app.runtime(), self.run_id).result(timeout)
-            outputs = json.dumps(pydantic_core.to_jsonable_python(result.outputs), sort_keys=True)
-            return {"status": result.status, "outputs": json.loads(outputs.replace(self.run_id, RUN_PLACEHOLDER)),
-                    "agent_status": result.agent_status}
 
         return self.client(go)
 
