@@ -38,6 +38,8 @@ APPS: dict[tuple[str, str], CompiledApp] = {}
 
 LOCAL: dict[str, tuple[Callable[..., Any], tuple[Any, ...], dict[str, Any]]] = {}
 """token -> (function, args, kwargs) of steps run as local activities in this process."""
+LOCAL_KEY = "local"
+"""The step request's field holding that token (absent for steps found by reference)."""
 
 
 def find_app(task_queue: str, name: str) -> CompiledApp:
@@ -162,5 +164,3 @@ async def run_step(args: Sequence[RawValue]) -> dict[str, Any]:
                 await beats
     return {"v": json.loads(encoded), "t0": t0, "t1": time.time(), "n": attempt}
 
-
-LOCAL_KEY = "local"

@@ -8,6 +8,7 @@ delivered by the run workflow itself.
 from __future__ import annotations
 
 import copy
+import json
 from collections.abc import Awaitable, Callable
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -59,8 +60,6 @@ class TemporalState(State):
         return default if value is None else copy.deepcopy(value)
 
     def set(self, key: str, value: Any) -> None:
-        import json
-
         self.data[key] = json.loads(dumps(value, what=f"state {key!r}"))
 
     def clear(self, key: str) -> None:
@@ -90,8 +89,6 @@ class TemporalContext(EngineContext):
         ref = step_ref(self._app, self.agent, fn)
         token = None
         if ref is not None:
-            import json
-
             what = f"run {self.run_id!r}, agent {self.agent!r}, step {name!r}: the arguments"
             req.update(ref=ref, args=json.loads(dumps(list(args), what=what)), kwargs=json.loads(dumps(kwargs, what=what)))
         else:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 ENTITY_WORKFLOW = "roost.entity"
 ENSURE_ENTITY = "roost.entity.acquire"
-LOCAL_STEP = "local"  # marker in a step request: run the function registered in this process
 RESOLVE = "resolve"
 RESOLVE_SIGNAL = "resolve-later"
 RECORD_QUERY = "record"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import time
 from datetime import timedelta
@@ -131,8 +132,6 @@ class TemporalRuntime(DurableRuntime):
         self.register(app)
         if self.settings.serve and self._client is not None:
             await self.serve()
-        import json
-
         body = {
             "run_id": run_id, "app": app.name, "fingerprint": app.fingerprint,
             "input": json.loads(submission.input_json), "input_hash": submission.input_hash,
@@ -274,9 +273,8 @@ def _record(run: dict[str, Any]) -> RunRecord:
         )
         for a in sorted(run["activations"].values(), key=lambda a: a.get("seq", 0))
     ]
-    done = set(run["done"])
     acts += [ActivationRecord(id=m, agent=m.split(":", 1)[0], kind="?", status="pending")
-             for m in run["expected"] if m not in done]
+             for m in run["expected"] if m not in run["activations"]]
     status = run["status"]
     if status == "running" and run.get("waiting"):
         status = "waiting"

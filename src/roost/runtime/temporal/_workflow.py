@@ -78,7 +78,7 @@ class RunWorkflow:
         sub: dict[str, Any] = workflow.payload_converter().from_payload(args[0].payload, dict)
         self.app = app = find_app(workflow.info().task_queue, sub["app"])
         self.run.update({k: v for k, v in sub.items() if k != "entries"})
-        self.run.update(status="running", finished_at=None, activations={}, expected=[], done=[])
+        self.run.update(status="running", finished_at=None, activations={}, expected=[])
         for entry in sub["entries"]:
             msg = Message(f"{entry['agent']}:entry", self.run["run_id"], entry["agent"], "entry", entry["payload"])
             try:
@@ -138,7 +138,7 @@ class RunWorkflow:
         assert self.app is not None
         app, agent = self.app, msg.target
         if self.failed and msg.kind != "call":
-            self._report(msg, "cancelled", None, None, 0, None, None, [])
+            self._report(msg, "cancelled", None, None, 0, None, None)
             return Outcome("absorbed")
         self.count += 1
         if self.count > self.run["max_activations"]:
@@ -147,7 +147,7 @@ class RunWorkflow:
                 "error_message": f"run {msg.run_id!r} went past its limit of {self.run['max_activations']} activations "
                 f"(at agent {agent!r}); a loop's when= condition never turned false? "
                 "Raise App(max_activations=...) if the run really needs more"})
-            self._report(msg, "cancelled", None, None, 0, None, None, [])
+            self._report(msg, "cancelled", None, None, 0, None, None)
             return Outcome("absorbed")
         spec = app.specs[agent]
         cross_run = spec.key_fn is not None and msg.kind != "contribution"
@@ -188,7 +188,7 @@ class RunWorkflow:
             self._fail(error)
         finished = workflow.now().timestamp()
         self._report(msg, status, outcome.output_json, error, ctx.attempts, ctx.started or started,
-                     ctx.finished or finished, ctx.produced)
+                     ctx.finished or finished)
         if not self.failed:
             for m, k in keyed:
                 self.deliver(m, k)
@@ -197,15 +197,13 @@ class RunWorkflow:
         return outcome
 
     def _report(self, msg: Message, status: str, output: Any, error: dict[str, Any] | None, attempts: int,
-                started: float | None, finished: float | None, sent: list[str]) -> None:
+                started: float | None, finished: float | None) -> None:
         run = self.run
         run["activations"][msg.id] = {
             "id": msg.id, "agent": msg.target, "kind": msg.kind, "status": status, "cause": msg.cause,
             "output": output, "error": error, "attempts": attempts, "started": started, "finished": finished,
-            "seq": len(run["done"]),  # payloads may reorder keys: this keeps the record's order
+            "seq": len(run["activations"]),  # payloads may reorder keys: this keeps the record's order
         }
-        if msg.id not in run["done"]:
-            run["done"].append(msg.id)
         run["waiting"] = [w for w in run["waiting"] if w["activation"] != msg.id]
 
     # -- entities keyed across runs ------------------------------------------------------------
