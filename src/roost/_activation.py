@@ -1,8 +1,10 @@
-"""One activation: what happens when a message reaches an agent. Shared by every runtime.
+"""One activation: an agent's engine run on its inputs, with contracts checked.
 
-The runtime delivers a message and supplies a DurableContext; this module collects converge
-and gather inputs, runs the engine, checks the output contract, waits for approval, and
-returns the messages the output produces. The runtime commits the outcome atomically.
+``perform`` is what runtimes on the run engine (``roost._engine``) call: the engine decides
+what runs, this runs it. ``execute`` and the message helpers below are the older path, where
+the activation also collected converge/gather inputs in entity state, waited for approval and
+routed its output; the Restate and Temporal runtimes still use it until they move onto the
+run engine.
 """
 
 from __future__ import annotations
@@ -15,6 +17,8 @@ import pydantic
 import pydantic_core
 
 from ._codec import adapter, dumps, list_item_type, type_name
+from ._engine import Activation
+from ._engine import entity_key as batch_entity_key
 from ._graph import AgentSpec, CompiledApp, Route, entity_key, message_id
 from .errors import ContractViolationError, TerminalError
 from .runtime._base import DurableContext
@@ -47,16 +51,21 @@ class Outcome:
     routes: list[Route] = field(default_factory=list)
 
 
-def outgoing(app: CompiledApp, ctx: DurableContext, agent: str, payload: Any, *, kind: str, position: int,
-             meta: dict[str, Any] | None = None, deliver_at: float | None = None) -> Message:
-    """The message ``ctx.send``/``ctx.call`` sends, checked against the receiver's contract."""
+def message_body(app: CompiledApp, ctx: DurableContext, agent: str, payload: Any) -> Any:
+    """The JSON body ``ctx.send``/``ctx.call`` sends to ``agent``, checked against its contract."""
     spec = app.specs.get(agent)
     if spec is None:
         raise TerminalError(f"run {ctx.run_id!r}: agent {ctx.agent!r} sent a message to unknown agent {agent!r}")
     if spec.kind != "single":
         raise TerminalError(f"run {ctx.run_id!r}: agent {agent!r} converges inputs and cannot be sent messages")
     check_input(spec, spec.input_type, payload, source=ctx.agent, run_id=ctx.run_id)
-    body = json.loads(dumps(payload, what=f"message from {ctx.agent!r} to {agent!r}"))
+    return json.loads(dumps(payload, what=f"message from {ctx.agent!r} to {agent!r}"))
+
+
+def outgoing(app: CompiledApp, ctx: DurableContext, agent: str, payload: Any, *, kind: str, position: int,
+             meta: dict[str, Any] | None = None, deliver_at: float | None = None) -> Message:
+    """The message ``ctx.send``/``ctx.call`` sends, checked against the receiver's contract."""
+    body = message_body(app, ctx, agent, payload)
     return Message(message_id(agent, ctx.activation_id, kind, position), ctx.run_id, agent, kind, body,
                    ctx.activation_id, {"from": ctx.agent, **(meta or {})}, deliver_at)
 
@@ -148,6 +157,40 @@ def is_approved(value: Any) -> bool:
     if isinstance(value, str):
         return value.strip().lower() in ("true", "yes", "y", "1", "approve", "approved")
     return bool(value)
+
+
+def inputs(app: CompiledApp, spec: Activation, run_id: str) -> tuple[Any, ...]:
+    """An activation's arguments, validated against the agent's input contract."""
+    agent = app.specs[spec.agent]
+    source = spec.cause.split(":")[0] if spec.cause else None
+    if spec.kind == "converge":
+        return tuple(check_input(agent, agent.slot_type(i), v, source=_source_of(agent, i), run_id=run_id)
+                     for i, v in enumerate(spec.args))
+    if spec.kind == "gather":
+        item_t = list_item_type(agent.input_type)
+        return ([check_input(agent, item_t, v, source=source, run_id=run_id) for v in spec.args[0]],)
+    return (check_input(agent, agent.input_type, spec.args[0], source=source, run_id=run_id),)
+
+
+def key_of(app: CompiledApp, spec: Activation, run_id: str) -> str:
+    """The entity an activation runs as: ``keyed_by(input)``, else the run and its batch path."""
+    agent = app.specs[spec.agent]
+    if agent.key_fn is None or spec.kind in ("converge", "gather"):
+        return batch_entity_key(run_id, spec.batch)
+    try:
+        return str(agent.key_fn(adapter(agent.input_type).validate_python(spec.args[0])))
+    except Exception as exc:
+        raise TerminalError(f"run {run_id!r}: the keyed_by function of agent {agent.name!r} failed on its input: "
+                            f"{type(exc).__name__}: {exc}") from exc
+
+
+async def perform(app: CompiledApp, ctx: DurableContext, spec: Activation) -> Any:
+    """Run one activation's engine on its inputs; returns its output as JSON (raises on failure).
+
+    What happens next (routing, approval, gathering) is the run engine's business."""
+    agent = app.specs[spec.agent]
+    raw = await agent.engine.run(ctx, agent, inputs(app, spec, ctx.run_id))
+    return check_output(agent, raw, ctx.run_id)[1]
 
 
 async def execute(app: CompiledApp, ctx: DurableContext, msg: Message, key: str) -> Outcome:

@@ -17,7 +17,11 @@
     │   ├── RunFailedError         an agent failed for good; carries agent, step, attempts, cause
     │   ├── StepFailedError        a step failed after its retry policy (seen inside orchestration code)
     │   ├── ActivationLimitError   a loop went past the per-run activation limit
-    │   └── PromiseError           resolving something that is not waiting / already resolved
+    │   ├── PromiseError           resolving something that is not waiting / already resolved
+    │   ├── RunTimeoutError        a run did not finish within the time a caller waited (it goes on)
+    │   ├── CallFailedError        ctx.call: the callee failed, was rejected or was cancelled
+    │   └── CallCycleError         ctx.call to an agent already waiting up the call chain
+    ├── UsageError                 a roost call got an invalid argument (NaN duration, ...)
     ├── TerminalError              raise it in a step to fail at once, never retried
     │   ├── ContractViolationError an engine's output does not fit the output contract
     │   └── SerializationError     a step result or payload cannot be journaled as JSON
@@ -34,6 +38,8 @@ from typing import Any
 __all__ = [
     "ActivationLimitError",
     "BackendError",
+    "CallCycleError",
+    "CallFailedError",
     "ConfigError",
     "ContractViolationError",
     "DefinitionError",
@@ -49,9 +55,11 @@ __all__ = [
     "RunError",
     "RunFailedError",
     "RunNotFoundError",
+    "RunTimeoutError",
     "SerializationError",
     "StepFailedError",
     "TerminalError",
+    "UsageError",
 ]
 
 
@@ -201,6 +209,27 @@ class ActivationLimitError(RunError):
 
 class PromiseError(RunError):
     """A promise or approval cannot be resolved as asked."""
+
+
+class RunTimeoutError(RunError, TimeoutError):
+    """The caller stopped waiting for a run; the run itself is not cancelled and can be resumed."""
+
+
+class CallFailedError(RunError):
+    """``ctx.call``: the callee ended ``failed``, ``rejected`` or ``cancelled`` instead of answering."""
+
+    def __init__(self, message: str, *, run_id: str, callee: str, status: str) -> None:
+        super().__init__(message, run_id=run_id)
+        self.callee = callee
+        self.status = status
+
+
+class CallCycleError(RunError):
+    """``ctx.call`` to an agent that is already waiting up the call chain: it would wait forever."""
+
+
+class UsageError(RoostError, ValueError):
+    """A roost call got an argument it cannot use (a NaN or negative duration, an unknown agent)."""
 
 
 class TerminalError(RoostError):

@@ -16,7 +16,8 @@ FINISHED = ("completed", "failed")
 
 @dataclass
 class StepRecord:
-    position: int
+    position: int | str
+    """The step's place in its activation: 3 at the top level, "1.0:3" in a concurrent branch."""
     kind: str  # step | sleep | promise | now | send | call
     name: str
     status: str  # done | failed | waiting

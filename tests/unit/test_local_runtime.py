@@ -28,7 +28,7 @@ async def test_journal_from_another_version_gives_clear_error(tmp_path: Path) ->
         db.execute("UPDATE meta SET value='99' WHERE key='schema_version'")
     db.close()
     app = simple_app(path)
-    with pytest.raises(JournalVersionError, match="schema version 99.*reads version 1.*move the file away"):
+    with pytest.raises(JournalVersionError, match="schema version 99.*reads version 2.*move the file away"):
         await app.arun(Q(q="x"))
 
 

@@ -3,29 +3,68 @@
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextvars
 import functools
 import inspect
+import os
 import typing
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 from ..errors import SerializationError, StepFailedError
-from ._base import StepInfo, _current_step
+from ._base import RunAborted, StepInfo, _current_step
+from ._branches import internal
 from ._retry import RetryPolicy
 
 
-async def call_step(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any], info: StepInfo) -> Any:
-    """Call ``fn`` once with ``info`` visible through ``current_step()``; sync code runs in a thread."""
+_EXECUTOR = concurrent.futures.ThreadPoolExecutor(max_workers=min(32, (os.cpu_count() or 1) + 4),
+                                                  thread_name_prefix="roost-step")
+"""Sync steps run here, not in the loop's default executor: a run that times out or is closed
+returns at once (``asyncio.run`` joins only the default executor), while a step still running
+finishes in its thread (the interpreter joins these threads at exit) and is journaled then."""
+_INFLIGHT: dict[str, concurrent.futures.Future[Any]] = {}
+"""Sync attempts still running, by idempotency key: a resumed step waits for them, never doubles them."""
+
+Detached = Callable[["concurrent.futures.Future[Any]"], None]
+
+
+def _really_cancelled() -> bool:
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0
+
+
+async def _in_thread(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any], info: StepInfo,
+                     on_detached: Detached | None) -> Any:
+    cf = _INFLIGHT.get(info.idempotency_key)
+    if cf is None or cf.done():
+        ctx = contextvars.copy_context()
+        cf = _EXECUTOR.submit(ctx.run, fn, *args, **kwargs)
+        _INFLIGHT[info.idempotency_key] = cf
+        cf.add_done_callback(lambda f, k=info.idempotency_key: _INFLIGHT.pop(k, None) if _INFLIGHT.get(k) is f else None)
+    try:
+        return await asyncio.shield(asyncio.wrap_future(cf))
+    except asyncio.CancelledError:
+        if on_detached is not None and _really_cancelled():
+            cf.add_done_callback(on_detached)
+        raise
+
+
+async def call_step(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any], info: StepInfo,
+                    on_detached: Detached | None = None) -> Any:
+    """Call ``fn`` once with ``info`` visible through ``current_step()``; sync code runs in a thread.
+
+    ``on_detached(future)`` is called when a sync attempt finishes after its caller was
+    cancelled (a timeout, a closed runtime), so the backend can still journal its result."""
     token = _current_step.set(info)
     try:
-        if inspect.iscoroutinefunction(fn):
-            return await fn(*args, **kwargs)
-        ctx = contextvars.copy_context()
-        result = await asyncio.get_running_loop().run_in_executor(None, functools.partial(ctx.run, fn, *args, **kwargs))
-        if inspect.isawaitable(result):
-            return await result
-        return result
+        with internal():
+            if inspect.iscoroutinefunction(fn):
+                return await fn(*args, **kwargs)
+            result = await _in_thread(fn, args, kwargs, info, on_detached)
+            if inspect.isawaitable(result):
+                return await result
+            return result
     finally:
         _current_step.reset(token)
 
@@ -40,12 +79,18 @@ async def run_with_retry(
     wait: Callable[[float], Awaitable[None]],
     first_attempt: int = 1,
     on_retry: Callable[[int, BaseException], None] | None = None,
+    on_detached: Callable[[int], Detached] | None = None,
 ) -> tuple[Any, int]:
     """Try ``fn`` per ``policy``; returns (result, attempts) or raises StepFailedError.
 
     ``wait`` sleeps between attempts (backends make it abortable); ``on_retry(attempt, exc)`` is
     called before waiting, so a backend can journal the failure; ``first_attempt`` continues a
-    count journaled before a restart."""
+    count journaled before a restart; ``on_detached(attempt)`` gives the callback for an
+    attempt that outlives its caller (see ``call_step``).
+
+    Any exception from user code counts as a failed attempt, BaseExceptions included (a
+    ``CancelledError`` the step raised itself, ``GeneratorExit``), except KeyboardInterrupt,
+    SystemExit, a real cancellation of the caller, and roost's own control flow."""
     attempt = first_attempt
     if attempt > policy.max_attempts:
         raise StepFailedError(run_id=info.run_id, agent=info.agent, step=info.name, attempts=attempt - 1,
@@ -53,16 +98,23 @@ async def run_with_retry(
     while True:
         try:
             step_info = info if attempt == 1 else StepInfo(info.run_id, info.agent, info.name, attempt, info.idempotency_key)
-            return await call_step(fn, args, kwargs, step_info), attempt
-        except SerializationError:
+            detached = on_detached(attempt) if on_detached is not None else None
+            return await call_step(fn, args, kwargs, step_info, detached), attempt
+        except (SerializationError, KeyboardInterrupt, SystemExit, RunAborted):
             raise
-        except Exception as exc:
-            if not policy.is_retryable(exc) or attempt >= policy.max_attempts:
-                raise StepFailedError(run_id=info.run_id, agent=info.agent, step=info.name, attempts=attempt, cause=exc) from exc
-            if on_retry is not None:
-                on_retry(attempt, exc)
-            await wait(policy.delay(attempt, exc))
-            attempt += 1
+        except asyncio.CancelledError as exc:
+            if _really_cancelled():
+                raise
+            failure: BaseException = exc
+        except BaseException as exc:
+            failure = exc
+        if not policy.is_retryable(failure) or attempt >= policy.max_attempts:
+            raise StepFailedError(run_id=info.run_id, agent=info.agent, step=info.name, attempts=attempt,
+                                  cause=failure) from failure
+        if on_retry is not None:
+            on_retry(attempt, failure)
+        await wait(policy.delay(attempt, failure))
+        attempt += 1
 
 
 @functools.lru_cache(maxsize=1024)

@@ -1,26 +1,47 @@
-"""DurableContext of the embedded runtime: replays journal entries, records new ones."""
+"""DurableContext of the embedded runtime: replays journal entries, records new ones.
+
+Each ``ctx`` call is named by its branch position (``runtime/_branches.py``), so concurrent
+branches of one activation each get their own entries back on replay. Writes go through the
+runtime's group commit and are awaited: nothing continues on a write a crash could lose.
+"""
 
 from __future__ import annotations
 
-import asyncio
+import concurrent.futures
 import json
+import math
+import threading
 import time
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from ..._activation import Message, outgoing
+from ..._activation import message_body
 from ..._codec import dumps, revive
-from ...errors import NonDeterminismError
+from ..._engine import Activation, MessageSent
+from ...errors import CallCycleError, CallFailedError, NonDeterminismError, UsageError
 from .._base import DurableContext, RunAborted, State, StepInfo
+from .._branches import internal, position
 from .._retry import RetryPolicy, seconds
-from .._steps import return_type, run_with_retry
+from .._steps import Detached, return_type, run_with_retry
+from ._journal import Journal
 
 if TYPE_CHECKING:
     from ._runtime import LocalRuntime, _LiveRun
 
 T = TypeVar("T")
-_PROMISE_POLL = 0.25  # seconds; only while waiting on a promise another process may resolve
+Entry = tuple[str, str, str, str | None, int]
+
+
+def checked_seconds(value: float | timedelta, *, what: str) -> float:
+    """Seconds, refusing NaN, infinite and negative durations with a clear error."""
+    try:
+        secs = seconds(value)
+    except (TypeError, ValueError) as exc:
+        raise UsageError(f"{what} must be a number of seconds or a timedelta, got {value!r}") from exc
+    if math.isnan(secs) or math.isinf(secs) or secs < 0:
+        raise UsageError(f"{what} must be a finite number of seconds >= 0, got {value!r}")
+    return secs
 
 
 class LocalState(State):
@@ -52,46 +73,45 @@ class LocalState(State):
 
 
 class LocalContext(DurableContext):
-    def __init__(self, runtime: LocalRuntime, live: _LiveRun, msg: Message, key: str, replay: bool) -> None:
+    def __init__(self, runtime: LocalRuntime, live: _LiveRun, spec: Activation, key: str,
+                 entries: dict[str, Entry]) -> None:
         self._rt = runtime
         self._live = live
-        self.run_id = msg.run_id
-        self.agent = msg.target
-        self.activation_id = msg.id
-        self.caused_by = msg.cause
-        self._msg = msg
-        self._state = LocalState(runtime, msg.target, key)
-        self._entries = runtime.journal.entries(msg.run_id, msg.id) if replay else {}
-        self._position = 0
+        self._spec = spec
+        self.run_id = live.run_id
+        self.agent = spec.agent
+        self.activation_id = spec.id
+        self.caused_by = spec.cause
+        self._state = LocalState(runtime, spec.agent, key)
+        self._entries = entries
+        self._thread = threading.get_ident()
         self.attempts = 1
 
     @property
     def state(self) -> LocalState:
         return self._state
 
-    def _next(self, kind: str, name: str) -> tuple[int, tuple[str, str, str, str | None, int] | None]:
-        pos = self._position
-        self._position += 1
+    def _next(self, kind: str, name: str) -> tuple[str, Entry | None]:
+        pos = position(self, self._thread, run_id=self.run_id, agent=self.agent, call=kind)
         entry = self._entries.get(pos)
         if entry is not None and (entry[0], entry[1]) != (kind, name):
             raise NonDeterminismError(
-                run_id=self.run_id, agent=self.agent, position=pos,
-                recorded=f"{entry[0]} {entry[1]!r}", requested=f"{kind} {name!r}",
+                run_id=self.run_id, agent=self.agent, position=int(pos) if pos.isdigit() else -1,
+                recorded=f"{entry[0]} {entry[1]!r} (at {pos})", requested=f"{kind} {name!r}",
             )
         return pos, entry
 
-    def _row(self, pos: int, kind: str, name: str, status: str, value: str | None, attempts: int = 0,
+    def _row(self, pos: str, kind: str, name: str, status: str, value: str | None, attempts: int = 0,
              started: float | None = None) -> tuple[Any, ...]:
         return (self.run_id, self.activation_id, pos, kind, name, status, value, attempts, started, time.time())
+
+    async def _record(self, row: tuple[Any, ...]) -> None:
+        await self._rt.write(lambda db: Journal.record(db, row))
 
     async def _wait_abortable(self, delay: float) -> None:
         if delay <= 0:
             return
-        try:
-            await asyncio.wait_for(self._live.aborted.wait(), delay)
-        except TimeoutError:
-            return
-        raise RunAborted()
+        await self._rt.wait_abortable(self._live, None, delay)
 
     async def step(self, name: str, fn: Callable[..., T] | Callable[..., Awaitable[T]], *args: Any,
                    retry: RetryPolicy | None = None, **kwargs: Any) -> T:
@@ -105,24 +125,34 @@ class LocalContext(DurableContext):
             failed_before = entry[4]  # 'retrying': attempts that failed before a restart still count
         info = StepInfo(self.run_id, self.agent, name, 1, f"{self.run_id}/{self.activation_id}/{pos}")
         started = time.time()
-        policy = retry or self._rt.app_for(self.run_id).specs[self.agent].retry
+        policy = retry or self._live.app.specs[self.agent].retry
+        where = f"run {self.run_id!r}, agent {self.agent!r}, step {name!r}"
 
         def failed(attempt: int, exc: BaseException) -> None:
             error = json.dumps({"error_type": type(exc).__name__, "error_message": str(exc)})
-            self._rt.journal.record(self._row(pos, "step", name, "retrying", error, attempt, started))
+            self._rt.write_later(lambda db: Journal.record(db, self._row(pos, "step", name, "retrying", error,
+                                                                         attempt, started)))
+
+        def detached(attempt: int) -> Detached:
+            def journal(cf: concurrent.futures.Future[Any]) -> None:
+                if not cf.cancelled() and cf.exception() is None:
+                    encoded = dumps(cf.result(), what=where)
+                    self._rt.journal.record_detached(self._row(pos, "step", name, "done", encoded, attempt, started))
+            return journal
 
         result, attempts = await run_with_retry(fn, args, kwargs, policy=policy, info=info, wait=self._wait_abortable,
-                                                first_attempt=failed_before + 1, on_retry=failed)
+                                                first_attempt=failed_before + 1, on_retry=failed, on_detached=detached)
         self.attempts = max(self.attempts, attempts)
-        encoded = dumps(result, what=f"run {self.run_id!r}, agent {self.agent!r}, step {name!r}")
-        self._rt.journal.record(self._row(pos, "step", name, "done", encoded, attempts, started))
+        encoded = dumps(result, what=where)
+        await self._record(self._row(pos, "step", name, "done", encoded, attempts, started))
         return revive(json.loads(encoded), rtype)  # type: ignore[no-any-return]
 
     async def sleep(self, duration: float | timedelta) -> None:
+        secs = checked_seconds(duration, what=f"run {self.run_id!r}, agent {self.agent!r}: ctx.sleep duration")
         pos, entry = self._next("sleep", "sleep")
         if entry is None:
-            wake = time.time() + seconds(duration)
-            self._rt.journal.record(self._row(pos, "sleep", "sleep", "done", json.dumps(wake)))
+            wake = time.time() + secs
+            await self._record(self._row(pos, "sleep", "sleep", "done", json.dumps(wake)))
         else:
             wake = float(json.loads(entry[3] or "0"))
         await self._wait_abortable(wake - time.time())
@@ -131,49 +161,55 @@ class LocalContext(DurableContext):
         pos, entry = self._next("now", "now")
         if entry is None:
             value = time.time()
-            self._rt.journal.record(self._row(pos, "now", "now", "done", json.dumps(value)))
+            await self._record(self._row(pos, "now", "now", "done", json.dumps(value)))
         else:
             value = float(json.loads(entry[3] or "0"))
         return datetime.fromtimestamp(value, tz=UTC)
 
     async def promise(self, name: str) -> Any:
         pos, entry = self._next("promise", name)
-        return await self._await_promise(pos, "promise", name, entry)
-
-    async def _await_promise(self, pos: int, kind: str, name: str, entry: tuple[Any, ...] | None) -> Any:
         if entry is not None and entry[2] == "done":
-            return json.loads(entry[3])
+            return json.loads(entry[3]) if entry[3] is not None else None
         if entry is None:
-            self._rt.journal.record(self._row(pos, kind, name, "waiting", None, started=time.time()))
+            await self._record(self._row(pos, "promise", name, "waiting", None, started=time.time()))
         self._rt.emit("waiting", self.run_id, self.agent, name)  # also after a restart
-        raw = await self._rt.wait_promise(self._live, name)
-        self._rt.journal.finish_entry(self.run_id, self.activation_id, pos, raw)
-        return json.loads(raw)
-
-    def _message(self, agent: str, payload: Any, kind: str, pos: int, meta: dict[str, Any],
-                 delay: float | timedelta | None) -> Message:
-        at = time.time() + seconds(delay) if delay else None
-        return outgoing(self._rt.app_for(self.run_id), self, agent, payload, kind=kind, position=pos, meta=meta,
-                        deliver_at=at)
+        value = await self._rt.wait_promise(self._live, name)
+        raw = json.dumps(value)
+        await self._rt.write(lambda db: Journal.finish_entry(db, self.run_id, self.activation_id, pos, raw))
+        return value
 
     async def send(self, agent: str, payload: Any, *, delay: float | timedelta | None = None) -> None:
+        secs = None if delay is None else checked_seconds(delay, what=f"run {self.run_id!r}: ctx.send delay to {agent!r}")
         pos, entry = self._next("send", agent)
         if entry is not None:
             return
-        msg = self._message(agent, payload, "send", pos, {}, delay)
-        if self._rt.journal.send(msg, journal_row=self._row(pos, "send", agent, "done", json.dumps(msg.id))):
-            self._rt.dispatch(msg)
+        body = message_body(self._live.app, self, agent, payload)
+        event = MessageSent(self.activation_id, pos, agent, "send", body, time.time() + secs if secs else None)
+        row = self._row(pos, "send", agent, "done", json.dumps(event.position))
+        await self._rt.apply(self._live, event, [lambda db: Journal.record(db, row)])
 
     async def call(self, agent: str, payload: Any) -> Any:
+        chain = (*self._spec.call_chain, self.agent)
+        if agent in chain:
+            raise CallCycleError(
+                f"run {self.run_id!r}: agent {self.agent!r} calls {agent!r}, which is waiting up the call chain "
+                f"({' -> '.join((*chain, agent))}): the call would wait forever", run_id=self.run_id)
         pos, entry = self._next("call", agent)
-        reply = f"__reply:{self.activation_id}:{pos}"
+        key = f"{self.activation_id}/{pos}"
         if entry is None:
-            msg = self._message(agent, payload, "call", pos, {"reply_to": reply}, None)
-            if self._rt.journal.send(msg, journal_row=self._row(pos, "call", agent, "waiting", None, started=time.time())):
-                self._rt.dispatch(msg)
-        if entry is not None and entry[2] == "done" and entry[3] is not None:
-            raw = entry[3]
-        else:
-            raw = await self._rt.wait_promise(self._live, reply)
-            self._rt.journal.finish_entry(self.run_id, self.activation_id, pos, raw)
-        return revive(json.loads(raw), self._rt.app_for(self.run_id).specs[agent].output_type)
+            body = message_body(self._live.app, self, agent, payload)
+            row = self._row(pos, "call", agent, "waiting", None, started=time.time())
+            await self._rt.apply(self._live, MessageSent(self.activation_id, pos, agent, "call", body),
+                                 [lambda db: Journal.record(db, row)])
+        reply = await self._rt.wait_reply(self._live, key)
+        if entry is None or entry[2] != "done":
+            raw = json.dumps(reply.output)
+            await self._rt.write(lambda db: Journal.finish_entry(db, self.run_id, self.activation_id, pos, raw))
+        if reply.status == "cancelled":
+            raise RunAborted()
+        if reply.status != "completed":
+            cause = f": {reply.error.error_type}: {reply.error.error_message}" if reply.error else ""
+            raise CallFailedError(f"run {self.run_id!r}: ctx.call from {self.agent!r} to {agent!r}: the callee was "
+                                  f"{reply.status}{cause}", run_id=self.run_id, callee=agent, status=reply.status)
+        with internal():
+            return revive(reply.output, self._live.app.specs[agent].output_type)

@@ -5,20 +5,22 @@ All calls run on the event loop's thread; each public write is one transaction.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import sqlite3
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Literal
 
-from ..._activation import Message
+from ..._engine import Activation
+from .._branches import detached
 from ...errors import ConfigError, JournalError, JournalVersionError
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 Durability = Literal["process", "machine", "memory"]
 
 _SCHEMA = """
@@ -34,8 +36,10 @@ CREATE TABLE IF NOT EXISTS messages(
   cause TEXT, meta TEXT, deliver_at REAL, status TEXT NOT NULL, output TEXT, error TEXT,
   attempts INTEGER NOT NULL DEFAULT 0, started_at REAL, finished_at REAL, UNIQUE(run_id, id));
 CREATE INDEX IF NOT EXISTS messages_run ON messages(run_id, status);
+CREATE TABLE IF NOT EXISTS events(
+  run_id TEXT NOT NULL, seq INTEGER NOT NULL, data TEXT NOT NULL, PRIMARY KEY(run_id, seq)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS journal(
-  run_id TEXT NOT NULL, activation TEXT NOT NULL, position INTEGER NOT NULL, kind TEXT NOT NULL,
+  run_id TEXT NOT NULL, activation TEXT NOT NULL, position TEXT NOT NULL, kind TEXT NOT NULL,
   name TEXT NOT NULL, status TEXT NOT NULL, value TEXT, attempts INTEGER NOT NULL DEFAULT 0,
   started_at REAL, finished_at REAL, PRIMARY KEY(run_id, activation, position)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS state(
@@ -99,6 +103,23 @@ class Journal:
             self._checkpointer.stop()
         self.db.close()
 
+    def run_ops(self, ops: list[Op]) -> list[Any]:
+        """Run ``ops`` in one transaction. An op that raises (anything but a database that is
+        busy or full) is rolled back alone, through a savepoint, and its exception returned."""
+        results: list[Any] = []
+        with self.tx() as db:
+            for op in ops:
+                db.execute("SAVEPOINT op")
+                try:
+                    results.append(op(db))
+                except sqlite3.OperationalError:
+                    raise
+                except Exception as exc:
+                    db.execute("ROLLBACK TO op")
+                    results.append(exc)
+                db.execute("RELEASE op")
+        return results
+
     @contextmanager
     def tx(self) -> Iterator[sqlite3.Connection]:
         self.db.execute("BEGIN IMMEDIATE")
@@ -116,19 +137,6 @@ class Journal:
         cur.row_factory = sqlite3.Row
         row: sqlite3.Row | None = cur.fetchone()
         return row
-
-    def create_run(self, *, run_id: str, app: str, fingerprint: str, app_ref: str | None, input_json: str,
-                   input_hash: str, owner: str, entries: list[Message]) -> bool:
-        with self.tx() as db:
-            cur = db.execute(
-                "INSERT OR IGNORE INTO runs(run_id, app, fingerprint, app_ref, input, input_hash, status, pending, "
-                "owner, created_at) VALUES(?,?,?,?,?,?,'running',?,?,?)",
-                (run_id, app, fingerprint, app_ref, input_json, input_hash, len(entries), owner, time.time()),
-            )
-            if cur.rowcount == 0:
-                return False
-            self._insert_messages(db, entries)
-        return True
 
     def claim(self, run_id: str, owner: str, previous: str | None) -> bool:
         cur = self.db.execute(
@@ -150,115 +158,109 @@ class Journal:
         cur.row_factory = sqlite3.Row
         return cur.fetchall()
 
-    # -- messages ---------------------------------------------------------------------------
+    def events(self, run_id: str) -> list[dict[str, Any]]:
+        """The run's engine events, in the order they were handled."""
+        rows = self.db.execute("SELECT data FROM events WHERE run_id=? ORDER BY seq", (run_id,))
+        return [json.loads(r[0]) for r in rows]
+
+    # -- writes: each is an op for the group commit (see Committer) ---------------------------
 
     @staticmethod
-    def _insert_messages(db: sqlite3.Connection, msgs: Iterable[Message]) -> int:
-        n = 0
-        for m in msgs:
-            cur = db.execute(
-                "INSERT OR IGNORE INTO messages(run_id, id, target, kind, payload, cause, meta, deliver_at, status) "
-                "VALUES(?,?,?,?,?,?,?,?,'pending')",
-                (m.run_id, m.id, m.target, m.kind, json.dumps(m.payload), m.cause, json.dumps(m.meta), m.deliver_at),
-            )
-            n += cur.rowcount
-        return n
-
-    def pending_messages(self, run_id: str) -> list[Message]:
-        rows = self.db.execute(
-            "SELECT id, target, kind, payload, cause, meta, deliver_at FROM messages "
-            "WHERE run_id=? AND status='pending' ORDER BY rowid",
-            (run_id,),
-        ).fetchall()
-        return [Message(r[0], run_id, r[1], r[2], json.loads(r[3]), r[4], json.loads(r[5]), r[6]) for r in rows]
-
-    def send(self, msg: Message, *, journal_row: tuple[Any, ...]) -> bool:
-        """Insert a message sent from orchestration code, with its journal entry, atomically."""
-        with self.tx() as db:
-            db.execute("INSERT OR IGNORE INTO journal VALUES(?,?,?,?,?,?,?,?,?,?)", journal_row)
-            n = self._insert_messages(db, [msg])
-            db.execute("UPDATE runs SET pending=pending+? WHERE run_id=?", (n, msg.run_id))
-        return n == 1
-
-    def complete(
-        self,
-        *,
-        run_id: str,
-        msg_id: str,
-        status: str,
-        output_json: str | None,
-        error_json: str | None,
-        attempts: int,
-        started_at: float,
-        new: list[Message],
-        state_writes: dict[tuple[str, str], dict[str, str | None]],
-        reply: tuple[str, str] | None,
-        fail_run: str | None,
-        cancel_others: list[str] | None,
-    ) -> tuple[int, str]:
-        """Commit an activation's outcome; returns (pending messages left, run status)."""
-        now = time.time()
-        with self.tx() as db:
-            db.execute(
-                "UPDATE messages SET status=?, output=?, error=?, attempts=?, started_at=?, finished_at=? "
-                "WHERE run_id=? AND id=?",
-                (status, output_json, error_json, attempts, started_at, now, run_id, msg_id),
-            )
-            added = self._insert_messages(db, new)
-            for (agent, key), fields in state_writes.items():
-                for name, value in fields.items():
-                    if value is None:
-                        db.execute("DELETE FROM state WHERE agent=? AND key=? AND field=?", (agent, key, name))
-                    else:
-                        db.execute("INSERT OR REPLACE INTO state VALUES(?,?,?,?)", (agent, key, name, value))
-            if reply is not None:
-                db.execute("INSERT OR IGNORE INTO promises VALUES(?,?,?,?)", (run_id, reply[0], reply[1], now))
-            if fail_run is not None:
-                db.execute("UPDATE runs SET error=coalesce(error, ?) WHERE run_id=?", (fail_run, run_id))
-            if cancel_others is not None:
-                # The run failed: drop what has not started; activations still running (kept) finish.
-                keep = ",".join("?" * len(cancel_others))
-                cur = db.execute(
-                    f"UPDATE messages SET status='cancelled', finished_at=? WHERE run_id=? AND status='pending' "
-                    f"AND id NOT IN ({keep})", (now, run_id, *cancel_others)
-                )
-                added -= cur.rowcount
-            db.execute(
-                "UPDATE runs SET pending=pending+?-1, activations=activations+1 WHERE run_id=?", (added, run_id)
-            )
-            pending, error = db.execute("SELECT pending, error FROM runs WHERE run_id=?", (run_id,)).fetchone()
-            status_out = "running"
-            if pending <= 0:
-                status_out = "failed" if error else "completed"
-                db.execute("UPDATE runs SET status=?, finished_at=?, owner=NULL WHERE run_id=?", (status_out, now, run_id))
-        return pending, status_out
-
-    # -- journal entries, state, promises ------------------------------------------------------
-
-    def entries(self, run_id: str, activation: str) -> dict[int, tuple[str, str, str, str | None, int]]:
-        rows = self.db.execute(
-            "SELECT position, kind, name, status, value, attempts FROM journal WHERE run_id=? AND activation=?",
-            (run_id, activation),
+    def insert_run(db: sqlite3.Connection, *, run_id: str, app: str, fingerprint: str, app_ref: str | None,
+                   input_json: str, input_hash: str, owner: str) -> bool:
+        cur = db.execute(
+            "INSERT OR IGNORE INTO runs(run_id, app, fingerprint, app_ref, input, input_hash, status, pending, "
+            "owner, created_at) VALUES(?,?,?,?,?,?,'running',0,?,?)",
+            (run_id, app, fingerprint, app_ref, input_json, input_hash, owner, time.time()),
         )
-        return {r[0]: (r[1], r[2], r[3], r[4], r[5]) for r in rows}
+        return cur.rowcount == 1
 
-    def record(self, row: tuple[Any, ...]) -> None:
+    @staticmethod
+    def append_event(db: sqlite3.Connection, run_id: str, seq: int, event: dict[str, Any]) -> None:
+        db.execute("INSERT INTO events VALUES(?,?,?)", (run_id, seq, json.dumps(event)))
+
+    @staticmethod
+    def insert_activation(db: sqlite3.Connection, run_id: str, spec: Activation) -> None:
+        meta = {"batch": [[b.id, b.index, b.size] for b in spec.batch]}
+        if spec.reply_to:
+            meta["reply_to"] = spec.reply_to  # type: ignore[assignment]
+        db.execute(
+            "INSERT OR IGNORE INTO messages(run_id, id, target, kind, payload, cause, meta, deliver_at, status) "
+            "VALUES(?,?,?,?,?,?,?,?,'pending')",
+            (run_id, spec.id, spec.agent, spec.kind, json.dumps(list(spec.args)), spec.cause, json.dumps(meta),
+             spec.not_before),
+        )
+
+    @staticmethod
+    def update_activation(db: sqlite3.Connection, run_id: str, activation: str, status: str, *,
+                          output: str | None = None, error: str | None = None, attempts: int | None = None,
+                          started_at: float | None = None) -> None:
+        if attempts is None:
+            db.execute("UPDATE messages SET status=? WHERE run_id=? AND id=?", (status, run_id, activation))
+            return
+        db.execute(
+            "UPDATE messages SET status=?, output=?, error=?, attempts=?, started_at=?, finished_at=? "
+            "WHERE run_id=? AND id=?",
+            (status, output, error, attempts, started_at, time.time(), run_id, activation),
+        )
+
+    @staticmethod
+    def update_run(db: sqlite3.Connection, run_id: str, *, pending: int, activations: int, status: str,
+                   error: str | None) -> None:
+        if status == "running":
+            db.execute("UPDATE runs SET pending=?, activations=?, error=coalesce(error, ?) WHERE run_id=?",
+                       (pending, activations, error, run_id))
+        else:
+            db.execute("UPDATE runs SET pending=?, activations=?, status=?, error=?, finished_at=?, owner=NULL "
+                       "WHERE run_id=?", (pending, activations, status, error, time.time(), run_id))
+
+    @staticmethod
+    def write_state(db: sqlite3.Connection, agent: str, key: str, fields: dict[str, str | None]) -> None:
+        for name, value in fields.items():
+            if value is None:
+                db.execute("DELETE FROM state WHERE agent=? AND key=? AND field=?", (agent, key, name))
+            else:
+                db.execute("INSERT OR REPLACE INTO state VALUES(?,?,?,?)", (agent, key, name, value))
+
+    @staticmethod
+    def record(db: sqlite3.Connection, row: tuple[Any, ...]) -> None:
         """row: run_id, activation, position, kind, name, status, value, attempts, started, finished."""
-        self.db.execute("INSERT OR REPLACE INTO journal VALUES(?,?,?,?,?,?,?,?,?,?)", row)
+        db.execute("INSERT OR REPLACE INTO journal VALUES(?,?,?,?,?,?,?,?,?,?)", row)
 
-    def finish_entry(self, run_id: str, activation: str, position: int, value: str) -> None:
+    @staticmethod
+    def finish_entry(db: sqlite3.Connection, run_id: str, activation: str, position: str, value: str) -> None:
         """Mark a waiting entry (promise, call) done, keeping when the wait started."""
-        self.db.execute(
+        db.execute(
             "UPDATE journal SET status='done', value=?, finished_at=? WHERE run_id=? AND activation=? AND position=?",
             (value, time.time(), run_id, activation, position),
         )
 
+    def record_detached(self, row: tuple[Any, ...]) -> None:
+        """Journal a step result from a worker thread, on a connection of its own (the loop that
+        waited for it is gone: the run timed out or the runtime was closed)."""
+        if self.path == ":memory:":
+            return
+        db = sqlite3.connect(self.path, isolation_level=None, timeout=30.0)
+        try:
+            db.execute("INSERT OR REPLACE INTO journal VALUES(?,?,?,?,?,?,?,?,?,?)", row)
+        finally:
+            db.close()
+
+    # -- reads ----------------------------------------------------------------------------------
+
+    def entries(self, run_id: str, activation: str) -> dict[str, tuple[str, str, str, str | None, int]]:
+        rows = self.db.execute(
+            "SELECT position, kind, name, status, value, attempts FROM journal WHERE run_id=? AND activation=?",
+            (run_id, activation),
+        )
+        return {str(r[0]): (r[1], r[2], r[3], r[4], r[5]) for r in rows}
+
     def state(self, agent: str, key: str) -> dict[str, str]:
         return dict(self.db.execute("SELECT field, value FROM state WHERE agent=? AND key=?", (agent, key)).fetchall())
 
-    def promise(self, run_id: str, name: str) -> str | None:
-        row = self.db.execute("SELECT value FROM promises WHERE run_id=? AND name=?", (run_id, name)).fetchone()
-        return None if row is None else str(row[0])
+    def promises(self, run_id: str) -> dict[str, str]:
+        return {str(r[0]): str(r[1]) for r in self.db.execute("SELECT name, value FROM promises WHERE run_id=?",
+                                                                  (run_id,))}
 
     def resolve(self, run_id: str, name: str, value_json: str) -> bool:
         cur = self.db.execute("INSERT OR IGNORE INTO promises VALUES(?,?,?,?)", (run_id, name, value_json, time.time()))
@@ -283,10 +285,72 @@ class Journal:
     def journal_of(self, run_id: str) -> list[sqlite3.Row]:
         cur = self.db.execute(
             "SELECT activation, position, kind, name, status, value, attempts, started_at, finished_at "
-            "FROM journal WHERE run_id=? ORDER BY activation, position", (run_id,)
+            "FROM journal WHERE run_id=? ORDER BY activation, started_at, position", (run_id,)
         )
         cur.row_factory = sqlite3.Row
         return cur.fetchall()
+
+
+Op = Callable[[sqlite3.Connection], Any]
+
+
+class Committer:
+    """Group commit: every write asked for in one turn of the event loop goes into one transaction.
+
+    A caller awaits its op's result, which is there only once the transaction has committed, so
+    nothing acts on a write that a crash could still lose. A commit that fails on a busy or full
+    database is retried with backoff, a bounded number of times; then every op of it fails with
+    JournalError (the caller fails the run it belongs to)."""
+
+    RETRIES = (0.05, 0.2, 0.5, 1.0, 2.0)
+
+    def __init__(self, journal: Journal) -> None:
+        self.journal = journal
+        self._ops: list[tuple[Op, asyncio.Future[Any]]] = []
+        self._flushing: asyncio.Task[None] | None = None
+
+    def submit(self, op: Op) -> asyncio.Future[Any]:
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[Any] = loop.create_future()
+        self._ops.append((op, fut))
+        if self._flushing is None:
+            self._flushing = loop.create_task(self._flush(), context=detached())
+        return fut
+
+    async def _flush(self) -> None:
+        try:
+            await asyncio.sleep(0)  # let this turn's other writers join the batch
+            while self._ops:
+                batch, self._ops = self._ops, []
+                await self._commit(batch)
+        finally:
+            self._flushing = None
+
+    async def _commit(self, batch: list[tuple[Op, asyncio.Future[Any]]]) -> None:
+        for delay in (*self.RETRIES, None):
+            try:
+                results = self.journal.run_ops([op for op, _ in batch])
+            except (sqlite3.OperationalError, JournalError) as exc:
+                if delay is None:
+                    error = JournalError(f"the journal {self.journal.path} could not be written: {exc}")
+                    for _, fut in batch:
+                        if not fut.done():
+                            fut.set_exception(error)
+                    return
+                await asyncio.sleep(delay)
+                continue
+            for (_, fut), result in zip(batch, results, strict=True):
+                if fut.done():
+                    continue
+                if isinstance(result, BaseException):
+                    fut.set_exception(result)
+                else:
+                    fut.set_result(result)
+            return
+
+    async def drain(self) -> None:
+        while self._flushing is not None:
+            await asyncio.shield(self._flushing)
 
 
 class _Checkpointer(threading.Thread):

@@ -1,48 +1,82 @@
-"""LocalRuntime: the embedded default. In-process asyncio, SQLite journal, crash-durable."""
+"""LocalRuntime: the embedded default. In-process asyncio, SQLite journal, crash-durable.
+
+A run is the run engine (``roost._engine``) plus what this backend adds: the engine's events
+persisted in the journal (with a record of each activation for ``get``), activations run as
+asyncio tasks, timers for delayed messages, and promises resolved from this or another process.
+After a crash the engine is rebuilt by handling the persisted events again; the activations it
+still counts as started are run again, replaying their journaled steps.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import json
 import os
+import sqlite3
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..._activation import Message, Outcome, entity_of, execute
+from ..._activation import key_of, perform
+from ..._engine import (
+    AbortActivations,
+    Activation,
+    ActivationFinished,
+    AwaitApproval,
+    Command,
+    DeliverReply,
+    ErrorInfo,
+    Event,
+    FinishRun,
+    PromiseResolved,
+    Reply,
+    RunEngine,
+    RunStarted,
+    StartActivation,
+    decode,
+    encode,
+    entity_key,
+)
 from ..._codec import dumps
-from ..._graph import CompiledApp, entity_key, message_id
+from ..._graph import CompiledApp
 from ...errors import (
-    ActivationLimitError,
     ConfigError,
+    JournalError,
     PromiseError,
     RunConflictError,
     RunNotFoundError,
+    RunTimeoutError,
     StepFailedError,
-    TerminalError,
 )
 from ...result import FINISHED, ActivationRecord, RunRecord, StepRecord
 from .._base import DurableRuntime, RunAborted, RunSummary, Submission
-from ._context import _PROMISE_POLL, LocalContext
-from ._journal import Durability, Journal
+from .._branches import detached, install, internal, root
+from ._context import LocalContext
+from ._journal import Committer, Durability, Journal, Op
 from ._owner import drop_token, is_alive, new_token
 
 DEFAULT_PATH = Path(".roost") / "roost.db"
 Listener = Callable[[dict[str, Any]], None]
+_PROMISE_POLL = 0.25  # seconds; only while a run waits on a promise another process may resolve
+_ABORTED = object()
 
 
 @dataclass
 class _LiveRun:
+    """A run this process drives: its engine and what is in flight."""
+
     app: CompiledApp
     run_id: str
-    activations: int = 0
-    failed: bool = False
+    engine: RunEngine
+    seq: int = 0
     done: asyncio.Event = field(default_factory=asyncio.Event)
     aborted: asyncio.Event = field(default_factory=asyncio.Event)
-    inflight: set[str] = field(default_factory=set)
     timers: dict[str, asyncio.TimerHandle] = field(default_factory=dict)
+    waiters: dict[str, asyncio.Future[Any]] = field(default_factory=dict)
+    broken: ErrorInfo | None = None
+    poller: asyncio.Task[None] | None = None
 
 
 class LocalRuntime(DurableRuntime):
@@ -63,9 +97,9 @@ class LocalRuntime(DurableRuntime):
         self.listeners: list[Listener] = []
         self._live: dict[str, _LiveRun] = {}
         self._locks: dict[tuple[str, str], tuple[asyncio.Lock, int]] = {}
-        self._waiters: dict[tuple[str, str], asyncio.Future[str]] = {}
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._tasks: set[asyncio.Task[Any]] = set()
         self._journal: Journal | None = None
+        self._committer: Committer | None = None
         self.owner = ""
 
     # -- lifecycle --------------------------------------------------------------------------
@@ -86,7 +120,9 @@ class LocalRuntime(DurableRuntime):
     async def open(self) -> None:
         if self._journal is not None:
             return
+        install(asyncio.get_running_loop())
         self._journal = Journal(self.path, self.durability)
+        self._committer = Committer(self._journal)
         self.owner = new_token()
         if self.auto_resume:
             for run_id, app_name, owner in self.journal.unfinished():
@@ -104,6 +140,8 @@ class LocalRuntime(DurableRuntime):
         for t in tasks:
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        if self._committer is not None:
+            await self._committer.drain()
         self.journal.release(self.owner)
         drop_token(self.owner)
         self._journal.close()
@@ -116,36 +154,147 @@ class LocalRuntime(DurableRuntime):
             for listener in self.listeners:
                 listener(data)
 
-    def app_for(self, run_id: str) -> CompiledApp:
-        return self._live[run_id].app
+    def _spawn(self, coro: Any, name: str) -> asyncio.Task[Any]:
+        task = asyncio.get_running_loop().create_task(coro, name=name, context=detached())
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    # -- writing ----------------------------------------------------------------------------
+
+    async def write(self, op: Op) -> Any:
+        """Run ``op`` in the next group commit and wait until it is durable."""
+        assert self._committer is not None
+        with internal():
+            return await self._committer.submit(op)
+
+    def write_later(self, op: Op) -> None:
+        """Like ``write``, without waiting (the commit still happens within this loop turn)."""
+        assert self._committer is not None
+        self._committer.submit(op).add_done_callback(lambda f: f.cancelled() or f.exception())
+
+    async def apply(self, live: _LiveRun, event: Event, extra: list[Op] | None = None) -> None:
+        """Hand ``event`` to the run's engine, persist it with its effects, then carry out its commands."""
+        if live.broken is not None or live.engine.finished:
+            return
+        commands = live.engine.handle(event)
+        touched = list(live.engine.touched)
+        live.seq += 1
+        ops = [*(extra or []), *self._projection(live, event, commands)]
+        seq, data = live.seq, encode(event)
+        run_id = live.run_id
+
+        def op(db: sqlite3.Connection) -> None:
+            Journal.append_event(db, run_id, seq, data)
+            for o in ops:
+                o(db)
+
+        try:
+            await self.write(op)
+        except JournalError as exc:
+            self._break(live, exc)
+            return
+        self._execute(live, event, commands)
+        if isinstance(event, PromiseResolved):  # an approval decided: the activation's output is final
+            for aid in touched:
+                state = live.engine.activations[aid]
+                self.emit("finished", live.run_id, state.spec.agent, aid, status=state.status, error=None)
+
+    def _projection(self, live: _LiveRun, event: Event, commands: list[Command]) -> list[Op]:
+        """The record of the activations and the run that ``event`` changed (for ``get``)."""
+        engine, run_id, ops = live.engine, live.run_id, []
+        finished = event.activation if isinstance(event, ActivationFinished) else None
+        for aid in engine.touched:
+            status = engine.activations[aid].status
+            if aid != finished:
+                ops.append(_op(Journal.update_activation, run_id, aid, status))
+            name = engine.approval_of(aid) if status == "waiting" else None
+            if name is not None:
+                ops.append(_op(Journal.record, (run_id, aid, "approval", "promise", name, "waiting", None, 0,
+                                                time.time(), None)))
+            elif status in ("completed", "rejected", "cancelled") and isinstance(event, PromiseResolved):
+                ops.append(_op(Journal.finish_entry, run_id, aid, "approval", json.dumps(event.value)))
+        for c in commands:
+            if isinstance(c, StartActivation):
+                ops.append(_op(Journal.insert_activation, run_id, c.activation))
+        error = json.dumps(engine.error.to_json()) if engine.error else None
+        ops.append(_op(Journal.update_run, run_id, pending=engine.open, activations=engine.count,
+                       status=engine.status, error=error))
+        return ops
+
+    def _execute(self, live: _LiveRun, event: Event, commands: list[Command]) -> None:
+        if isinstance(event, PromiseResolved):
+            self._wake(live, event.name, event.value)
+        for c in commands:
+            if isinstance(c, StartActivation):
+                self._start(live, c.activation)
+            elif isinstance(c, AwaitApproval):
+                self.emit("waiting", live.run_id, live.engine.activations[c.activation].spec.agent, c.name)
+                self._poll(live)
+            elif isinstance(c, DeliverReply):
+                self._wake(live, c.key, c.reply)
+            elif isinstance(c, AbortActivations):
+                self._abort(live, c.ids)
+            elif isinstance(c, FinishRun):
+                self._finish(live)
+
+    def _break(self, live: _LiveRun, exc: BaseException) -> None:
+        """The journal cannot be written: the run stops here, failed in this process; on disk it
+        is unfinished, and resumes from its last committed event once the journal works again."""
+        live.broken = ErrorInfo("-", None, 1, type(exc).__name__, str(exc))
+        live.aborted.set()
+        for h in live.timers.values():
+            h.cancel()
+        self._finish(live)
+
+    def _finish(self, live: _LiveRun) -> None:
+        live.done.set()
+        live.aborted.set()
+        for fut in live.waiters.values():
+            if not fut.done():
+                fut.set_result(_ABORTED)
+        if live.poller is not None:
+            live.poller.cancel()
+        self._live.pop(live.run_id, None)
+        self.emit("run", live.run_id, "", live.engine.status)
 
     # -- runs -------------------------------------------------------------------------------
 
     async def submit(self, submission: Submission) -> bool:
         app, run_id = submission.app, submission.run_id
         self.register(app, self.app_refs.get(app.name))
-        entries = [Message(f"{agent}:entry", run_id, agent, "entry", payload) for agent, payload in submission.entries]
-        created = self.journal.create_run(
-            run_id=run_id, app=app.name, fingerprint=app.fingerprint, app_ref=self.app_refs.get(app.name),
-            input_json=submission.input_json, input_hash=submission.input_hash, owner=self.owner, entries=entries,
-        )
-        if not created:
-            row = self.journal.run_row(run_id)
-            assert row is not None
-            if row["app"] != app.name or row["input_hash"] != submission.input_hash:
-                raise RunConflictError(
-                    f"run id {run_id!r} is already used by a run of app {row['app']!r} with a different input; "
-                    "a run id names one run: use a new id for new input",
-                    run_id=run_id,
-                )
-            if row["status"] == "running" and run_id not in self._live and not is_alive(row["owner"]):
-                self._adopt(app, run_id, row["owner"])
-            return False
-        live = _LiveRun(app, run_id)
-        self._live[run_id] = live
-        for m in entries:
-            self.dispatch(m)
-        return True
+        live = _LiveRun(app, run_id, RunEngine(app, run_id))
+        started = RunStarted(tuple(submission.entries))
+        commands = live.engine.handle(started)
+        live.seq = 1
+        ops = self._projection(live, started, commands)
+        data, ref = encode(started), self.app_refs.get(app.name)
+
+        def op(db: sqlite3.Connection) -> bool:
+            created = Journal.insert_run(db, run_id=run_id, app=app.name, fingerprint=app.fingerprint, app_ref=ref,
+                                         input_json=submission.input_json, input_hash=submission.input_hash,
+                                         owner=self.owner)
+            if created:
+                Journal.append_event(db, run_id, 1, data)
+                for o in ops:
+                    o(db)
+            return created
+
+        if await self.write(op):
+            self._live[run_id] = live
+            self._execute(live, started, commands)
+            return True
+        row = self.journal.run_row(run_id)
+        assert row is not None
+        if row["app"] != app.name or row["input_hash"] != submission.input_hash:
+            raise RunConflictError(
+                f"run id {run_id!r} is already used by a run of app {row['app']!r} with a different input; "
+                "a run id names one run: use a new id for new input",
+                run_id=run_id,
+            )
+        if row["status"] == "running" and run_id not in self._live and not is_alive(row["owner"]):
+            self._adopt(app, run_id, row["owner"])
+        return False
 
     async def resume(self, app: CompiledApp, run_id: str) -> None:
         self.register(app, self.app_refs.get(app.name))
@@ -159,6 +308,7 @@ class LocalRuntime(DurableRuntime):
         self._adopt(app, run_id, row["owner"])
 
     def _adopt(self, app: CompiledApp, run_id: str, previous: str | None) -> None:
+        """Take over an unfinished run: rebuild its engine from the events, rerun what was in flight."""
         row = self.journal.run_row(run_id)
         assert row is not None
         if row["fingerprint"] != app.fingerprint:
@@ -169,17 +319,29 @@ class LocalRuntime(DurableRuntime):
             )
         if not self.journal.claim(run_id, self.owner, previous):
             return
-        live = _LiveRun(app, run_id, activations=row["activations"], failed=row["error"] is not None)
+        live = _LiveRun(app, run_id, RunEngine(app, run_id))
+        for data in self.journal.events(run_id):
+            live.engine.handle(decode(data))
+            live.seq += 1
         self._live[run_id] = live
-        for m in self.journal.pending_messages(run_id):
-            self.dispatch(m, replay=True)
+        if live.engine.ending:
+            live.aborted.set()
+        for spec in live.engine.pending():
+            self._start(live, spec, replay=True)
+        if live.engine.waiting():
+            self._poll(live)
 
     async def wait(self, run_id: str, timeout: float | None = None) -> RunRecord:
         live = self._live.get(run_id)
+        deadline = None if timeout is None else time.monotonic() + timeout
         if live is not None:
-            await asyncio.wait_for(live.done.wait(), timeout)
+            try:
+                await asyncio.wait_for(live.done.wait(), timeout)
+            except TimeoutError:
+                raise self._timeout(run_id, timeout) from None
+            if live.broken is not None:
+                return self._broken_record(await self.get(run_id), live.broken)
         else:
-            deadline = None if timeout is None else time.monotonic() + timeout
             while True:  # run by another process: follow the journal until it finishes
                 row = self.journal.run_row(run_id)
                 if row is None:
@@ -187,9 +349,20 @@ class LocalRuntime(DurableRuntime):
                 if row["status"] in FINISHED:
                     break
                 if deadline is not None and time.monotonic() > deadline:
-                    raise TimeoutError(f"run {run_id!r} did not finish within {timeout} s")
+                    raise self._timeout(run_id, timeout)
                 await asyncio.sleep(0.1)
         return await self.get(run_id)
+
+    @staticmethod
+    def _timeout(run_id: str, timeout: float | None) -> RunTimeoutError:
+        return RunTimeoutError(f"run {run_id!r} did not finish within {timeout} s; it is not cancelled: it goes on "
+                               f"when resumed (roost runs resume {run_id})", run_id=run_id)
+
+    @staticmethod
+    def _broken_record(record: RunRecord, error: ErrorInfo) -> RunRecord:
+        record.status = "failed"
+        record.error = {**error.to_json(), "agent": record.activations[-1].agent if record.activations else "-"}
+        return record
 
     async def list_runs(self, limit: int = 50) -> list[RunSummary]:
         return [
@@ -207,7 +380,7 @@ class LocalRuntime(DurableRuntime):
         steps: dict[str, list[StepRecord]] = {}
         for j in self.journal.journal_of(run_id):
             steps.setdefault(j["activation"], []).append(
-                StepRecord(j["position"], j["kind"], j["name"], j["status"], j["attempts"], j["started_at"],
+                StepRecord(_position(j["position"]), j["kind"], j["name"], j["status"], j["attempts"], j["started_at"],
                            j["finished_at"], json.loads(j["value"]) if j["value"] is not None else None)
             )
         acts = [
@@ -227,7 +400,7 @@ class LocalRuntime(DurableRuntime):
             waiting_on=waiting,
         )
 
-    # -- promises ---------------------------------------------------------------------------
+    # -- promises and replies -----------------------------------------------------------------
 
     async def resolve(self, run_id: str, name: str, value: Any) -> None:
         row = self.journal.run_row(run_id)
@@ -236,52 +409,86 @@ class LocalRuntime(DurableRuntime):
         if row["status"] in FINISHED:
             raise PromiseError(f"run {run_id!r} is {row['status']}: nothing waits for {name!r}", run_id=run_id)
         raw = dumps(value, what=f"value resolving {name!r} of run {run_id!r}")
-        if not self.journal.resolve(run_id, name, raw):
+        if not await self.write(lambda db: db.execute("INSERT OR IGNORE INTO promises VALUES(?,?,?,?)",
+                                                      (run_id, name, raw, time.time())).rowcount == 1):
             raise PromiseError(f"{name!r} of run {run_id!r} is resolved already", run_id=run_id)
-        fut = self._waiters.get((run_id, name))
+        live = self._live.get(run_id)
+        if live is not None:  # else the process that runs it picks it up from the journal
+            await self.apply(live, PromiseResolved(name, json.loads(raw)))
+
+    def _poll(self, live: _LiveRun) -> None:
+        """While a run waits, pick up promises another process resolved in the journal."""
+        if live.poller is None or live.poller.done():
+            live.poller = self._spawn(self._poll_loop(live), f"roost:poll:{live.run_id}")
+
+    async def _poll_loop(self, live: _LiveRun) -> None:
+        while not live.done.is_set():
+            for name, raw in self.journal.promises(live.run_id).items():
+                if name not in live.engine.promises:
+                    await self.apply(live, PromiseResolved(name, json.loads(raw)))
+            await asyncio.sleep(_PROMISE_POLL)
+
+    def _wake(self, live: _LiveRun, key: str, value: Any) -> None:
+        fut = live.waiters.pop(key, None)
         if fut is not None and not fut.done():
-            fut.set_result(raw)
+            fut.set_result(value)
 
-    async def wait_promise(self, live: _LiveRun, name: str) -> str:
-        raw = self.journal.promise(live.run_id, name)
-        if raw is not None:
-            return raw
-        key = (live.run_id, name)
-        fut: asyncio.Future[str] = asyncio.get_running_loop().create_future()
-        self._waiters[key] = fut
-        try:
-            while True:
-                try:
-                    return await asyncio.wait_for(asyncio.shield(fut), _PROMISE_POLL)
-                except TimeoutError:
-                    if live.aborted.is_set():
-                        raise RunAborted() from None
-                    raw = self.journal.promise(live.run_id, name)  # resolved by another process
-                    if raw is not None:
-                        return raw
-        finally:
-            self._waiters.pop(key, None)
+    async def _wait_for(self, live: _LiveRun, key: str, ready: Callable[[], Any]) -> Any:
+        value = ready()
+        if value is not None:
+            return value.value if isinstance(value, _Box) else value
+        fut = live.waiters.get(key)
+        if fut is None or fut.done():
+            fut = live.waiters[key] = asyncio.get_running_loop().create_future()
+        result = await self.wait_abortable(live, fut, None)
+        if result is _ABORTED:
+            raise RunAborted()
+        return result
 
-    # -- delivery ---------------------------------------------------------------------------
+    async def wait_promise(self, live: _LiveRun, name: str) -> Any:
+        self._poll(live)
+        return await self._wait_for(live, name, lambda: _Box(live.engine.promises[name])
+                                    if name in live.engine.promises else None)
 
-    def dispatch(self, msg: Message, *, replay: bool = False) -> None:
-        """Deliver ``msg`` now (or at ``deliver_at``): wakes the receiver directly, no polling."""
-        live = self._live[msg.run_id]
-        if live.failed and not replay:
-            return
-        delay = (msg.deliver_at - time.time()) if msg.deliver_at else 0.0
+    async def wait_reply(self, live: _LiveRun, key: str) -> Reply:
+        reply: Reply = await self._wait_for(live, key, lambda: live.engine.replies.get(key))
+        return reply
+
+    async def wait_abortable(self, live: _LiveRun, fut: asyncio.Future[Any] | None, delay: float | None) -> Any:
+        """Wait for ``fut`` (or ``delay`` seconds); raises RunAborted if the run ends meanwhile."""
+        if live.aborted.is_set():
+            raise RunAborted()
+        with internal():
+            aborted = asyncio.ensure_future(live.aborted.wait())
+            waits: set[asyncio.Future[Any]] = {aborted} if fut is None else {aborted, fut}
+            try:
+                await asyncio.wait(waits, timeout=delay, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                aborted.cancel()
+        if fut is not None and fut.done():
+            value = fut.result()
+            return value.value if isinstance(value, _Box) else value
+        if live.aborted.is_set():
+            raise RunAborted()
+        return None
+
+    # -- activations ------------------------------------------------------------------------
+
+    def _start(self, live: _LiveRun, spec: Activation, *, replay: bool = False) -> None:
+        delay = (spec.not_before - time.time()) if spec.not_before else 0.0
         if delay > 0:
-            loop = asyncio.get_running_loop()
-            live.timers[msg.id] = loop.call_later(delay, self._start, live, msg, replay)
+            live.timers[spec.id] = asyncio.get_running_loop().call_later(
+                delay, lambda: self._spawn(self._activate(live, spec, replay), f"roost:{spec.id}"))
         else:
-            self._start(live, msg, replay)
+            self._spawn(self._activate(live, spec, replay), f"roost:{spec.id}")
 
-    def _start(self, live: _LiveRun, msg: Message, replay: bool) -> None:
-        live.timers.pop(msg.id, None)
-        live.inflight.add(msg.id)
-        task = asyncio.get_running_loop().create_task(self._activate(live, msg, replay), name=f"roost:{msg.id}")
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+    def _abort(self, live: _LiveRun, ids: tuple[str, ...]) -> None:
+        live.aborted.set()
+        for aid in ids:
+            handle = live.timers.pop(aid, None)
+            if handle is not None:  # a delayed message that never started
+                handle.cancel()
+                self._spawn(self.apply(live, ActivationFinished(aid, "cancelled")), f"roost:cancel:{aid}")
 
     def _lock(self, key: tuple[str, str]) -> asyncio.Lock:
         lock, users = self._locks.get(key) or (asyncio.Lock(), 0)
@@ -295,90 +502,83 @@ class LocalRuntime(DurableRuntime):
         else:
             self._locks[key] = (lock, users - 1)
 
-    async def _activate(self, live: _LiveRun, msg: Message, replay: bool) -> None:
-        key_error: TerminalError | None = None
+    async def _activate(self, live: _LiveRun, spec: Activation, replay: bool) -> None:
+        live.timers.pop(spec.id, None)
         try:
-            key = entity_of(live.app, msg)
-        except TerminalError as exc:  # fails the activation below, with the message it carries
-            key, key_error = entity_key(live.run_id, msg.meta), exc
-        ekey = (msg.target, key)
+            key = key_of(live.app, spec, live.run_id)
+        except Exception as exc:  # a keyed_by function failed: the activation fails, naming it
+            await self.apply(live, _failed(spec, None, 1, exc))
+            return
+        ekey = (spec.agent, key)
         lock = self._lock(ekey)
         try:
             async with lock:
-                await self._run_activation(live, msg, key, replay, key_error)
+                await self._run_activation(live, spec, key, replay)
         finally:
             self._unlock(ekey)
 
-    async def _run_activation(self, live: _LiveRun, msg: Message, key: str, replay: bool,
-                              key_error: TerminalError | None = None) -> None:
+    async def _run_activation(self, live: _LiveRun, spec: Activation, key: str, replay: bool) -> None:
+        if live.engine.ending or live.broken is not None:
+            await self.apply(live, ActivationFinished(spec.id, "cancelled"))
+            return
         started = time.time()
-        ctx = LocalContext(self, live, msg, key, replay)
-        error: dict[str, Any] | None = None
-        outcome = Outcome("absorbed")
-        status = "cancelled"
-        if not live.failed:
-            self.emit("started", live.run_id, msg.target, msg.id)
-            live.activations += 1
-            try:
-                if live.activations > live.app.max_activations:
-                    raise ActivationLimitError(
-                        f"run {live.run_id!r} went past its limit of {live.app.max_activations} activations "
-                        f"(at agent {msg.target!r}); a loop's when= condition never turned false? "
-                        "Raise App(max_activations=...) if the run really needs more",
-                        run_id=live.run_id,
-                    )
-                if key_error is not None:
-                    raise key_error
-                outcome = await execute(live.app, ctx, msg, key)
-                status = outcome.status
-            except RunAborted:
-                status = "cancelled"
-            except StepFailedError as exc:
-                error = _error(msg.target, exc.step, exc.attempts, exc.cause)
-            except Exception as exc:
-                error = _error(msg.target, None, ctx.attempts, exc)
-        if error is not None:
-            status = "failed"
-            live.failed = True
-        reply = None
-        if msg.kind == "call" and status == "completed":
-            reply = (msg.meta["reply_to"], json.dumps(outcome.output_json))
-            outcome.routes = []
-        new = [
-            Message(message_id(r.target, msg.id, r.id_suffix), live.run_id, r.target, r.kind, r.payload, msg.id, r.meta)
-            for r in (outcome.routes if status in ("completed", "rejected") and not live.failed else [])
-        ]
-        live.inflight.discard(msg.id)
-        pending, run_status = self.journal.complete(
-            run_id=live.run_id, msg_id=msg.id, status=status,
-            output_json=json.dumps(outcome.output_json) if outcome.output_json is not None else None,
-            error_json=json.dumps(error) if error else None, attempts=ctx.attempts, started_at=started, new=new,
-            state_writes={(msg.target, key): ctx.state.writes} if ctx.state.writes else {},
-            reply=reply, fail_run=json.dumps(error) if error else None,
-            cancel_others=list(live.inflight) if error else None,
-        )
-        self.emit("finished", live.run_id, msg.target, msg.id, status=status, error=error)
-        if reply is not None:
-            fut = self._waiters.get((live.run_id, reply[0]))
-            if fut is not None and not fut.done():
-                fut.set_result(reply[1])
-        if error is not None:
-            live.aborted.set()
-            for h in live.timers.values():
-                h.cancel()
-            live.timers.clear()
-        for m in new:
-            self.dispatch(m)
-        if run_status in FINISHED:
-            live.done.set()
-            self._live.pop(live.run_id, None)
+        entries = self.journal.entries(live.run_id, spec.id) if replay else {}
+        ctx = LocalContext(self, live, spec, key, entries)
+        self.emit("started", live.run_id, spec.agent, spec.id)
+        event = await self._perform(live, ctx, spec)
+        error = json.dumps(event.error.to_json()) if event.error else None
+        output = json.dumps(event.output) if event.output is not None else None
+        status = "waiting" if event.status == "completed" and live.app.specs[spec.agent].approval else event.status
+        run_id, writes, attempts = live.run_id, ctx.state.writes, ctx.attempts
+        extra: list[Op] = [_op(Journal.update_activation, run_id, spec.id, status, output=output, error=error,
+                               attempts=attempts, started_at=started)]
+        if writes and event.status == "completed":
+            extra.append(_op(Journal.write_state, spec.agent, key, writes))
+        await self.apply(live, event, extra)
+        if status != "waiting":
+            self.emit("finished", live.run_id, spec.agent, spec.id, status=event.status,
+                      error=event.error.to_json() if event.error else None)
+
+    async def _perform(self, live: _LiveRun, ctx: LocalContext, spec: Activation) -> ActivationFinished:
+        """Run the activation; any failure, whatever raised it, becomes a failed activation."""
+        try:
+            with root(ctx):
+                output = await perform(live.app, ctx, spec)
+            return ActivationFinished(spec.id, "completed", output)
+        except RunAborted:
+            return ActivationFinished(spec.id, "cancelled")
+        except StepFailedError as exc:
+            return _failed(spec, exc.step, exc.attempts, exc.cause)
+        except (KeyboardInterrupt, SystemExit):
+            raise
+        except asyncio.CancelledError as exc:
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():
+                raise  # the runtime is closing: the activation stays unfinished in the journal
+            return _failed(spec, None, ctx.attempts, exc)
+        except BaseException as exc:
+            return _failed(spec, None, ctx.attempts, exc)
 
 
-def _error(agent: str, step: str | None, attempts: int, exc: BaseException) -> dict[str, Any]:
-    return {
-        "agent": agent,
-        "step": step,
-        "attempts": max(1, attempts),
-        "error_type": type(exc).__name__,
-        "error_message": str(exc),
-    }
+class _Box:
+    """A resolved value that may itself be None."""
+
+    __slots__ = ("value",)
+
+    def __init__(self, value: Any) -> None:
+        self.value = value
+
+
+def _op(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Op:
+    return lambda db: fn(db, *args, **kwargs)
+
+
+def _failed(spec: Activation, step: str | None, attempts: int, exc: BaseException) -> ActivationFinished:
+    message = str(exc) or repr(exc)
+    agent = spec.agent
+    return ActivationFinished(spec.id, "failed", error=ErrorInfo(agent, step, max(1, attempts), type(exc).__name__, message))
+
+
+def _position(value: Any) -> int | str:
+    text = str(value)
+    return int(text) if text.isdigit() else text

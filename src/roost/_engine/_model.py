@@ -1,0 +1,217 @@
+"""What crosses the run engine's seams: its events, its commands, and the activations it starts.
+
+Everything here is a frozen dataclass holding JSON-able values, so a backend can persist events
+as they are (``encode``/``decode``) and replay them to rebuild the engine after a crash.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+ActivationKind = Literal["entry", "edge", "converge", "gather", "send", "call"]
+FinishStatus = Literal["completed", "failed", "cancelled"]
+RunStatus = Literal["running", "completed", "failed", "cancelled"]
+
+
+@dataclass(frozen=True)
+class ErrorInfo:
+    """Why an activation or a run failed: where (agent, step, attempts) and the last cause."""
+
+    agent: str
+    step: str | None
+    attempts: int
+    error_type: str
+    error_message: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {"agent": self.agent, "step": self.step, "attempts": self.attempts,
+                "error_type": self.error_type, "error_message": self.error_message}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> ErrorInfo:
+        return cls(data["agent"], data.get("step"), int(data.get("attempts", 1)), data.get("error_type", "Error"),
+                   data.get("error_message", ""))
+
+
+@dataclass(frozen=True)
+class BatchRef:
+    """One item of a batch: the ``index``-th of ``size`` items of one list output sent with
+    ``each=True`` (``id`` names the producing activation and the edge)."""
+
+    id: str
+    index: int
+    size: int
+
+
+BatchPath = tuple[BatchRef, ...]
+
+
+def batch_label(path: BatchPath) -> str:
+    """``2`` or ``1.3``: the item indexes of a batch path, outermost first."""
+    return ".".join(str(b.index) for b in path)
+
+
+def activation_id(target: str, *parts: object) -> str:
+    """A deterministic activation id from what caused it (never from timing or order)."""
+    digest = hashlib.blake2b("|".join(map(str, parts)).encode(), digest_size=8).hexdigest()
+    return f"{target}:{digest}"
+
+
+def entity_key(run_id: str, batch: BatchPath) -> str:
+    """Default entity key of an activation: the run, plus its item path inside ``each`` fan-outs."""
+    return run_id + "".join(
+        f"/{hashlib.blake2b(b.id.encode(), digest_size=3).hexdigest()}.{b.index}" for b in batch
+    )
+
+
+@dataclass(frozen=True)
+class Activation:
+    """One activation the engine starts: ``agent`` on ``args`` (one JSON value per input)."""
+
+    id: str
+    agent: str
+    kind: ActivationKind
+    args: tuple[Any, ...]
+    cause: str | None = None
+    batch: BatchPath = ()
+    not_before: float | None = None
+    """Wall-clock time before which it must not start (a delayed ``ctx.send``)."""
+    reply_to: str | None = None
+    """For ``call`` activations: the reply key the caller waits on."""
+    call_chain: tuple[str, ...] = ()
+    """Agents waiting, through ``ctx.call``, for this activation (outermost first)."""
+
+
+# -- events ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RunStarted:
+    entries: tuple[tuple[str, Any], ...]
+
+
+@dataclass(frozen=True)
+class ActivationFinished:
+    activation: str
+    status: FinishStatus
+    output: Any = None
+    error: ErrorInfo | None = None
+
+
+@dataclass(frozen=True)
+class MessageSent:
+    """``ctx.send`` (one-way) or ``ctx.call`` (waits for ``reply_to``) from a running activation."""
+
+    sender: str
+    position: str
+    target: str
+    kind: Literal["send", "call"]
+    payload: Any
+    deliver_at: float | None = None
+
+
+@dataclass(frozen=True)
+class PromiseResolved:
+    name: str
+    value: Any
+
+
+@dataclass(frozen=True)
+class CancelRequested:
+    reason: str = "cancelled"
+
+
+Event = RunStarted | ActivationFinished | MessageSent | PromiseResolved | CancelRequested
+
+# -- commands -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class StartActivation:
+    activation: Activation
+
+
+@dataclass(frozen=True)
+class AwaitApproval:
+    """The output of ``activation`` waits until the promise ``name`` is resolved."""
+
+    name: str
+    activation: str
+
+
+@dataclass(frozen=True)
+class Reply:
+    status: Literal["completed", "rejected", "failed", "cancelled"]
+    output: Any = None
+    error: ErrorInfo | None = None
+    callee: str = ""
+
+
+@dataclass(frozen=True)
+class DeliverReply:
+    caller: str
+    key: str
+    reply: Reply
+
+
+@dataclass(frozen=True)
+class AbortActivations:
+    """Stop these running activations: the run failed or was cancelled."""
+
+    ids: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class FinishRun:
+    status: RunStatus
+    error: ErrorInfo | None = None
+
+
+Command = StartActivation | AwaitApproval | DeliverReply | AbortActivations | FinishRun
+
+
+@dataclass
+class ActivationState:
+    """What the engine remembers of an activation it started (no outputs: those are routed)."""
+
+    spec: Activation
+    status: str = "pending"  # pending | waiting | completed | rejected | failed | cancelled
+    approval: str | None = None
+    output: Any = None
+    """Held only while it waits for approval."""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+# -- persistence ----------------------------------------------------------------------------
+
+_EVENT_TYPES: dict[str, type[Any]] = {
+    "started": RunStarted, "finished": ActivationFinished, "sent": MessageSent,
+    "resolved": PromiseResolved, "cancel": CancelRequested,
+}
+_TAGS = {v: k for k, v in _EVENT_TYPES.items()}
+
+
+def encode(event: Event) -> dict[str, Any]:
+    """The event as a JSON-able dict (a ``t`` tag plus its fields)."""
+    data: dict[str, Any] = {"t": _TAGS[type(event)]}
+    for name in event.__dataclass_fields__:
+        value = getattr(event, name)
+        if isinstance(value, ErrorInfo):
+            value = value.to_json()
+        elif name == "entries":
+            value = [list(e) for e in value]
+        data[name] = value
+    return data
+
+
+def decode(data: dict[str, Any]) -> Event:
+    fields = dict(data)
+    cls = _EVENT_TYPES[fields.pop("t")]
+    if cls is RunStarted:
+        return RunStarted(tuple((str(a), p) for a, p in fields["entries"]))
+    if cls is ActivationFinished and fields.get("error") is not None:
+        fields["error"] = ErrorInfo.from_json(fields["error"])
+    event: Event = cls(**fields)
+    return event
