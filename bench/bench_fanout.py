@@ -233,7 +233,8 @@ def child_main(side: str, n: int, db: Path, out: Path) -> None:
         res = asyncio.run(child_roost(n, db))
     else:
         res = asyncio.run(child_native(n, db, GROUP_COMMIT_ROWS if side == "native" else 1))
-    res |= {"peak_rss_mb": peak_rss_mb(), "journal_mb": journal_mb(res["files_at_end"]), "items_per_s": n / res["wall_s"]}
+    res |= {"peak_rss_mb": peak_rss_mb(), "journal_mb": journal_mb(res["files_at_end"]),
+            "items_per_s": n / res["wall_s"]}
     out.write_text(json.dumps(res))
 
 

@@ -13,7 +13,7 @@ the activation limit, failure propagation, cancellation and completion.
 from __future__ import annotations
 
 import weakref
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import pydantic_core
@@ -270,7 +270,9 @@ class RunEngine:
     def _release(self, state: ActivationState, out: list[Command]) -> None:
         """An activation is done: it no longer holds its run or its batches open."""
         self.open -= 1
-        for ref in reversed(state.spec.batch):
+        batch = state.spec.batch
+        state.spec = replace(state.spec, args=())  # its inputs are not needed again: keep memory flat
+        for ref in reversed(batch):
             batch = self._batches.get(ref.id)
             if batch is None:
                 continue

@@ -106,7 +106,10 @@ class LocalContext(DurableContext):
         return (self.run_id, self.activation_id, pos, kind, name, status, value, attempts, started, time.time())
 
     async def _record(self, row: tuple[Any, ...]) -> None:
-        await self._rt.write(lambda db: Journal.record(db, row))
+        await self._write(lambda db: Journal.record(db, row))
+
+    async def _write(self, op: Callable[[Any], Any]) -> None:
+        await self._rt.write_for(self._live, self.agent, op)
 
     async def _wait_abortable(self, delay: float) -> None:
         if delay <= 0:
@@ -175,7 +178,7 @@ class LocalContext(DurableContext):
         self._rt.emit("waiting", self.run_id, self.agent, name)  # also after a restart
         value = await self._rt.wait_promise(self._live, name)
         raw = json.dumps(value)
-        await self._rt.write(lambda db: Journal.finish_entry(db, self.run_id, self.activation_id, pos, raw))
+        await self._write(lambda db: Journal.finish_entry(db, self.run_id, self.activation_id, pos, raw))
         return value
 
     async def send(self, agent: str, payload: Any, *, delay: float | timedelta | None = None) -> None:
@@ -187,6 +190,8 @@ class LocalContext(DurableContext):
         event = MessageSent(self.activation_id, pos, agent, "send", body, time.time() + secs if secs else None)
         row = self._row(pos, "send", agent, "done", json.dumps(event.position))
         await self._rt.apply(self._live, event, [lambda db: Journal.record(db, row)])
+        if self._live.broken is not None:
+            raise RunAborted()
 
     async def call(self, agent: str, payload: Any) -> Any:
         chain = (*self._spec.call_chain, self.agent)
@@ -201,10 +206,12 @@ class LocalContext(DurableContext):
             row = self._row(pos, "call", agent, "waiting", None, started=time.time())
             await self._rt.apply(self._live, MessageSent(self.activation_id, pos, agent, "call", body),
                                  [lambda db: Journal.record(db, row)])
+            if self._live.broken is not None:
+                raise RunAborted()
         reply = await self._rt.wait_reply(self._live, key)
         if entry is None or entry[2] != "done":
             raw = json.dumps(reply.output)
-            await self._rt.write(lambda db: Journal.finish_entry(db, self.run_id, self.activation_id, pos, raw))
+            await self._write(lambda db: Journal.finish_entry(db, self.run_id, self.activation_id, pos, raw))
         if reply.status == "cancelled":
             raise RunAborted()
         if reply.status != "completed":

@@ -10,6 +10,7 @@ still counts as started are run again, replaying their journaled steps.
 from __future__ import annotations
 
 import asyncio
+import collections
 import json
 import os
 import sqlite3
@@ -43,7 +44,6 @@ from ..._codec import dumps
 from ..._graph import CompiledApp
 from ...errors import (
     ConfigError,
-    JournalError,
     PromiseError,
     RunConflictError,
     RunNotFoundError,
@@ -86,6 +86,8 @@ class LocalRuntime(DurableRuntime):
     ``machine`` also survives power loss (synchronous=FULL); ``memory`` keeps nothing."""
 
     name = "local"
+    max_running = 512
+    """Activations in flight at once in this runtime; more wait in a queue (in order)."""
 
     def __init__(self, path: str | os.PathLike[str] | None = None, *, durability: Durability = "process",
                  resume: bool = True) -> None:
@@ -100,6 +102,8 @@ class LocalRuntime(DurableRuntime):
         self._tasks: set[asyncio.Task[Any]] = set()
         self._journal: Journal | None = None
         self._committer: Committer | None = None
+        self._running = 0
+        self._queue: collections.deque[tuple[_LiveRun, Activation, bool]] = collections.deque()
         self.owner = ""
 
     # -- lifecycle --------------------------------------------------------------------------
@@ -136,6 +140,8 @@ class LocalRuntime(DurableRuntime):
         for live in self._live.values():
             for h in live.timers.values():
                 h.cancel()
+        self._queue.clear()
+        self.max_running = 0  # nothing queued starts while closing
         tasks = list(self._tasks)
         for t in tasks:
             t.cancel()
@@ -147,6 +153,8 @@ class LocalRuntime(DurableRuntime):
         self._journal.close()
         self._journal = None
         self._live.clear()
+        self._running = 0
+        self.max_running = type(self).max_running
 
     def emit(self, event: str, run_id: str, agent: str, detail: str | None = None, **extra: Any) -> None:
         if self.listeners:
@@ -168,6 +176,15 @@ class LocalRuntime(DurableRuntime):
         with internal():
             return await self._committer.submit(op)
 
+    async def write_for(self, live: _LiveRun, agent: str, op: Op) -> Any:
+        """``write`` on behalf of an activation's code: if the journal cannot be written the run
+        stops (see ``_break``) and the code gets RunAborted, which ``except Exception`` cannot swallow."""
+        try:
+            return await self.write(op)
+        except Exception as exc:
+            self._break(live, exc, agent)
+            raise RunAborted() from exc
+
     def write_later(self, op: Op) -> None:
         """Like ``write``, without waiting (the commit still happens within this loop turn)."""
         assert self._committer is not None
@@ -177,11 +194,16 @@ class LocalRuntime(DurableRuntime):
         """Hand ``event`` to the run's engine, persist it with its effects, then carry out its commands."""
         if live.broken is not None or live.engine.finished:
             return
-        commands = live.engine.handle(event)
-        touched = list(live.engine.touched)
+        try:
+            commands = live.engine.handle(event)
+            touched = list(live.engine.touched)
+            ops = [*(extra or []), *self._projection(live, event, commands)]
+            data = encode(event)
+        except Exception as exc:  # a bug in roost or in a when=/map= it could not attribute: never strand the run
+            self._break(live, exc, _agent_of(live, event))
+            return
         live.seq += 1
-        ops = [*(extra or []), *self._projection(live, event, commands)]
-        seq, data = live.seq, encode(event)
+        seq = live.seq
         run_id = live.run_id
 
         def op(db: sqlite3.Connection) -> None:
@@ -191,10 +213,14 @@ class LocalRuntime(DurableRuntime):
 
         try:
             await self.write(op)
-        except JournalError as exc:
-            self._break(live, exc)
+        except Exception as exc:
+            self._break(live, exc, _agent_of(live, event))
             return
-        self._execute(live, event, commands)
+        try:
+            self._execute(live, event, commands)
+        except Exception as exc:
+            self._break(live, exc, _agent_of(live, event))
+            return
         if isinstance(event, PromiseResolved):  # an approval decided: the activation's output is final
             for aid in touched:
                 state = live.engine.activations[aid]
@@ -238,10 +264,14 @@ class LocalRuntime(DurableRuntime):
             elif isinstance(c, FinishRun):
                 self._finish(live)
 
-    def _break(self, live: _LiveRun, exc: BaseException) -> None:
-        """The journal cannot be written: the run stops here, failed in this process; on disk it
-        is unfinished, and resumes from its last committed event once the journal works again."""
-        live.broken = ErrorInfo("-", None, 1, type(exc).__name__, str(exc))
+    def _break(self, live: _LiveRun, exc: BaseException, agent: str | None = None) -> None:
+        """The journal cannot be written, or roost itself failed: the run stops here, failed in this
+        process (waiters get a RunFailedError naming the cause). On disk it is unfinished and
+        resumes from its last committed event (``roost runs resume``) once the cause is fixed."""
+        if live.broken is not None:
+            return
+        message = f"run {live.run_id!r} stopped in this process: {type(exc).__name__}: {exc}"
+        live.broken = ErrorInfo(agent or "-", None, 1, type(exc).__name__, message)
         live.aborted.set()
         for h in live.timers.values():
             h.cancel()
@@ -361,7 +391,7 @@ class LocalRuntime(DurableRuntime):
     @staticmethod
     def _broken_record(record: RunRecord, error: ErrorInfo) -> RunRecord:
         record.status = "failed"
-        record.error = {**error.to_json(), "agent": record.activations[-1].agent if record.activations else "-"}
+        record.error = error.to_json()
         return record
 
     async def list_runs(self, limit: int = 50) -> list[RunSummary]:
@@ -422,11 +452,14 @@ class LocalRuntime(DurableRuntime):
             live.poller = self._spawn(self._poll_loop(live), f"roost:poll:{live.run_id}")
 
     async def _poll_loop(self, live: _LiveRun) -> None:
-        while not live.done.is_set():
-            for name, raw in self.journal.promises(live.run_id).items():
-                if name not in live.engine.promises:
-                    await self.apply(live, PromiseResolved(name, json.loads(raw)))
-            await asyncio.sleep(_PROMISE_POLL)
+        try:
+            while not live.done.is_set():
+                for name, raw in self.journal.promises(live.run_id).items():
+                    if name not in live.engine.promises:
+                        await self.apply(live, PromiseResolved(name, json.loads(raw)))
+                await asyncio.sleep(_PROMISE_POLL)
+        except Exception as exc:
+            self._break(live, exc)
 
     def _wake(self, live: _LiveRun, key: str, value: Any) -> None:
         fut = live.waiters.pop(key, None)
@@ -478,9 +511,26 @@ class LocalRuntime(DurableRuntime):
         delay = (spec.not_before - time.time()) if spec.not_before else 0.0
         if delay > 0:
             live.timers[spec.id] = asyncio.get_running_loop().call_later(
-                delay, lambda: self._spawn(self._activate(live, spec, replay), f"roost:{spec.id}"))
+                delay, lambda: self._admit(live, spec, replay))
         else:
-            self._spawn(self._activate(live, spec, replay), f"roost:{spec.id}")
+            self._admit(live, spec, replay)
+
+    def _admit(self, live: _LiveRun, spec: Activation, replay: bool) -> None:
+        """Start the activation now, or queue it while ``max_running`` are in flight: a fan-out of
+        100k items holds 100k small specs in memory, not 100k tasks."""
+        live.timers.pop(spec.id, None)
+        if self._running >= self.max_running:
+            self._queue.append((live, spec, replay))
+            return
+        self._running += 1
+        task = self._spawn(self._activate(live, spec, replay), f"roost:{spec.id}")
+        task.add_done_callback(self._next_queued)
+
+    def _next_queued(self, _: asyncio.Task[Any]) -> None:
+        self._running -= 1
+        while self._queue and self._running < self.max_running:
+            live, spec, replay = self._queue.popleft()
+            self._admit(live, spec, replay)
 
     def _abort(self, live: _LiveRun, ids: tuple[str, ...]) -> None:
         live.aborted.set()
@@ -503,7 +553,6 @@ class LocalRuntime(DurableRuntime):
             self._locks[key] = (lock, users - 1)
 
     async def _activate(self, live: _LiveRun, spec: Activation, replay: bool) -> None:
-        live.timers.pop(spec.id, None)
         try:
             key = key_of(live.app, spec, live.run_id)
         except Exception as exc:  # a keyed_by function failed: the activation fails, naming it
@@ -514,6 +563,8 @@ class LocalRuntime(DurableRuntime):
         try:
             async with lock:
                 await self._run_activation(live, spec, key, replay)
+        except Exception as exc:  # roost's own code failed around the activation: never strand the run
+            self._break(live, exc, spec.agent)
         finally:
             self._unlock(ekey)
 
@@ -567,6 +618,12 @@ class _Box:
 
     def __init__(self, value: Any) -> None:
         self.value = value
+
+
+def _agent_of(live: _LiveRun, event: Event) -> str | None:
+    aid = getattr(event, "activation", None) or getattr(event, "sender", None)
+    state = live.engine.activations.get(aid) if isinstance(aid, str) else None
+    return state.spec.agent if state is not None else None
 
 
 def _op(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Op:
