@@ -28,8 +28,9 @@ RUN_ID = "crash-run-1"  # the same id in every journal, so idempotency keys comp
 class Harness:
     """One journal and one counter directory; the processes started on them."""
 
-    def __init__(self, root: Path, run_id: str = RUN_ID) -> None:
+    def __init__(self, root: Path, run_id: str = RUN_ID, pipeline: Path = PIPELINE) -> None:
         self.root = root
+        self.pipeline = pipeline
         self.run_id = run_id
         self.journal = root / "journal.db"
         self.counter_dir = root / "counters"
@@ -49,7 +50,7 @@ class Harness:
         out, err = self.root / f"proc{n}-{scenario}.out", self.root / f"proc{n}-{scenario}.err"
         with open(out, "wb") as fo, open(err, "wb") as fe:
             proc = subprocess.Popen(
-                [sys.executable, str(PIPELINE), str(self.journal), self.run_id, str(self.counter_dir), scenario],
+                [sys.executable, str(self.pipeline), str(self.journal), self.run_id, str(self.counter_dir), scenario],
                 cwd=REPO, env=env, stdout=fo, stderr=fe, stdin=subprocess.DEVNULL,
             )
         self.procs.append(proc)

@@ -255,7 +255,7 @@ class _Builder:
             if depth == 0 and self.batches:
                 kinds.append("double")
             if not multi:
-                kinds += ["converge", "converge"]
+                kinds += ["converge", "converge", "loops"]
             kinds += ["orch", "loop", "approve", "chain", "whole"]
             kind = self.draw(st.sampled_from(kinds))
             src, multi = getattr(self, f"_{kind}")(src, depth, multi)
@@ -279,6 +279,14 @@ class _Builder:
         loop = self.new("loop", Group((src,)), step=self.draw(st.integers(3, 8)))
         self.agents[-1].groups.append(Group((loop,), Cond("lt", k)))
         return self.new("num", Group((loop,), Cond("ge", k))), multi
+
+    def _loops(self, src: str, depth: int, multi: bool) -> tuple[str, bool]:
+        """Two guarded self-loops converged: their first outputs meet, later ones are ignored."""
+        ups = []
+        for _ in range(2):
+            ups.append(self.new("loop", Group((src,)), step=self.draw(st.integers(3, 8))))
+            self.agents[-1].groups.append(Group((ups[-1],), Cond("lt", self.draw(st.integers(0, 40)))))
+        return self.new("converge", Group(tuple(ups)), arity=2), multi
 
     def _whole(self, src: str, depth: int, multi: bool) -> tuple[str, bool]:
         lst = self.new("list", self.edge(src))
@@ -393,8 +401,9 @@ Record = tuple[str, str, str, tuple[tuple[int, int], ...], str, str]
 class Reference:
     """Runs an app depth first, recursively, with no events, no ids and no concurrency.
 
-    A batch is processed entirely (every item and everything downstream inside it) before its
-    gathering agents run, so "a gather sees every item of its batch, in order, and only those" is
+    An activation's output is delivered whole (converge slots fill in causal order: a loop's first
+    output before its second), then what it started runs, depth first. A batch is processed entirely
+    (every item and everything downstream inside it) before its gathering agents run, so "a gather sees every item of its batch, in order, and only those" is
     true by construction. Failures do not stop it: it computes the full run, from which a failed
     run's activations must be a subset, and its error one of the failures."""
 
@@ -456,36 +465,42 @@ class Reference:
         except ValueError:
             self.failing.add((name, "TerminalError"))
             return
+        # Deliver all of it first (converge slots fill now, in causal order), then run what it started,
+        # then close the batches it opened: everything inside them has run by then.
+        runs: list[tuple[str, str, tuple[Any, ...], Path]] = []
+        opened: list[int] = []
         for edge, uid, passed in plan:
-            if uid is None:
-                for p, payload in passed:
-                    self.deliver(edge.source, edge.target, payload, p)
-                continue
-            self._batches[uid] = {}
+            if uid is not None:
+                self._batches[uid] = {}
+                opened.append(uid)
             for p, payload in passed:
-                self.deliver(edge.source, edge.target, payload, p)
+                self.deliver(edge.source, edge.target, payload, p, runs)
+        for run in runs:
+            self.activate(*run)
+        for uid in opened:
             got = self._batches.pop(uid)
             for g in sorted(set(self.d.closers.get(name, ())) | set(got)):
                 indexes = [i for i, _ in got.get(g, [])]
                 assert len(set(indexes)) == len(indexes), "two contributions of one item: a generator bug"
                 self.activate(g, "gather", ([p for _, p in sorted(got.get(g, []), key=lambda ip: ip[0])],), path)
 
-    def deliver(self, source: str, target: str, payload: Any, path: Path) -> None:
+    def deliver(self, source: str, target: str, payload: Any, path: Path,
+                runs: list[tuple[str, str, tuple[Any, ...], Path]]) -> None:
         spec = self.app.specs[target]
         if spec.kind == "single":
-            self.activate(target, "edge", (payload,), path)
+            runs.append((target, "edge", (payload,), path))
         elif spec.kind == "converge":
             key = (target, tuple((uid, i) for uid, i, _ in path))
             if key in self._fired:
                 return
             slots = self._slots.setdefault(key, {})
-            slots.setdefault(spec.slots[source], payload)
+            slots.setdefault(spec.slots[source], payload)  # the first value of each upstream wins
             if len(slots) == spec.arity:
                 self._fired.add(key)
                 del self._slots[key]
-                self.activate(target, "converge", tuple(slots[i] for i in range(spec.arity)), path)
+                runs.append((target, "converge", tuple(slots[i] for i in range(spec.arity)), path))
         elif not path:
-            self.activate(target, "gather", ([payload],), ())
+            runs.append((target, "gather", ([payload],), ()))
         else:
             uid, index, _ = path[-1]
             self._batches[uid].setdefault(target, []).append((index, payload))

@@ -136,11 +136,13 @@ class LocalContext(DurableContext):
             self._rt.write_later(lambda db: Journal.record(db, self._row(pos, "step", name, "retrying", error,
                                                                          attempt, started)))
 
+        path = self._rt.journal.path
+
         def detached(attempt: int) -> Detached:
             def journal(cf: concurrent.futures.Future[Any]) -> None:
                 if not cf.cancelled() and cf.exception() is None:
                     encoded = dumps(cf.result(), what=where)
-                    self._rt.journal.record_detached(self._row(pos, "step", name, "done", encoded, attempt, started))
+                    Journal.record_detached(path, self._row(pos, "step", name, "done", encoded, attempt, started))
             return journal
 
         result, attempts = await run_with_retry(fn, args, kwargs, policy=policy, info=info, wait=self._wait_abortable,

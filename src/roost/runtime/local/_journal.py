@@ -235,12 +235,13 @@ class Journal:
             (value, time.time(), run_id, activation, position),
         )
 
-    def record_detached(self, row: tuple[Any, ...]) -> None:
+    @staticmethod
+    def record_detached(path: str, row: tuple[Any, ...]) -> None:
         """Journal a step result from a worker thread, on a connection of its own (the loop that
         waited for it is gone: the run timed out or the runtime was closed)."""
-        if self.path == ":memory:":
+        if path == ":memory:":
             return
-        db = sqlite3.connect(self.path, isolation_level=None, timeout=30.0)
+        db = sqlite3.connect(path, isolation_level=None, timeout=30.0)
         try:
             db.execute("INSERT OR REPLACE INTO journal VALUES(?,?,?,?,?,?,?,?,?,?)", row)
         finally:
