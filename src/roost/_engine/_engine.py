@@ -12,8 +12,9 @@ the activation limit, failure propagation, cancellation and completion.
 
 from __future__ import annotations
 
+import json
 import weakref
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any
 
 import pydantic_core
@@ -23,10 +24,8 @@ from .._graph import CompiledApp
 from ._model import (
     Activation,
     ActivationFinished,
-    ActivationState,
     AwaitApproval,
     BatchPath,
-    BatchRef,
     CancelRequested,
     Command,
     DeliverReply,
@@ -64,7 +63,7 @@ def is_approved(value: Any) -> bool:
     return bool(value)
 
 
-@dataclass
+@dataclass(slots=True)
 class _Batch:
     """One list output sent with ``each=True``: open until no activation inside it is left."""
 
@@ -73,10 +72,12 @@ class _Batch:
     parent: BatchPath
     closers: tuple[str, ...]
     live: int = 0
-    items: dict[str, list[tuple[tuple[int, str, str], Any]]] = field(default_factory=dict)
+    items: dict[str, list[tuple[tuple[int, str, str], str]]] = field(default_factory=dict)
+    """Per gathering agent: (source order, item as JSON text). Text, not objects: a batch of 100k
+    items then holds no objects the garbage collector has to walk until it closes."""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class _Delivery:
     """A routed value, computed before anything is applied (a failing ``when``/``map`` applies nothing)."""
 
@@ -92,7 +93,7 @@ class RouteError(Exception):
 
 
 def _path_key(path: BatchPath) -> str:
-    return "/".join(f"{b.id}.{b.index}" for b in path)
+    return "/".join(f"{b[0]}.{b[1]}" for b in path)
 
 
 class RunEngine:
@@ -103,7 +104,13 @@ class RunEngine:
         self.run_id = run_id
         self.status: RunStatus = "running"
         self.error: ErrorInfo | None = None
-        self.activations: dict[str, ActivationState] = {}
+        self.activations: dict[str, Activation] = {}
+        """Activations started and not finished (running, or their output waiting for approval)."""
+        self._held: dict[str, tuple[str, Any]] = {}
+        """Activations whose output waits for approval: id -> (approval name, output)."""
+        self.done: dict[str, tuple[str, str]] = {}
+        """Finished activations: id -> (agent, status). Strings only, so a run of 100k activations
+        keeps no 100k objects for the garbage collector to walk."""
         self.promises: dict[str, Any] = {}
         self.replies: dict[str, Reply] = {}
         self.count = 0
@@ -138,12 +145,19 @@ class RunEngine:
 
     def approval_of(self, activation: str) -> str | None:
         """The approval name an activation's output waits on, if it does."""
-        state = self.activations.get(activation)
-        return state.approval if state is not None and state.status == "waiting" else None
+        held = self._held.get(activation)
+        return held[0] if held is not None else None
+
+    def status_of(self, activation: str) -> tuple[str, str] | None:
+        """(agent, status) of an activation this run started, finished or not."""
+        spec = self.activations.get(activation)
+        if spec is None:
+            return self.done.get(activation)
+        return spec.agent, "waiting" if activation in self._held else "pending"
 
     def pending(self) -> list[Activation]:
         """Activations started and not finished (what a backend restarts after a crash)."""
-        return [s.spec for s in self.activations.values() if s.status == "pending"]
+        return [spec for aid, spec in self.activations.items() if aid not in self._held]
 
     # -- events -----------------------------------------------------------------------------
 
@@ -176,38 +190,34 @@ class RunEngine:
             self._create(Activation(f"{agent}:entry", agent, "entry", (payload,)), out)
 
     def _on_finished(self, event: ActivationFinished, out: list[Command]) -> None:
-        state = self.activations.get(event.activation)
-        if state is None or state.status != "pending":
+        spec = self.activations.get(event.activation)
+        if spec is None or spec.id in self._held:
             return  # a duplicate delivery, or an activation this run never started
-        spec = state.spec
         self.touched.append(spec.id)
         if event.status == "failed":
-            state.status = "failed"
             error = event.error or ErrorInfo(spec.agent, None, 1, "Error", "the activation failed")
             if not self._reply(spec, Reply("failed", error=error, callee=spec.agent), out):
                 self._end("failed", error, out)
-            self._release(state, out)
+            self._release(spec, "failed", out)
         elif event.status == "cancelled":
-            state.status = "cancelled"
             self._reply(spec, Reply("cancelled", callee=spec.agent), out)
-            self._release(state, out)
+            self._release(spec, "cancelled", out)
         elif self.app.specs[spec.agent].approval and not self.ending:
-            state.status, state.output = "waiting", event.output
             base = spec.agent + (f"[{batch_label(spec.batch)}]" if spec.batch else "")
             n = self._approval_seq[base] = self._approval_seq.get(base, 0) + 1
-            state.approval = base if n == 1 else f"{base}#{n}"
-            self._approvals[state.approval] = spec.id
-            out.append(AwaitApproval(state.approval, spec.id))
-            if state.approval in self.promises:
-                self._decide(state.approval, out)
+            name = base if n == 1 else f"{base}#{n}"
+            self._held[spec.id] = (name, event.output)
+            self._approvals[name] = spec.id
+            out.append(AwaitApproval(name, spec.id))
+            if name in self.promises:
+                self._decide(name, out)
         else:
-            self._complete(state, event.output, out, rejected=False)
+            self._complete(spec, event.output, out, rejected=False)
 
     def _on_sent(self, event: MessageSent, out: list[Command]) -> None:
-        sender = self.activations.get(event.sender)
-        if sender is None or sender.status != "pending" or self.ending:
+        spec = self.activations.get(event.sender)
+        if spec is None or spec.id in self._held or self.ending:
             return
-        spec = sender.spec
         if event.kind == "send":
             self._create(Activation(activation_id(event.target, spec.id, "send", event.position), event.target,
                                     "send", (event.payload,), spec.id, (), event.deliver_at), out)
@@ -229,14 +239,13 @@ class RunEngine:
     # -- transitions ------------------------------------------------------------------------
 
     def _decide(self, name: str, out: list[Command]) -> None:
-        state = self.activations[self._approvals.pop(name)]
-        self.touched.append(state.spec.id)
-        output, state.output = state.output, None
-        self._complete(state, output, out, rejected=not is_approved(self.promises[name]))
+        aid = self._approvals.pop(name)
+        self.touched.append(aid)
+        _, output = self._held.pop(aid)
+        self._complete(self.activations[aid], output, out, rejected=not is_approved(self.promises[name]))
 
-    def _complete(self, state: ActivationState, output: Any, out: list[Command], *, rejected: bool) -> None:
-        spec = state.spec
-        state.status = "rejected" if rejected else "completed"
+    def _complete(self, spec: Activation, output: Any, out: list[Command], *, rejected: bool) -> None:
+        status = "rejected" if rejected else "completed"
         if spec.kind == "call":
             self._reply(spec, Reply("rejected" if rejected else "completed", None if rejected else output,
                                     callee=spec.agent), out)
@@ -244,7 +253,7 @@ class RunEngine:
             try:
                 deliveries, batches = self._route(spec, output)
             except RouteError as exc:
-                state.status = "failed"
+                status = "failed"
                 self._end("failed", ErrorInfo(spec.agent, None, 1, "TerminalError", str(exc)), out)
             else:
                 for batch in batches:
@@ -254,26 +263,25 @@ class RunEngine:
                 for batch in batches:
                     if batch.live == 0:
                         self._close(batch, out)
-        self._release(state, out)
+        self._release(spec, status, out)
 
     def _reply(self, spec: Activation, reply: Reply, out: list[Command]) -> bool:
         """Answer a ``call`` activation's caller; False when nobody waits (not a call, or the caller ended)."""
         if spec.kind != "call" or spec.reply_to is None or spec.cause is None:
             return False
-        caller = self.activations.get(spec.cause)
-        if caller is None or caller.status != "pending":
+        if spec.cause not in self.activations or spec.cause in self._held:
             return False
         self.replies[spec.reply_to] = reply
         out.append(DeliverReply(spec.cause, spec.reply_to, reply))
         return True
 
-    def _release(self, state: ActivationState, out: list[Command]) -> None:
+    def _release(self, spec: Activation, status: str, out: list[Command]) -> None:
         """An activation is done: it no longer holds its run or its batches open."""
         self.open -= 1
-        batch = state.spec.batch
-        state.spec = replace(state.spec, args=())  # its inputs are not needed again: keep memory flat
-        for ref in reversed(batch):
-            batch = self._batches.get(ref.id)
+        del self.activations[spec.id]
+        self.done[spec.id] = (spec.agent, status)
+        for ref in reversed(spec.batch):
+            batch = self._batches.get(ref[0])
             if batch is None:
                 continue
             batch.live -= 1
@@ -284,12 +292,13 @@ class RunEngine:
         """Every item of ``batch`` is done: each gathering agent gets its items, in source order."""
         del self._batches[batch.id]
         for agent in sorted(set(batch.closers) | set(batch.items)):
-            items = [payload for _, payload in sorted(batch.items.get(agent, []), key=lambda kv: kv[0])]
+            texts = [text for _, text in sorted(batch.items.get(agent, []), key=lambda kv: kv[0])]
+            items = json.loads("[" + ",".join(texts) + "]")
             self._create(Activation(activation_id(agent, "gather", batch.id), agent, "gather", (items,),
                                     batch.source, batch.parent), out)
 
     def _create(self, spec: Activation, out: list[Command]) -> None:
-        if self.ending or spec.id in self.activations:
+        if self.ending or spec.id in self.activations or spec.id in self.done:
             return
         self.count += 1
         if self.count > self.app.max_activations:
@@ -299,10 +308,10 @@ class RunEngine:
                 f"(at agent {spec.agent!r}); a loop's when= condition never turned false? "
                 "Raise App(max_activations=...) if the run really needs more"), out)
             return
-        self.activations[spec.id] = ActivationState(spec)
+        self.activations[spec.id] = spec
         self.open += 1
         for ref in spec.batch:
-            self._batches[ref.id].live += 1
+            self._batches[ref[0]].live += 1
         out.append(StartActivation(spec))
 
     def _end(self, status: RunStatus, error: ErrorInfo | None, out: list[Command]) -> None:
@@ -311,13 +320,14 @@ class RunEngine:
             return
         self._ending, self.error = status, error
         for name in list(self._approvals):
-            state = self.activations[self._approvals.pop(name)]
-            state.status, state.output = "cancelled", None
-            self.touched.append(state.spec.id)
+            spec = self.activations.pop(self._approvals.pop(name))
+            del self._held[spec.id]
+            self.touched.append(spec.id)
+            self.done[spec.id] = (spec.agent, "cancelled")
             self.open -= 1
         self._batches.clear()
         self._converge.clear()
-        running = tuple(s.spec.id for s in self.activations.values() if s.status == "pending")
+        running = tuple(self.activations)
         if running:
             out.append(AbortActivations(running))
 
@@ -333,7 +343,7 @@ class RunEngine:
                 values = list(typed)
                 batch = _Batch(f"{spec.id}#{ei}", spec.id, spec.batch, self._plan[(spec.agent, ei)])
                 batches.append(batch)
-                paths = [spec.batch + (BatchRef(batch.id, i, len(values)),) for i in range(len(values))]
+                paths = [spec.batch + ((batch.id, i, len(values)),) for i in range(len(values))]
             else:
                 values, paths = [typed], [spec.batch]
             for i, (value, path) in enumerate(zip(values, paths, strict=True)):
@@ -371,4 +381,5 @@ class RunEngine:
                                     ([d.payload],), source.id, ()), out)
         else:
             top = d.path[-1]
-            self._batches[top.id].items.setdefault(d.target, []).append(((top.index, source.id, d.suffix), d.payload))
+            self._batches[top[0]].items.setdefault(d.target, []).append(
+                ((top[1], source.id, d.suffix), json.dumps(d.payload)))

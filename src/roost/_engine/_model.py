@@ -7,7 +7,7 @@ as they are (``encode``/``decode``) and replay them to rebuild the engine after 
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Literal
 
 ActivationKind = Literal["entry", "edge", "converge", "gather", "send", "call"]
@@ -15,7 +15,7 @@ FinishStatus = Literal["completed", "failed", "cancelled"]
 RunStatus = Literal["running", "completed", "failed", "cancelled"]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class ErrorInfo:
     """Why an activation or a run failed: where (agent, step, attempts) and the last cause."""
 
@@ -35,22 +35,18 @@ class ErrorInfo:
                    data.get("error_message", ""))
 
 
-@dataclass(frozen=True)
-class BatchRef:
-    """One item of a batch: the ``index``-th of ``size`` items of one list output sent with
-    ``each=True`` (``id`` names the producing activation and the edge)."""
-
-    id: str
-    index: int
-    size: int
-
+BatchRef = tuple[str, int, int]
+"""One item of a batch: (batch id, index, size): the ``index``-th of ``size`` items of one list
+output sent with ``each=True``; the batch id names the producing activation and the edge. A
+plain tuple of strings and ints, which the garbage collector stops tracking: a fan-out of 100k
+pending items costs it almost nothing to walk."""
 
 BatchPath = tuple[BatchRef, ...]
 
 
 def batch_label(path: BatchPath) -> str:
     """``2`` or ``1.3``: the item indexes of a batch path, outermost first."""
-    return ".".join(str(b.index) for b in path)
+    return ".".join(str(b[1]) for b in path)
 
 
 def activation_id(target: str, *parts: object) -> str:
@@ -62,11 +58,11 @@ def activation_id(target: str, *parts: object) -> str:
 def entity_key(run_id: str, batch: BatchPath) -> str:
     """Default entity key of an activation: the run, plus its item path inside ``each`` fan-outs."""
     return run_id + "".join(
-        f"/{hashlib.blake2b(b.id.encode(), digest_size=3).hexdigest()}.{b.index}" for b in batch
+        f"/{hashlib.blake2b(b[0].encode(), digest_size=3).hexdigest()}.{b[1]}" for b in batch
     )
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Activation:
     """One activation the engine starts: ``agent`` on ``args`` (one JSON value per input)."""
 
@@ -87,12 +83,12 @@ class Activation:
 # -- events ---------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class RunStarted:
     entries: tuple[tuple[str, Any], ...]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class ActivationFinished:
     activation: str
     status: FinishStatus
@@ -100,7 +96,7 @@ class ActivationFinished:
     error: ErrorInfo | None = None
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class MessageSent:
     """``ctx.send`` (one-way) or ``ctx.call`` (waits for ``reply_to``) from a running activation."""
 
@@ -112,13 +108,13 @@ class MessageSent:
     deliver_at: float | None = None
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class PromiseResolved:
     name: str
     value: Any
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class CancelRequested:
     reason: str = "cancelled"
 
@@ -128,12 +124,12 @@ Event = RunStarted | ActivationFinished | MessageSent | PromiseResolved | Cancel
 # -- commands -------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class StartActivation:
     activation: Activation
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class AwaitApproval:
     """The output of ``activation`` waits until the promise ``name`` is resolved."""
 
@@ -141,7 +137,7 @@ class AwaitApproval:
     activation: str
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Reply:
     status: Literal["completed", "rejected", "failed", "cancelled"]
     output: Any = None
@@ -149,39 +145,27 @@ class Reply:
     callee: str = ""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class DeliverReply:
     caller: str
     key: str
     reply: Reply
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class AbortActivations:
     """Stop these running activations: the run failed or was cancelled."""
 
     ids: tuple[str, ...]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class FinishRun:
     status: RunStatus
     error: ErrorInfo | None = None
 
 
 Command = StartActivation | AwaitApproval | DeliverReply | AbortActivations | FinishRun
-
-
-@dataclass
-class ActivationState:
-    """What the engine remembers of an activation it started (no outputs: those are routed)."""
-
-    spec: Activation
-    status: str = "pending"  # pending | waiting | completed | rejected | failed | cancelled
-    approval: str | None = None
-    output: Any = None
-    """Held only while it waits for approval."""
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 # -- persistence ----------------------------------------------------------------------------

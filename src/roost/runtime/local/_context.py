@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from ..._activation import message_body
 from ..._codec import dumps, revive
 from ..._engine import Activation, MessageSent
+from ...engines.function import FunctionEngine
 from ...errors import CallCycleError, CallFailedError, NonDeterminismError, UsageError
 from .._base import DurableContext, RunAborted, State, StepInfo
 from .._branches import internal, position
@@ -86,6 +87,10 @@ class LocalContext(DurableContext):
         self._entries = entries
         self._thread = threading.get_ident()
         self.attempts = 1
+        engine = live.app.specs[spec.agent].engine
+        self._one_step = isinstance(engine, FunctionEngine) and not engine.takes_ctx
+        self.deferred: list[Callable[[Any], Any]] = []
+        """Writes committed with the activation's outcome instead of on their own (see ``step``)."""
 
     @property
     def state(self) -> LocalState:
@@ -149,7 +154,13 @@ class LocalContext(DurableContext):
                                                 first_attempt=failed_before + 1, on_retry=failed, on_detached=detached)
         self.attempts = max(self.attempts, attempts)
         encoded = dumps(result, what=where)
-        await self._record(self._row(pos, "step", name, "done", encoded, attempts, started))
+        row = self._row(pos, "step", name, "done", encoded, attempts, started)
+        if self._one_step:
+            # A plain function's one step: nothing happens between it and the activation's outcome,
+            # so its result is committed in the same transaction (one commit per activation).
+            self.deferred.append(lambda db: Journal.record(db, row))
+        else:
+            await self._record(row)
         return revive(json.loads(encoded), rtype)  # type: ignore[no-any-return]
 
     async def sleep(self, duration: float | timedelta) -> None:

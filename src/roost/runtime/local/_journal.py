@@ -181,7 +181,7 @@ class Journal:
 
     @staticmethod
     def insert_activation(db: sqlite3.Connection, run_id: str, spec: Activation) -> None:
-        meta = {"batch": [[b.id, b.index, b.size] for b in spec.batch]}
+        meta = {"batch": [list(b) for b in spec.batch]}
         if spec.reply_to:
             meta["reply_to"] = spec.reply_to  # type: ignore[assignment]
         db.execute(

@@ -83,17 +83,20 @@ class LocalRuntime(DurableRuntime):
     """Runs apps in this process with a SQLite journal (``.roost/roost.db`` by default).
 
     ``durability``: ``process`` survives a killed process (WAL, synchronous=NORMAL);
-    ``machine`` also survives power loss (synchronous=FULL); ``memory`` keeps nothing."""
+    ``machine`` also survives power loss (synchronous=FULL); ``memory`` keeps nothing.
+    ``max_running``: activations in flight at once (more wait in a queue, in order). It bounds
+    the memory of a large fan-out, and how many async steps (model calls) run concurrently."""
 
     name = "local"
-    max_running = 512
-    """Activations in flight at once in this runtime; more wait in a queue (in order)."""
 
     def __init__(self, path: str | os.PathLike[str] | None = None, *, durability: Durability = "process",
-                 resume: bool = True) -> None:
+                 resume: bool = True, max_running: int = 64) -> None:
         self.path = Path(path or os.environ.get("ROOST_JOURNAL") or DEFAULT_PATH)
         self.durability: Durability = durability
         self.auto_resume = resume
+        if not isinstance(max_running, int) or max_running < 1:
+            raise ConfigError(f"max_running must be an integer >= 1, got {max_running!r}")
+        self.max_running = self._max_running = max_running
         self.apps: dict[str, CompiledApp] = {}
         self.app_refs: dict[str, str | None] = {}
         self.listeners: list[Listener] = []
@@ -103,7 +106,7 @@ class LocalRuntime(DurableRuntime):
         self._journal: Journal | None = None
         self._committer: Committer | None = None
         self._running = 0
-        self._queue: collections.deque[tuple[_LiveRun, Activation, bool]] = collections.deque()
+        self._queue = _Queue()
         self.owner = ""
 
     # -- lifecycle --------------------------------------------------------------------------
@@ -154,7 +157,7 @@ class LocalRuntime(DurableRuntime):
         self._journal = None
         self._live.clear()
         self._running = 0
-        self.max_running = type(self).max_running
+        self.max_running = self._max_running
 
     def emit(self, event: str, run_id: str, agent: str, detail: str | None = None, **extra: Any) -> None:
         if self.listeners:
@@ -223,15 +226,15 @@ class LocalRuntime(DurableRuntime):
             return
         if isinstance(event, PromiseResolved):  # an approval decided: the activation's output is final
             for aid in touched:
-                state = live.engine.activations[aid]
-                self.emit("finished", live.run_id, state.spec.agent, aid, status=state.status, error=None)
+                agent, status = live.engine.status_of(aid) or ("", "pending")
+                self.emit("finished", live.run_id, agent, aid, status=status, error=None)
 
     def _projection(self, live: _LiveRun, event: Event, commands: list[Command]) -> list[Op]:
         """The record of the activations and the run that ``event`` changed (for ``get``)."""
         engine, run_id, ops = live.engine, live.run_id, []
         finished = event.activation if isinstance(event, ActivationFinished) else None
         for aid in engine.touched:
-            status = engine.activations[aid].status
+            status = (engine.status_of(aid) or ("", "pending"))[1]
             if aid != finished:
                 ops.append(_op(Journal.update_activation, run_id, aid, status))
             name = engine.approval_of(aid) if status == "waiting" else None
@@ -255,7 +258,7 @@ class LocalRuntime(DurableRuntime):
             if isinstance(c, StartActivation):
                 self._start(live, c.activation)
             elif isinstance(c, AwaitApproval):
-                self.emit("waiting", live.run_id, live.engine.activations[c.activation].spec.agent, c.name)
+                self.emit("waiting", live.run_id, (live.engine.status_of(c.activation) or ("", ""))[0], c.name)
                 self._poll(live)
             elif isinstance(c, DeliverReply):
                 self._wake(live, c.key, c.reply)
@@ -520,7 +523,7 @@ class LocalRuntime(DurableRuntime):
         100k items holds 100k small specs in memory, not 100k tasks."""
         live.timers.pop(spec.id, None)
         if self._running >= self.max_running:
-            self._queue.append((live, spec, replay))
+            self._queue.push(live, spec, replay)
             return
         self._running += 1
         task = self._spawn(self._activate(live, spec, replay), f"roost:{spec.id}")
@@ -529,8 +532,7 @@ class LocalRuntime(DurableRuntime):
     def _next_queued(self, _: asyncio.Task[Any]) -> None:
         self._running -= 1
         while self._queue and self._running < self.max_running:
-            live, spec, replay = self._queue.popleft()
-            self._admit(live, spec, replay)
+            self._admit(*self._queue.pop())
 
     def _abort(self, live: _LiveRun, ids: tuple[str, ...]) -> None:
         live.aborted.set()
@@ -581,8 +583,8 @@ class LocalRuntime(DurableRuntime):
         output = json.dumps(event.output) if event.output is not None else None
         status = "waiting" if event.status == "completed" and live.app.specs[spec.agent].approval else event.status
         run_id, writes, attempts = live.run_id, ctx.state.writes, ctx.attempts
-        extra: list[Op] = [_op(Journal.update_activation, run_id, spec.id, status, output=output, error=error,
-                               attempts=attempts, started_at=started)]
+        extra: list[Op] = [*ctx.deferred, _op(Journal.update_activation, run_id, spec.id, status, output=output,
+                                              error=error, attempts=attempts, started_at=started)]
         if writes and event.status == "completed":
             extra.append(_op(Journal.write_state, spec.agent, key, writes))
         await self.apply(live, event, extra)
@@ -611,6 +613,32 @@ class LocalRuntime(DurableRuntime):
             return _failed(spec, None, ctx.attempts, exc)
 
 
+class _Queue:
+    """Activations waiting to start, in order: three parallel deques rather than a tuple per
+    entry, so a queue of 100k items adds no objects for the garbage collector to walk."""
+
+    def __init__(self) -> None:
+        self._runs: collections.deque[_LiveRun] = collections.deque()
+        self._specs: collections.deque[Activation] = collections.deque()
+        self._replay: collections.deque[bool] = collections.deque()
+
+    def __bool__(self) -> bool:
+        return bool(self._specs)
+
+    def push(self, live: _LiveRun, spec: Activation, replay: bool) -> None:
+        self._runs.append(live)
+        self._specs.append(spec)
+        self._replay.append(replay)
+
+    def pop(self) -> tuple[_LiveRun, Activation, bool]:
+        return self._runs.popleft(), self._specs.popleft(), self._replay.popleft()
+
+    def clear(self) -> None:
+        self._runs.clear()
+        self._specs.clear()
+        self._replay.clear()
+
+
 class _Box:
     """A resolved value that may itself be None."""
 
@@ -622,8 +650,8 @@ class _Box:
 
 def _agent_of(live: _LiveRun, event: Event) -> str | None:
     aid = getattr(event, "activation", None) or getattr(event, "sender", None)
-    state = live.engine.activations.get(aid) if isinstance(aid, str) else None
-    return state.spec.agent if state is not None else None
+    known = live.engine.status_of(aid) if isinstance(aid, str) else None
+    return known[0] if known is not None else None
 
 
 def _op(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Op:
