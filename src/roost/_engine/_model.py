@@ -175,12 +175,13 @@ _EVENT_TYPES: dict[str, type[Any]] = {
     "resolved": PromiseResolved, "cancel": CancelRequested,
 }
 _TAGS = {v: k for k, v in _EVENT_TYPES.items()}
+_FIELDS = {cls: tuple(cls.__dataclass_fields__) for cls in _EVENT_TYPES.values()}
 
 
 def encode(event: Event) -> dict[str, Any]:
     """The event as a JSON-able dict (a ``t`` tag plus its fields)."""
     data: dict[str, Any] = {"t": _TAGS[type(event)]}
-    for name in event.__dataclass_fields__:
+    for name in _FIELDS[type(event)]:
         value = getattr(event, name)
         if isinstance(value, ErrorInfo):
             value = value.to_json()

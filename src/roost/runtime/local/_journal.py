@@ -104,20 +104,26 @@ class Journal:
         self.db.close()
 
     def run_ops(self, ops: list[Op]) -> list[Any]:
-        """Run ``ops`` in one transaction. An op that raises (anything but a database that is
-        busy or full) is rolled back alone, through a savepoint, and its exception returned."""
+        """Run ``ops`` in one transaction and return their results. If one raises (anything but
+        a database that is busy or full, which fails them all), the transaction is rolled back
+        and each op runs again in a transaction of its own, so one bad op fails alone."""
+        try:
+            with self.tx() as db:
+                return [op(db) for op in ops]
+        except sqlite3.OperationalError:
+            raise
+        except Exception:
+            if len(ops) == 1:
+                raise
         results: list[Any] = []
-        with self.tx() as db:
-            for op in ops:
-                db.execute("SAVEPOINT op")
-                try:
+        for op in ops:
+            try:
+                with self.tx() as db:
                     results.append(op(db))
-                except sqlite3.OperationalError:
-                    raise
-                except Exception as exc:
-                    db.execute("ROLLBACK TO op")
-                    results.append(exc)
-                db.execute("RELEASE op")
+            except sqlite3.OperationalError:
+                raise
+            except Exception as exc:
+                results.append(exc)
         return results
 
     @contextmanager
@@ -332,14 +338,13 @@ class Committer:
             try:
                 results = self.journal.run_ops([op for op, _ in batch])
             except (sqlite3.OperationalError, JournalError) as exc:
-                if delay is None:
-                    error = JournalError(f"the journal {self.journal.path} could not be written: {exc}")
-                    for _, fut in batch:
-                        if not fut.done():
-                            fut.set_exception(error)
-                    return
-                await asyncio.sleep(delay)
-                continue
+                if delay is not None:
+                    await asyncio.sleep(delay)
+                    continue
+                failure: BaseException = JournalError(f"the journal {self.journal.path} could not be written: {exc}")
+                results = [failure] * len(batch)
+            except Exception as exc:  # the batch's one op failed on its own
+                results = [exc] * len(batch)
             for (_, fut), result in zip(batch, results, strict=True):
                 if fut.done():
                     continue

@@ -246,9 +246,11 @@ class LocalRuntime(DurableRuntime):
         for c in commands:
             if isinstance(c, StartActivation):
                 ops.append(_op(Journal.insert_activation, run_id, c.activation))
-        error = json.dumps(engine.error.to_json()) if engine.error else None
-        ops.append(_op(Journal.update_run, run_id, pending=engine.open, activations=engine.count,
-                       status=engine.status, error=error))
+        if engine.finished or engine.error is not None or isinstance(event, RunStarted):
+            # The run's row changes when it starts, fails or finishes; in between the events say it all.
+            error = json.dumps(engine.error.to_json()) if engine.error else None
+            ops.append(_op(Journal.update_run, run_id, pending=engine.open, activations=engine.count,
+                           status=engine.status, error=error))
         return ops
 
     def _execute(self, live: _LiveRun, event: Event, commands: list[Command]) -> None:
