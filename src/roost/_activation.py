@@ -17,7 +17,7 @@ import pydantic
 import pydantic_core
 
 from ._codec import adapter, dumps, list_item_type, type_name
-from ._engine import Activation
+from ._engine import Activation, is_approved
 from ._engine import entity_key as batch_entity_key
 from ._graph import AgentSpec, CompiledApp, Route, entity_key, message_id
 from .errors import ContractViolationError, TerminalError
@@ -149,14 +149,6 @@ async def approval_name(ctx: DurableContext, spec: AgentSpec, key: str) -> str:
     ctx.state.set(_APPROVALS, n)
     name = spec.name if key == ctx.run_id else f"{spec.name}[{key[len(ctx.run_id) + 1:]}]"
     return name if n == 1 else f"{name}#{n}"
-
-
-def is_approved(value: Any) -> bool:
-    if isinstance(value, dict):
-        value = value.get("approved", value.get("approve"))
-    if isinstance(value, str):
-        return value.strip().lower() in ("true", "yes", "y", "1", "approve", "approved")
-    return bool(value)
 
 
 def inputs(app: CompiledApp, spec: Activation, run_id: str) -> tuple[Any, ...]:

@@ -183,3 +183,18 @@ async def test_parallel_branches_get_their_own_results(make_app: MakeApp) -> Non
     assert result["fork"] == Done(value="A0,A1,A2,B0,B1,B2")
     positions: Any = sorted(str(s.position) for s in result.record.activations[0].steps)
     assert positions == ["0:0", "0:1", "0:2", "1:0", "1:1", "1:2"], "each branch numbers its own steps"
+
+
+async def test_one_list_output_is_one_batch_across_its_each_edges(make_app: MakeApp) -> None:
+    """Two each=True edges carry the same list: item i is the same batch item on both, so a
+    converge of the two per-item workers fires once per item, and one gather collects them."""
+    split = agent("split").contracts(input=Idea, output=list[Count]).engine(_numbers)
+    dbl = agent("dbl").contracts(input=Count, output=Count).engine(lambda c: Count(n=2 * c.n)).reacts_to(split, each=True)
+    neg = agent("neg").contracts(input=Count, output=Item).engine(lambda c: Item(name=f"-{c.n}"))
+    neg.reacts_to(split, each=True)
+    pair = agent("pair").contracts(input=(Count, Item), output=Done)
+    pair.engine(lambda c, i: Done(value=f"{c.n}{i.name}")).reacts_to(dbl, neg)
+    join = agent("join").contracts(input=list[Done], output=Done)
+    join.engine(lambda ds: Done(value=",".join(d.value for d in ds))).reacts_to(pair)
+    app = make_app([split, dbl, neg, pair, join])
+    assert (await app.arun(Idea(topic="312")))["join"] == Done(value="6-3,2-1,4-2")

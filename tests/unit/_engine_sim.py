@@ -77,6 +77,18 @@ def stable_hash(*parts: object) -> int:
     return int.from_bytes(hashlib.blake2b(data.encode(), digest_size=8).digest(), "big")
 
 
+def ref(entry: Any) -> tuple[str, int, int]:
+    """(batch id, index, size) of one entry of an activation's batch path (a ``BatchRef``)."""
+    if isinstance(entry, tuple):
+        return entry[0], entry[1], entry[2]
+    return entry.id, entry.index, entry.size  # a BatchRef object rather than a tuple
+
+
+def shape(batch: Sequence[Any]) -> tuple[tuple[int, int], ...]:
+    """(index, size) per level of a batch path."""
+    return tuple(ref(b)[1:] for b in batch)
+
+
 def canon(value: Any) -> str:
     """A canonical text of a JSON-able value (tuples and lists alike)."""
     return json.dumps(value, sort_keys=True, separators=(",", ":"))
@@ -203,8 +215,8 @@ def build(d: AppDef) -> CompiledApp:
     for ad in d.agents:  # the wiring compiled as the definition means it
         assert app.specs[ad.name].kind == _KINDS.get(ad.role, "single"), (ad.name, app.specs[ad.name].kind)
     plan = plan_closers(app)
-    for (source, ei), found in plan.items():
-        assert app.out_edges[source][ei].each
+    for source, found in plan.items():
+        assert any(e.each for e in app.out_edges[source])
         assert found == d.closers.get(source, ()), (source, found, d.closers.get(source))
     return app
 
@@ -403,9 +415,10 @@ class Reference:
 
     An activation's output is delivered whole (converge slots fill in causal order: a loop's first
     output before its second), then what it started runs, depth first. A batch is processed entirely
-    (every item and everything downstream inside it) before its gathering agents run, so "a gather sees every item of its batch, in order, and only those" is
-    true by construction. Failures do not stop it: it computes the full run, from which a failed
-    run's activations must be a subset, and its error one of the failures."""
+    (every item and everything downstream inside it) before its gathering agents run, so "a gather
+    sees every item of its batch, in order, and only those" is true by construction. Failures do not
+    stop it: it computes the full run, from which a failed run's activations must be a subset, and
+    its error one of the failures."""
 
     def __init__(self, d: AppDef, app: CompiledApp) -> None:
         self.d = d
@@ -534,6 +547,14 @@ class Chooser:
         return self.rng.randrange(1 << 16) if self.rng is not None else 0
 
 
+TOLERATE_STALE_ABORT = False
+"""Known engine bug (test_engine_sim.py::test_abort_lists_only_running_activations): when an
+activation's own end fails the run (it failed, its routing raised, or what it started crossed the
+limit), AbortActivations also lists that activation, which has just finished. With this set, the
+simulator lets exactly that one id through (and counts it in ``Sim.stale_aborts``), so the property
+tests keep checking everything else; set it to False once the bug is fixed."""
+
+
 class Stuck(AssertionError):
     """The engine waits, but nothing it waits on can happen."""
 
@@ -563,7 +584,8 @@ class Sim:
         """Activations the engine aborted (their outputs may rest on cancelled replies)."""
         self.replies: dict[str, Reply] = {}
         self.finish: FinishRun | None = None
-        self.steps = self.crashes = self.duplicates = self.cancelled = 0
+        self.steps = self.crashes = self.duplicates = self.cancelled = self.stale_aborts = 0
+        self._finishing: str | None = None
 
     # -- driving ----------------------------------------------------------------------------
 
@@ -606,13 +628,13 @@ class Sim:
         if not acts:
             raise Stuck(f"nothing can happen, but the run is {self.engine.status}: pending "
                         f"{[a.id for a in self.engine.pending()]}, waiting {self.engine.waiting()}")
-        what, ref = acts[(r // 100) % len(acts)]
+        what, which = acts[(r // 100) % len(acts)]
         if what == "finish":
-            self.finish_job(ref)
+            self.finish_job(which)
         elif what == "send":
-            self.send_next(ref)
+            self.send_next(which)
         else:
-            self.resolve(ref)
+            self.resolve(which)
         return None
 
     def program(self, job: Job) -> list[tuple[str, str, str, Any]]:
@@ -649,7 +671,7 @@ class Sim:
 
     def resolve(self, name: str) -> None:
         act = self.started[self.approvals.pop(name)]
-        self.deliver(PromiseResolved(name, approval_value(act.agent, act.args)))
+        self.deliver(PromiseResolved(name, approval_value(act.agent, act.args)), finishing=act.id)
 
     def duplicate(self, r: int) -> None:
         self.duplicates += 1
@@ -681,12 +703,15 @@ class Sim:
 
     # -- events and commands ----------------------------------------------------------------
 
-    def deliver(self, event: Event) -> list[Command]:
+    def deliver(self, event: Event, finishing: str | None = None) -> list[Command]:
+        """Persist ``event``, hand it to the engine, carry out the commands. ``finishing``: the
+        activation whose output this event decides (an ActivationFinished's own, or an approval's)."""
         data = json.loads(json.dumps(encode(event)))
         assert decode(data) == event, f"{event} does not survive encode/decode"
         self.log.append(data)
         cmds = self.engine.handle(decode(data))
         self.commands += cmds
+        self._finishing = finishing or (event.activation if isinstance(event, ActivationFinished) else None)
         for c in cmds:
             self.apply(c)
         if self.engine.ending:
@@ -710,6 +735,9 @@ class Sim:
             self.replies[c.key] = c.reply
         elif isinstance(c, AbortActivations):
             for aid in c.ids:
+                if TOLERATE_STALE_ABORT and aid == self._finishing and aid not in self.jobs:
+                    self.stale_aborts += 1
+                    continue
                 assert aid in self.jobs, f"abort {aid}, which is not running"
                 self.jobs[aid].aborted = True
                 self.aborted.add(aid)
@@ -738,7 +766,7 @@ class Sim:
         out: dict[str, Record] = {}
         for aid, a in self.started.items():
             fin = res[aid]
-            out[aid] = (a.agent, a.kind, canon(a.args), tuple((b.index, b.size) for b in a.batch), fin.status,
+            out[aid] = (a.agent, a.kind, canon(a.args), shape(a.batch), fin.status,
                         canon(fin.output))
         return out
 
@@ -816,7 +844,7 @@ def check_structure(sim: Sim, records: dict[str, Record]) -> None:
         return res[aid].status == "completed" and (not defs[a.agent].approval or approves(a.agent, a.args))
 
     # Converge fires at most once per (agent, batch item path).
-    fired = Counter((a.agent, tuple((b.id, b.index) for b in a.batch)) for a in acts.values() if a.kind == "converge")
+    fired = Counter((a.agent, tuple(ref(b)[:2] for b in a.batch)) for a in acts.values() if a.kind == "converge")
     assert all(n == 1 for n in fired.values()), f"a converge fired twice: {fired}"
 
     # Gathers: one per batch and closer; its items are exactly the batch's surviving contributions, in order.
@@ -834,9 +862,9 @@ def check_structure(sim: Sim, records: dict[str, Record]) -> None:
         contributors = sorted(
             (a for aid, a in acts.items()
              if a.agent == edge.source and a.batch[:-1] == g.batch and a.batch
-             and a.batch[-1].id.startswith(source.id + "#") and routed(aid)),
-            key=lambda a: a.batch[-1].index)
-        indexes = [a.batch[-1].index for a in contributors]
+             and ref(a.batch[-1])[0].startswith(source.id + "#") and routed(aid)),
+            key=lambda a: ref(a.batch[-1])[1])
+        indexes = [ref(a.batch[-1])[1] for a in contributors]
         assert len(set(indexes)) == len(indexes)
         items = []
         for a in contributors:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 from pathlib import Path
 
@@ -108,3 +109,31 @@ async def test_closing_releases_runs_and_a_new_runtime_resumes_them(tmp_path: Pa
     assert result["o"] == Q(q="firstsecond")
     assert calls == ["first", "second"], "the journaled step is not run again"
     await app2.aclose()
+
+
+async def test_waiting_activations_do_not_hold_the_running_limit(tmp_path: Path) -> None:
+    """max_running bounds executing activations only: runs waiting on promises, and callers
+    waiting on their callees, never starve the queue (with max_running=1 here)."""
+
+    async def wait_go(q: Q, ctx: DurableContext) -> Q:
+        return Q(q=q.q + str(await ctx.promise("go")))
+
+    async def caller(q: Q, ctx: DurableContext) -> Q:
+        return await ctx.call("callee", Q(q=q.q + ">"))  # type: ignore[no-any-return]
+
+    w = agent("w").contracts(input=Q, output=Q).engine(wait_go)
+    c = agent("caller").contracts(input=Q, output=Q).engine(caller)
+    e = agent("callee").contracts(input=Q, output=Q).engine(lambda q: Q(q=q.q + "!"))
+    rt = LocalRuntime(tmp_path / "j.db", max_running=1)
+    waiting = App([w], name="waiting", runtime=rt)
+    calling = App([c, e], name="calling", runtime=rt, entry=[c])
+    handles = [await waiting.start(Q(q=str(i)), run_id=f"w{i}") for i in range(4)]
+    for h in handles:
+        assert await h.approval(timeout=5) == "go"
+    results = await asyncio.gather(*(calling.arun(Q(q=str(i)), timeout=5) for i in range(3)))
+    assert [r["caller"].q for r in results] == ["0>!", "1>!", "2>!"]
+    for i, h in enumerate(handles):
+        await waiting.aresolve(h.run_id, "go", i)
+    assert [(await h.result(timeout=5))["w"].q for h in handles] == ["00", "11", "22", "33"]
+    await waiting.aclose()
+    await calling.aclose()

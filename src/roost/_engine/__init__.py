@@ -61,4 +61,5 @@ __all__ = [
     "decode",
     "encode",
     "entity_key",
+    "is_approved",
 ]

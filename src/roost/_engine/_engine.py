@@ -22,6 +22,7 @@ import pydantic_core
 from .._codec import revive
 from .._graph import CompiledApp
 from ._model import (
+    AbortActivations,
     Activation,
     ActivationFinished,
     AwaitApproval,
@@ -38,16 +39,15 @@ from ._model import (
     RunStarted,
     RunStatus,
     StartActivation,
-    AbortActivations,
     activation_id,
     batch_label,
 )
 from ._plan import closers
 
-_PLANS: weakref.WeakKeyDictionary[CompiledApp, dict[tuple[str, int], tuple[str, ...]]] = weakref.WeakKeyDictionary()
+_PLANS: weakref.WeakKeyDictionary[CompiledApp, dict[str, tuple[str, ...]]] = weakref.WeakKeyDictionary()
 
 
-def _closers(app: CompiledApp) -> dict[tuple[str, int], tuple[str, ...]]:
+def _closers(app: CompiledApp) -> dict[str, tuple[str, ...]]:
     plan = _PLANS.get(app)
     if plan is None:
         plan = _PLANS[app] = closers(app)
@@ -125,6 +125,9 @@ class RunEngine:
         self._batches: dict[str, _Batch] = {}
         self._approvals: dict[str, str] = {}
         self._approval_seq: dict[str, int] = {}
+        self._finishing: str | None = None
+        """The activation being finished (its outcome reported or its approval decided): an abort
+        never lists it."""
         self.touched: list[str] = []
         """Activations whose status the last ``handle`` changed (a backend's record to update)."""
 
@@ -170,7 +173,11 @@ class RunEngine:
         if isinstance(event, RunStarted):
             self._on_started(event, out)
         elif isinstance(event, ActivationFinished):
-            self._on_finished(event, out)
+            self._finishing = event.activation
+            try:
+                self._on_finished(event, out)
+            finally:
+                self._finishing = None
         elif isinstance(event, MessageSent):
             self._on_sent(event, out)
         elif isinstance(event, PromiseResolved):
@@ -242,7 +249,11 @@ class RunEngine:
         aid = self._approvals.pop(name)
         self.touched.append(aid)
         _, output = self._held.pop(aid)
-        self._complete(self.activations[aid], output, out, rejected=not is_approved(self.promises[name]))
+        self._finishing = aid
+        try:
+            self._complete(self.activations[aid], output, out, rejected=not is_approved(self.promises[name]))
+        finally:
+            self._finishing = None
 
     def _complete(self, spec: Activation, output: Any, out: list[Command], *, rejected: bool) -> None:
         status = "rejected" if rejected else "completed"
@@ -290,7 +301,9 @@ class RunEngine:
 
     def _close(self, batch: _Batch, out: list[Command]) -> None:
         """Every item of ``batch`` is done: each gathering agent gets its items, in source order."""
-        del self._batches[batch.id]
+        self._batches.pop(batch.id, None)
+        if self.ending:
+            return
         for agent in sorted(set(batch.closers) | set(batch.items)):
             texts = [text for _, text in sorted(batch.items.get(agent, []), key=lambda kv: kv[0])]
             items = json.loads("[" + ",".join(texts) + "]")
@@ -311,7 +324,7 @@ class RunEngine:
         self.activations[spec.id] = spec
         self.open += 1
         for ref in spec.batch:
-            self._batches[ref[0]].live += 1
+            self._batches[ref[0]].live += 1  # open: the activation that routes into it holds it
         out.append(StartActivation(spec))
 
     def _end(self, status: RunStatus, error: ErrorInfo | None, out: list[Command]) -> None:
@@ -327,23 +340,28 @@ class RunEngine:
             self.open -= 1
         self._batches.clear()
         self._converge.clear()
-        running = tuple(self.activations)
+        running = tuple(a for a in self.activations if a != self._finishing)
         if running:
             out.append(AbortActivations(running))
 
     # -- routing ----------------------------------------------------------------------------
 
     def _route(self, spec: Activation, output: Any) -> tuple[list[_Delivery], list[_Batch]]:
+        """Where an output goes. A list output sent with ``each=True`` is one batch, however
+        many ``each`` edges carry it: item i has the same batch path on each of them."""
         agent = self.app.specs[spec.agent]
         typed = revive(output, agent.output_type)
         deliveries: list[_Delivery] = []
         batches: list[_Batch] = []
+        items: list[Any] = []
+        item_paths: list[BatchPath] = []
         for ei, edge in enumerate(self.app.out_edges[spec.agent]):
             if edge.each:
-                values = list(typed)
-                batch = _Batch(f"{spec.id}#{ei}", spec.id, spec.batch, self._plan[(spec.agent, ei)])
-                batches.append(batch)
-                paths = [spec.batch + ((batch.id, i, len(values)),) for i in range(len(values))]
+                if not batches:
+                    items = list(typed)
+                    batches.append(_Batch(f"{spec.id}#", spec.id, spec.batch, self._plan[spec.agent]))
+                    item_paths = [spec.batch + ((batches[0].id, i, len(items)),) for i in range(len(items))]
+                values, paths = items, item_paths
             else:
                 values, paths = [typed], [spec.batch]
             for i, (value, path) in enumerate(zip(values, paths, strict=True)):
@@ -381,5 +399,6 @@ class RunEngine:
                                     ([d.payload],), source.id, ()), out)
         else:
             top = d.path[-1]
-            self._batches[top[0]].items.setdefault(d.target, []).append(
-                ((top[1], source.id, d.suffix), json.dumps(d.payload)))
+            batch = self._batches.get(top[0])
+            if batch is not None:  # None once the run is ending: nothing is gathered any more
+                batch.items.setdefault(d.target, []).append(((top[1], source.id, d.suffix), json.dumps(d.payload)))

@@ -113,7 +113,7 @@ def install(loop: asyncio.AbstractEventLoop) -> None:
         if context is not None:
             kwargs["context"] = context
         if previous is not None:
-            return previous(loop, coro, **kwargs)  # type: ignore[arg-type]
+            return previous(loop, coro, **kwargs)
         return asyncio.Task(coro, loop=loop, **kwargs)
 
     factory._roost_branches = True  # type: ignore[attr-defined]

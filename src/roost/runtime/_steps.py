@@ -17,7 +17,6 @@ from ._base import RunAborted, StepInfo, _current_step
 from ._branches import internal
 from ._retry import RetryPolicy
 
-
 _EXECUTOR = concurrent.futures.ThreadPoolExecutor(max_workers=min(32, (os.cpu_count() or 1) + 4),
                                                   thread_name_prefix="roost-step")
 """Sync steps run here, not in the loop's default executor: a run that times out or is closed
@@ -27,6 +26,11 @@ _INFLIGHT: dict[str, concurrent.futures.Future[Any]] = {}
 """Sync attempts still running, by idempotency key: a resumed step waits for them, never doubles them."""
 
 Detached = Callable[["concurrent.futures.Future[Any]"], None]
+
+
+def _forget(key: str, cf: concurrent.futures.Future[Any]) -> None:
+    if _INFLIGHT.get(key) is cf:
+        del _INFLIGHT[key]
 
 
 def _really_cancelled() -> bool:
@@ -41,7 +45,7 @@ async def _in_thread(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict
         ctx = contextvars.copy_context()
         cf = _EXECUTOR.submit(ctx.run, fn, *args, **kwargs)
         _INFLIGHT[info.idempotency_key] = cf
-        cf.add_done_callback(lambda f, k=info.idempotency_key: _INFLIGHT.pop(k, None) if _INFLIGHT.get(k) is f else None)
+        cf.add_done_callback(functools.partial(_forget, info.idempotency_key))
     try:
         return await asyncio.shield(asyncio.wrap_future(cf))
     except asyncio.CancelledError:

@@ -17,8 +17,8 @@ from pathlib import Path
 from typing import Any, Literal
 
 from ..._engine import Activation
-from .._branches import detached
 from ...errors import ConfigError, JournalError, JournalVersionError
+from .._branches import detached
 
 SCHEMA_VERSION = 2
 Durability = Literal["process", "machine", "memory"]
@@ -360,9 +360,17 @@ class Committer:
 
 
 class _Checkpointer(threading.Thread):
-    """Copies the WAL back into the database off the event loop's thread."""
+    """Copies the WAL back into the database off the event loop's thread.
 
-    INTERVAL = 0.5  # seconds between passive checkpoints
+    Passive checkpoints never block a writer, but under continuous writes they never catch up
+    with the end of the WAL either, so SQLite cannot start the WAL over and it grows without
+    bound. Past ``WAL_LIMIT`` bytes a truncating checkpoint is tried instead: it waits at most
+    ``BUSY_MS`` for the write lock and holds it while it copies, so writers pause briefly (tens
+    of milliseconds) and the WAL is back to zero."""
+
+    INTERVAL = 0.5  # seconds between checkpoints
+    WAL_LIMIT = 32 * 1024 * 1024
+    BUSY_MS = 200
 
     def __init__(self, path: str) -> None:
         super().__init__(name="roost-checkpoint", daemon=True)
@@ -372,14 +380,22 @@ class _Checkpointer(threading.Thread):
 
     def run(self) -> None:
         db = sqlite3.connect(self._path, isolation_level=None, timeout=10.0)
+        db.execute(f"PRAGMA busy_timeout={self.BUSY_MS}")
         try:
             while not self._stopping.wait(self.INTERVAL):
                 try:
-                    db.execute("PRAGMA wal_checkpoint(PASSIVE)")
+                    mode = "TRUNCATE" if self._wal_size() > self.WAL_LIMIT else "PASSIVE"
+                    db.execute(f"PRAGMA wal_checkpoint({mode})")
                 except sqlite3.OperationalError:
                     pass  # busy: the next round catches up
         finally:
             db.close()
+
+    def _wal_size(self) -> int:
+        try:
+            return os.path.getsize(self._path + "-wal")
+        except OSError:
+            return 0
 
     def stop(self) -> None:
         self._stopping.set()

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from ..._activation import key_of, perform
+from ..._codec import dumps
 from ..._engine import (
     AbortActivations,
     Activation,
@@ -38,9 +39,7 @@ from ..._engine import (
     StartActivation,
     decode,
     encode,
-    entity_key,
 )
-from ..._codec import dumps
 from ..._graph import CompiledApp
 from ...errors import (
     ConfigError,
@@ -84,8 +83,9 @@ class LocalRuntime(DurableRuntime):
 
     ``durability``: ``process`` survives a killed process (WAL, synchronous=NORMAL);
     ``machine`` also survives power loss (synchronous=FULL); ``memory`` keeps nothing.
-    ``max_running``: activations in flight at once (more wait in a queue, in order). It bounds
-    the memory of a large fan-out, and how many async steps (model calls) run concurrently."""
+    ``max_running``: activations executing at once (more wait in a queue, in order; one that
+    waits on a timer, a promise or a reply does not count). It bounds the memory of a large
+    fan-out, and how many steps (model calls) run concurrently."""
 
     name = "local"
 
@@ -496,6 +496,7 @@ class LocalRuntime(DurableRuntime):
         """Wait for ``fut`` (or ``delay`` seconds); raises RunAborted if the run ends meanwhile."""
         if live.aborted.is_set():
             raise RunAborted()
+        self._yield_slot()  # a waiting activation does not count against max_running
         with internal():
             aborted = asyncio.ensure_future(live.aborted.wait())
             waits: set[asyncio.Future[Any]] = {aborted} if fut is None else {aborted, fut}
@@ -503,6 +504,7 @@ class LocalRuntime(DurableRuntime):
                 await asyncio.wait(waits, timeout=delay, return_when=asyncio.FIRST_COMPLETED)
             finally:
                 aborted.cancel()
+                self._running += 1  # back, even past the limit: it must not wait behind new work
         if fut is not None and fut.done():
             value = fut.result()
             return value.value if isinstance(value, _Box) else value
@@ -532,6 +534,12 @@ class LocalRuntime(DurableRuntime):
         task.add_done_callback(self._next_queued)
 
     def _next_queued(self, _: asyncio.Task[Any]) -> None:
+        self._yield_slot()
+
+    def _yield_slot(self) -> None:
+        """An activation stops running (it ended, or waits on a timer, a promise or a reply):
+        start queued ones while there is room. Waits never hold a slot, so activations that
+        wait on each other (calls, promises) cannot starve the queue."""
         self._running -= 1
         while self._queue and self._running < self.max_running:
             self._admit(*self._queue.pop())
