@@ -47,7 +47,7 @@ async def _in_thread(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict
         _INFLIGHT[info.idempotency_key] = cf
         cf.add_done_callback(functools.partial(_forget, info.idempotency_key))
     try:
-        return await asyncio.shield(asyncio.wrap_future(cf))
+        return await asyncio.wrap_future(cf)  # cancelling this never stops a running attempt
     except asyncio.CancelledError:
         if on_detached is not None and _really_cancelled():
             cf.add_done_callback(on_detached)

@@ -305,58 +305,79 @@ class Committer:
     """Group commit: every write asked for in one turn of the event loop goes into one transaction.
 
     A caller awaits its op's result, which is there only once the transaction has committed, so
-    nothing acts on a write that a crash could still lose. A commit that fails on a busy or full
-    database is retried with backoff, a bounded number of times; then every op of it fails with
-    JournalError (the caller fails the run it belongs to)."""
+    nothing acts on a write that a crash could still lose. The flush is a plain callback at the
+    end of the turn (no task). A commit that fails on a busy or full database is retried with
+    backoff, a bounded number of times, by a task that holds back later writes meanwhile (their
+    order is kept); then every op of it fails with JournalError (the caller fails the run it
+    belongs to)."""
 
     RETRIES = (0.05, 0.2, 0.5, 1.0, 2.0)
 
     def __init__(self, journal: Journal) -> None:
         self.journal = journal
         self._ops: list[tuple[Op, asyncio.Future[Any]]] = []
-        self._flushing: asyncio.Task[None] | None = None
+        self._scheduled = False
+        self._retrying: asyncio.Task[None] | None = None
 
     def submit(self, op: Op) -> asyncio.Future[Any]:
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[Any] = loop.create_future()
         self._ops.append((op, fut))
-        if self._flushing is None:
-            self._flushing = loop.create_task(self._flush(), context=detached())
+        if not self._scheduled and self._retrying is None:
+            self._scheduled = True
+            loop.call_soon(self._flush)
         return fut
 
-    async def _flush(self) -> None:
-        try:
-            await asyncio.sleep(0)  # let this turn's other writers join the batch
-            while self._ops:
-                batch, self._ops = self._ops, []
-                await self._commit(batch)
-        finally:
-            self._flushing = None
-
-    async def _commit(self, batch: list[tuple[Op, asyncio.Future[Any]]]) -> None:
-        for delay in (*self.RETRIES, None):
-            try:
-                results = self.journal.run_ops([op for op, _ in batch])
-            except (sqlite3.OperationalError, JournalError) as exc:
-                if delay is not None:
-                    await asyncio.sleep(delay)
-                    continue
-                failure: BaseException = JournalError(f"the journal {self.journal.path} could not be written: {exc}")
-                results = [failure] * len(batch)
-            except Exception as exc:  # the batch's one op failed on its own
-                results = [exc] * len(batch)
-            for (_, fut), result in zip(batch, results, strict=True):
-                if fut.done():
-                    continue
-                if isinstance(result, BaseException):
-                    fut.set_exception(result)
-                else:
-                    fut.set_result(result)
+    def _flush(self) -> None:
+        self._scheduled = False
+        if self._retrying is not None or not self._ops:
             return
+        batch, self._ops = self._ops, []
+        try:
+            results = self.journal.run_ops([op for op, _ in batch])
+        except (sqlite3.OperationalError, JournalError):
+            self._retrying = asyncio.get_running_loop().create_task(self._retry(batch), context=detached())
+            return
+        except Exception as exc:  # the batch's one op failed on its own
+            results = [exc] * len(batch)
+        _settle(batch, results)
+
+    async def _retry(self, batch: list[tuple[Op, asyncio.Future[Any]]]) -> None:
+        failure: BaseException | None = None
+        try:
+            for delay in self.RETRIES:
+                await asyncio.sleep(delay)
+                try:
+                    results = self.journal.run_ops([op for op, _ in batch])
+                except (sqlite3.OperationalError, JournalError) as exc:
+                    failure = exc
+                    continue
+                except Exception as exc:
+                    results = [exc] * len(batch)
+                _settle(batch, results)
+                return
+            error = JournalError(f"the journal {self.journal.path} could not be written: {failure}")
+            _settle(batch, [error] * len(batch))
+        finally:
+            self._retrying = None
+            if self._ops:
+                self._flush()
 
     async def drain(self) -> None:
-        while self._flushing is not None:
-            await asyncio.shield(self._flushing)
+        """Commit what is pending (closing)."""
+        if self._retrying is not None:
+            await asyncio.gather(self._retrying, return_exceptions=True)
+        self._flush()
+
+
+def _settle(batch: list[tuple[Op, asyncio.Future[Any]]], results: list[Any]) -> None:
+    for (_, fut), result in zip(batch, results, strict=True):
+        if fut.done():
+            continue
+        if isinstance(result, BaseException):
+            fut.set_exception(result)
+        else:
+            fut.set_result(result)
 
 
 class _Checkpointer(threading.Thread):
@@ -364,12 +385,12 @@ class _Checkpointer(threading.Thread):
 
     Passive checkpoints never block a writer, but under continuous writes they never catch up
     with the end of the WAL either, so SQLite cannot start the WAL over and it grows without
-    bound. Past ``WAL_LIMIT`` bytes a truncating checkpoint is tried instead: it waits at most
+    bound. Past ``WAL_LIMIT`` bytes (64 MB) a truncating checkpoint is tried instead: it waits at most
     ``BUSY_MS`` for the write lock and holds it while it copies, so writers pause briefly (tens
     of milliseconds) and the WAL is back to zero."""
 
     INTERVAL = 0.5  # seconds between checkpoints
-    WAL_LIMIT = 32 * 1024 * 1024
+    WAL_LIMIT = 64 * 1024 * 1024
     BUSY_MS = 200
 
     def __init__(self, path: str) -> None:

@@ -90,7 +90,7 @@ class LocalRuntime(DurableRuntime):
     name = "local"
 
     def __init__(self, path: str | os.PathLike[str] | None = None, *, durability: Durability = "process",
-                 resume: bool = True, max_running: int = 64) -> None:
+                 resume: bool = True, max_running: int = 256) -> None:
         self.path = Path(path or os.environ.get("ROOST_JOURNAL") or DEFAULT_PATH)
         self.durability: Durability = durability
         self.auto_resume = resume
