@@ -353,7 +353,7 @@ NOTES = f"""\
 - roost: `App([split, worker, join], durability="process")`, `worker.reacts_to(split, each=True)`, `join`'s
   input `list[Done]` (a gather); time = `await app.arun(Job(n=n))` after the runtime was opened, up to the
   typed result (the run record read back, every activation included). roost runs the sync functions
-  in the loop's default thread pool.
+  in its own thread pool (at most 256 activations executing at once).
 - native: asyncio + sqlite3 (WAL, synchronous=NORMAL, SQLite's own auto-checkpoint); the run row and
   split's output committed, one task per item calling `work` directly on the loop, each item's result
   row committed before the item counts as done, then the join reads the rows back in order and the
