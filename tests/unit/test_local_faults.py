@@ -225,3 +225,28 @@ async def test_closing_mid_step_leaves_the_run_resumable(tmp_path: Path) -> None
     gate.set()
     assert (await app.arun(N(n=1), run_id="c", timeout=10))["w"] == N(n=1)
     await app.aclose()
+
+
+def test_a_run_resumed_while_its_timed_out_step_still_runs_joins_it(tmp_path: Path) -> None:
+    """The same run id run again (same process) while the timed-out sync step still blocks: the
+    resumed step waits for that attempt instead of starting a second one."""
+    release, ran = threading.Event(), Counter[str]()
+
+    def slow(x: N) -> N:
+        ran["slow"] += 1
+        assert release.wait(30), "the test never released the step"
+        return N(n=x.n + 1)
+
+    def build_slow() -> App:
+        return App([agent("slow").contracts(input=N, output=N).engine(slow)], journal=tmp_path / "t.db")
+
+    with pytest.raises(RunTimeoutError):
+        build_slow().run(N(n=1), run_id="t", timeout=0.3)
+    results: list[Any] = []
+    again = threading.Thread(target=lambda: results.append(build_slow().run(N(n=1), run_id="t", timeout=30)))
+    again.start()
+    time.sleep(0.5)  # lets the resumed run reach the step (if it does not yet, the test only gets weaker)
+    release.set()
+    again.join(30)
+    assert not again.is_alive() and results and results[0]["slow"] == N(n=2)
+    assert ran["slow"] == 1, "the resumed run started the step a second time"

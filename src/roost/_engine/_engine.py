@@ -348,28 +348,31 @@ class RunEngine:
 
     def _route(self, spec: Activation, output: Any) -> tuple[list[_Delivery], list[_Batch]]:
         """Where an output goes. A list output sent with ``each=True`` is one batch, however
-        many ``each`` edges carry it: item i has the same batch path on each of them."""
+        many ``each`` edges carry it: item i has the same batch path on each of them.
+
+        ``when=`` and ``map=`` see the output as its contract's type; an edge with neither passes
+        the output's JSON on as it is (no conversion on the hot path)."""
         agent = self.app.specs[spec.agent]
-        typed = revive(output, agent.output_type)
+        edges = self.app.out_edges[spec.agent]
+        typed = revive(output, agent.output_type) if any(e.when or e.map for e in edges) else output
         deliveries: list[_Delivery] = []
         batches: list[_Batch] = []
-        items: list[Any] = []
         item_paths: list[BatchPath] = []
-        for ei, edge in enumerate(self.app.out_edges[spec.agent]):
+        for ei, edge in enumerate(edges):
             if edge.each:
                 if not batches:
-                    items = list(typed)
                     batches.append(_Batch(f"{spec.id}#", spec.id, spec.batch, self._plan[spec.agent]))
-                    item_paths = [spec.batch + ((batches[0].id, i, len(items)),) for i in range(len(items))]
-                values, paths = items, item_paths
+                    item_paths = [spec.batch + ((batches[0].id, i, len(output)),) for i in range(len(output))]
+                raw, values, paths = list(output), list(typed), item_paths
             else:
-                values, paths = [typed], [spec.batch]
+                raw, values, paths = [output], [typed], [spec.batch]
             for i, (value, path) in enumerate(zip(values, paths, strict=True)):
+                payload = raw[i]
                 try:
                     if edge.when is not None and not edge.when(value):
                         continue
-                    payload = edge.map(value) if edge.map is not None else value
-                    payload = pydantic_core.to_jsonable_python(payload)
+                    if edge.map is not None:
+                        payload = pydantic_core.to_jsonable_python(edge.map(value))
                 except Exception as exc:
                     raise RouteError(
                         f"run {self.run_id!r}: a when= or map= function on the edge from agent {spec.agent!r} to "

@@ -23,7 +23,8 @@ _EXECUTOR = concurrent.futures.ThreadPoolExecutor(max_workers=min(32, (os.cpu_co
 returns at once (``asyncio.run`` joins only the default executor), while a step still running
 finishes in its thread (the interpreter joins these threads at exit) and is journaled then."""
 _INFLIGHT: dict[str, concurrent.futures.Future[Any]] = {}
-"""Sync attempts still running, by idempotency key: a resumed step waits for them, never doubles them."""
+"""Sync attempts still running, by idempotency key: a step resumed in the same process (after a
+timeout or a closed runtime) waits for the attempt still running, never doubles it."""
 
 Detached = Callable[["concurrent.futures.Future[Any]"], None]
 
@@ -40,7 +41,9 @@ def _really_cancelled() -> bool:
 
 async def _in_thread(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any], info: StepInfo,
                      on_detached: Detached | None) -> Any:
-    cf = _INFLIGHT.get(info.idempotency_key)
+    # Only a backend that journals attempts outliving their caller (on_detached) joins them: for
+    # the others (Restate, Temporal) a retried attempt is a fresh one, which a hung thread must not block.
+    cf = _INFLIGHT.get(info.idempotency_key) if on_detached is not None else None
     if cf is None or cf.done():
         ctx = contextvars.copy_context()
         cf = _EXECUTOR.submit(ctx.run, fn, *args, **kwargs)
