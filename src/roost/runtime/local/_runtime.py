@@ -195,7 +195,21 @@ class LocalRuntime(DurableRuntime):
 
     async def apply(self, live: _LiveRun, event: Event, extra: list[Op] | None = None) -> None:
         """Hand ``event`` to the run's engine, persist it with its effects, then carry out its commands."""
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+        def then() -> None:
+            if not done.done():
+                done.set_result(None)
+
+        self.apply_soon(live, event, extra, then)
+        with internal():
+            await done
+
+    def apply_soon(self, live: _LiveRun, event: Event, extra: list[Op] | None, then: Callable[[], None]) -> None:
+        """``apply`` without waiting: the commands are carried out once the event has committed,
+        and then ``then()`` is called (also when the run stopped or broke instead)."""
         if live.broken is not None or live.engine.finished:
+            then()
             return
         try:
             commands = live.engine.handle(event)
@@ -204,30 +218,35 @@ class LocalRuntime(DurableRuntime):
             data = encode(event)
         except Exception as exc:  # a bug in roost or in a when=/map= it could not attribute: never strand the run
             self._break(live, exc, _agent_of(live, event))
+            then()
             return
         live.seq += 1
-        seq = live.seq
-        run_id = live.run_id
+        seq, run_id = live.seq, live.run_id
 
         def op(db: sqlite3.Connection) -> None:
             Journal.append_event(db, run_id, seq, data)
             for o in ops:
                 o(db)
 
-        try:
-            await self.write(op)
-        except Exception as exc:
-            self._break(live, exc, _agent_of(live, event))
-            return
-        try:
-            self._execute(live, event, commands)
-        except Exception as exc:
-            self._break(live, exc, _agent_of(live, event))
-            return
-        if isinstance(event, PromiseResolved):  # an approval decided: the activation's output is final
-            for aid in touched:
-                agent, status = live.engine.status_of(aid) or ("", "pending")
-                self.emit("finished", live.run_id, agent, aid, status=status, error=None)
+        def committed(fut: asyncio.Future[Any]) -> None:
+            try:
+                if fut.cancelled() or self._journal is None:
+                    return  # the runtime closed: the next process picks up from what committed
+                if fut.exception() is not None:
+                    self._break(live, fut.exception() or RuntimeError("commit failed"), _agent_of(live, event))
+                    return
+                self._execute(live, event, commands)
+                if isinstance(event, PromiseResolved):  # an approval decided: the output is final
+                    for aid in touched:
+                        agent, status = live.engine.status_of(aid) or ("", "pending")
+                        self.emit("finished", live.run_id, agent, aid, status=status, error=None)
+            except Exception as exc:
+                self._break(live, exc, _agent_of(live, event))
+            finally:
+                then()
+
+        assert self._committer is not None
+        self._committer.submit(op).add_done_callback(committed)
 
     def _projection(self, live: _LiveRun, event: Event, commands: list[Command]) -> list[Op]:
         """The record of the activations and the run that ``event`` changed (for ``get``)."""
@@ -572,17 +591,35 @@ class LocalRuntime(DurableRuntime):
             return
         ekey = (spec.agent, key)
         lock = self._lock(ekey)
+        released = False
+
+        def release() -> None:
+            nonlocal released
+            if not released:
+                released = True
+                lock.release()
+                self._unlock(ekey)
+
         try:
-            async with lock:
-                await self._run_activation(live, spec, key, replay)
+            await lock.acquire()
+        except BaseException:
+            self._unlock(ekey)
+            raise
+        try:
+            # The entity stays locked until the outcome (with its state writes) has committed;
+            # the task itself ends as soon as the outcome is handed over.
+            await self._run_activation(live, spec, key, replay, release)
         except Exception as exc:  # roost's own code failed around the activation: never strand the run
             self._break(live, exc, spec.agent)
-        finally:
-            self._unlock(ekey)
+            release()
+        except BaseException:
+            release()
+            raise
 
-    async def _run_activation(self, live: _LiveRun, spec: Activation, key: str, replay: bool) -> None:
+    async def _run_activation(self, live: _LiveRun, spec: Activation, key: str, replay: bool,
+                              release: Callable[[], None]) -> None:
         if live.engine.ending or live.broken is not None:
-            await self.apply(live, ActivationFinished(spec.id, "cancelled"))
+            self.apply_soon(live, ActivationFinished(spec.id, "cancelled"), None, release)
             return
         started = time.time()
         entries = self.journal.entries(live.run_id, spec.id) if replay else {}
@@ -597,10 +634,14 @@ class LocalRuntime(DurableRuntime):
                                               error=error, attempts=attempts, started_at=started)]
         if writes and event.status == "completed":
             extra.append(_op(Journal.write_state, spec.agent, key, writes))
-        await self.apply(live, event, extra)
-        if status != "waiting":
-            self.emit("finished", live.run_id, spec.agent, spec.id, status=event.status,
-                      error=event.error.to_json() if event.error else None)
+
+        def then() -> None:
+            release()
+            if status != "waiting":
+                self.emit("finished", live.run_id, spec.agent, spec.id, status=event.status,
+                          error=event.error.to_json() if event.error else None)
+
+        self.apply_soon(live, event, extra, then)
 
     async def _perform(self, live: _LiveRun, ctx: LocalContext, spec: Activation) -> ActivationFinished:
         """Run the activation; any failure, whatever raised it, becomes a failed activation."""
