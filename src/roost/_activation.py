@@ -75,10 +75,16 @@ def entity_of(app: CompiledApp, msg: Message) -> str:
     spec = app.specs[msg.target]
     if spec.key_fn is None or msg.kind == "contribution":
         return entity_key(msg.run_id, msg.meta)
+    return _keyed(spec, msg.payload, msg.run_id)
+
+
+def _keyed(spec: AgentSpec, payload: Any, run_id: str) -> str:
+    """``keyed_by(input)`` of a keyed agent; a failing key function is a TerminalError naming it."""
+    assert spec.key_fn is not None
     try:
-        return str(spec.key_fn(adapter(spec.input_type).validate_python(msg.payload)))
+        return str(spec.key_fn(adapter(spec.input_type).validate_python(payload)))
     except Exception as exc:
-        raise TerminalError(f"run {msg.run_id!r}: the keyed_by function of agent {spec.name!r} failed on its input: "
+        raise TerminalError(f"run {run_id!r}: the keyed_by function of agent {spec.name!r} failed on its input: "
                             f"{type(exc).__name__}: {exc}") from exc
 
 
@@ -169,11 +175,7 @@ def key_of(app: CompiledApp, spec: Activation, run_id: str) -> str:
     agent = app.specs[spec.agent]
     if agent.key_fn is None or spec.kind in ("converge", "gather"):
         return batch_entity_key(run_id, spec.batch)
-    try:
-        return str(agent.key_fn(adapter(agent.input_type).validate_python(spec.args[0])))
-    except Exception as exc:
-        raise TerminalError(f"run {run_id!r}: the keyed_by function of agent {agent.name!r} failed on its input: "
-                            f"{type(exc).__name__}: {exc}") from exc
+    return _keyed(agent, spec.args[0], run_id)
 
 
 async def perform(app: CompiledApp, ctx: DurableContext, spec: Activation) -> Any:
