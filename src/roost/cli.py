@@ -50,6 +50,7 @@ T = TypeVar("T")
 EXIT_FAILED = 1
 EXIT_BAD_INPUT = 2
 EXIT_INTERRUPTED = 130
+"""Exit status after Ctrl-C (128 + SIGINT); after SIGTERM it is 128 + SIGTERM (143), as a shell reports."""
 
 
 def _stdout() -> Console:
@@ -66,6 +67,18 @@ class BadInputError(CliError):
 
 class RunInterruptedError(CliError):
     exit_code = EXIT_INTERRUPTED
+
+    def __init__(self, message: str, signum: int = signal.SIGINT) -> None:
+        super().__init__(message)
+        self.exit_code = 128 + signum
+
+
+class _Stopped(Exception):
+    """SIGINT or SIGTERM (``signum``) stopped the command, which has wound down."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
 
 
 class _Group(click.Group):
@@ -167,22 +180,56 @@ def _existing(journal: Path) -> Path:
     return journal
 
 
-def _interrupted(run_id: str, journal: Path, runtime: str = "local") -> CliError:
+def _interrupted(run_id: str, journal: Path, runtime: str = "local", signum: int = signal.SIGINT) -> CliError:
+    what = "interrupted" if signum == signal.SIGINT else f"stopped by {signal.Signals(signum).name}"
     if runtime != "local":
         return RunInterruptedError(
-            f"interrupted; run {run_id} stays on {_title(runtime)} and goes on wherever the app is served "
-            f"('roost serve FILE'): follow it with roost runs show {run_id} --runtime {runtime}")
+            f"{what}; run {run_id} stays on {_title(runtime)} and goes on wherever the app is served "
+            f"('roost serve FILE'): follow it with roost runs show {run_id} --runtime {runtime}", signum)
     hint = f"roost runs resume {run_id}" + ("" if _journal_hint(journal) is None else f" --journal {journal}")
-    return RunInterruptedError(f"interrupted; run {run_id} is kept in the journal: continue it with {hint}")
+    return RunInterruptedError(f"{what}; run {run_id} is kept in the journal: continue it with {hint}", signum)
 
 
 def _run_async(coro: Coroutine[Any, Any, T], run_id: str | None, journal: Path, runtime: str = "local") -> T:
     try:
-        return asyncio.run(coro)
+        return asyncio.run(_stopped_by_signals(coro) if runtime == "restate" else coro)
     except KeyboardInterrupt:
         if run_id is None:
             raise click.Abort() from None
         raise _interrupted(run_id, journal, runtime) from None
+    except _Stopped as stopped:
+        if run_id is None:
+            raise click.exceptions.Exit(128 + stopped.signum) from None
+        raise _interrupted(run_id, journal, runtime, stopped.signum) from None
+
+
+async def _stopped_by_signals(coro: Awaitable[T]) -> T:
+    """``coro``, cancelled by the first SIGINT or SIGTERM; then, once it has wound down (closing
+    what it opened), :class:`_Stopped`.
+
+    SIGTERM would do nothing otherwise: once the Restate SDK has served a request, the loop's
+    SIGTERM handler is its own (handlers join it through ``_on_signal``). The handlers stay until
+    asyncio.run closes the loop, so that a second signal is ignored while ``coro`` winds down
+    (which is bounded: see ``serve_asgi``) instead of raising KeyboardInterrupt into it."""
+    loop = asyncio.get_running_loop()
+    task = asyncio.current_task()
+    assert task is not None
+    received: list[int] = []
+
+    def on_signal(signum: int) -> None:
+        if not received:
+            received.append(signum)
+            task.cancel()
+
+    _on_signal(loop, signal.SIGTERM, lambda: on_signal(signal.SIGTERM))
+    loop.add_signal_handler(signal.SIGINT, on_signal, signal.SIGINT)
+    try:
+        return await coro
+    except asyncio.CancelledError:
+        if not received:
+            raise
+        task.uncancel()
+        raise _Stopped(received[0]) from None
 
 
 # -- a prod runtime as a client -----------------------------------------------------------------------

@@ -14,7 +14,8 @@ from roost.errors import RunFailedError
 from .conftest import MakeApp
 from .models import Count, Done, Idea, Item
 
-pytestmark = pytest.mark.engine_semantics
+# One event loop for the suite: the in-process Restate endpoint outlives each test.
+pytestmark = [pytest.mark.engine_semantics, pytest.mark.asyncio(loop_scope="session")]
 
 
 def _numbers(i: Idea) -> list[Count]:

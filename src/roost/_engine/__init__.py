@@ -30,7 +30,9 @@ from ._model import (
     activation_id,
     batch_label,
     decode,
+    decode_activation,
     encode,
+    encode_activation,
     entity_key,
 )
 
@@ -59,7 +61,9 @@ __all__ = [
     "activation_id",
     "batch_label",
     "decode",
+    "decode_activation",
     "encode",
+    "encode_activation",
     "entity_key",
     "is_approved",
 ]

@@ -200,3 +200,16 @@ def decode(data: dict[str, Any]) -> Event:
         fields["error"] = ErrorInfo.from_json(fields["error"])
     event: Event = cls(**fields)
     return event
+
+
+def encode_activation(spec: Activation) -> dict[str, Any]:
+    """An activation as JSON (for backends that hand it to another process or invocation)."""
+    return {"id": spec.id, "agent": spec.agent, "kind": spec.kind, "args": list(spec.args), "cause": spec.cause,
+            "batch": [list(b) for b in spec.batch], "not_before": spec.not_before, "reply_to": spec.reply_to,
+            "call_chain": list(spec.call_chain)}
+
+
+def decode_activation(data: dict[str, Any]) -> Activation:
+    return Activation(data["id"], data["agent"], data["kind"], tuple(data["args"]), data.get("cause"),
+                      tuple((str(b[0]), int(b[1]), int(b[2])) for b in data.get("batch") or ()),
+                      data.get("not_before"), data.get("reply_to"), tuple(data.get("call_chain") or ()))

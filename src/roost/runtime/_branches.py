@@ -107,14 +107,18 @@ def install(loop: asyncio.AbstractEventLoop) -> None:
         context: contextvars.Context | None = kwargs.pop("context", None)
         parent = context.get(_branch) if context is not None else _branch.get()
         inside = context.get(_internal, False) if context is not None else _internal.get()
-        if parent is not None and not inside:
+        forked = parent is not None and not inside
+        if forked:
+            assert parent is not None
             context = context.copy() if context is not None else contextvars.copy_context()
             context.run(_branch.set, parent.fork())
         if context is not None:
             kwargs["context"] = context
-        if previous is not None:
-            return previous(loop, coro, **kwargs)
-        return asyncio.Task(coro, loop=loop, **kwargs)
+        task = previous(loop, coro, **kwargs) if previous is not None else asyncio.Task(coro, loop=loop, **kwargs)
+        adopt = getattr(parent.owner, "adopt_task", None) if forked and parent is not None else None
+        if adopt is not None:  # a backend that schedules the activation's tasks itself (Restate)
+            adopt(task)
+        return task
 
     factory._roost_branches = True  # type: ignore[attr-defined]
     loop.set_task_factory(factory)  # type: ignore[arg-type]

@@ -1,7 +1,7 @@
 """The Restate backend (``pip install "roost[restate]"``).
 
-Agents are Virtual Objects, ``reacts_to`` edges are one-way Restate messages between them, and a
-run is a Workflow keyed by the run id with a ledger object beside it; see docs/runtime.md.
+A run is one Workflow invocation keyed by the run id, driving the run engine; ``keyed_by``
+agents are Virtual Objects it calls. See docs/runtime.md.
 """
 
 from ...errors import MissingExtraError

@@ -1,153 +1,300 @@
-"""DurableContext on Restate: each call maps onto the Restate SDK's journaled operations."""
+"""DurableContext on Restate: every ``ctx`` call is a request to the invocation's Driver.
+
+An activation runs inside an invocation (the run's workflow, or a keyed agent's Virtual
+Object). Its ``ctx`` calls are named by their branch position (``runtime/_branches.py``) and
+handed to the ``Driver``, which issues the Restate commands in a deterministic order. A step
+runs in one ``ctx.run`` with its retries inside (``run_with_retry``, as on every runtime), so
+its final outcome, success or failure, is what Restate journals.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import functools
 import json
+import threading
 import time
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import restate
+from restate.exceptions import is_internal_exception
 
-from ..._activation import Message, entity_of
+from ..._activation import message_body, perform
 from ..._codec import dumps, revive
-from ..._graph import CompiledApp
-from ...errors import RetryableError, SerializationError, StepFailedError, TerminalError
-from .._base import State, StepInfo
-from .._engine_context import EngineContext, RemoteStepError
-from .._retry import RetryPolicy, seconds
-from .._steps import call_step, return_type
-from ._errors import describe, to_restate
-from ._names import ACTIVATE, agent_service, ledger_service
+from ..._engine import Activation, ActivationFinished, ErrorInfo, MessageSent, Reply
+from ...errors import CallCycleError, CallFailedError, SerializationError, StepFailedError
+from .._base import DurableContext, RunAborted, State, StepInfo
+from .._branches import internal, position, root
+from .._engine_context import RemoteStepError
+from .._retry import RetryPolicy
+from .._steps import return_type, run_with_retry
+from ..local._context import checked_seconds
+
+if TYPE_CHECKING:
+    from ._driver import Driver, Key
 
 T = TypeVar("T")
-
-# Attempts per step idempotency key, in this process: Restate retries a step in a new attempt
-# of the invocation, so the count lives outside it (it restarts if the process dies).
-_ATTEMPTS: dict[str, int] = {}
+_OPTIONS: restate.RunOptions[dict[str, Any]] = restate.RunOptions(type_hint=dict)
 
 
-@functools.lru_cache(maxsize=64)
-def _run_options(policy: RetryPolicy) -> restate.RunOptions[dict[str, Any]]:
-    return restate.RunOptions(
-        type_hint=dict,
-        max_attempts=policy.max_attempts,
-        initial_retry_interval=timedelta(seconds=policy.initial_interval),
-        retry_interval_factor=policy.backoff,
-        max_retry_interval=timedelta(seconds=policy.max_interval),
-    )
+@functools.lru_cache(maxsize=256)
+def remote_error(kind: str) -> type[RemoteStepError]:
+    """An exception class named like the step's last exception (its messages read the same)."""
+    return type(kind if kind.isidentifier() else "StepError", (RemoteStepError,), {})
 
 
-class RestateState(State):
-    """Virtual Object state of the agent's entity; Restate commits it with the invocation."""
+class Host:
+    """What an activation's context needs from the invocation running it."""
 
-    def __init__(self, ctx: restate.ObjectContext) -> None:
-        self._ctx = ctx
+    app: Any
+    run_id: str
+    driver: Driver
+    ctx: Any  # the Restate context of the invocation
+
+    def aborted(self, activation: str) -> bool:
+        raise NotImplementedError
+
+    def sent(self, event: MessageSent) -> asyncio.Future[Reply] | None:
+        """``ctx.send``/``ctx.call`` from an activation; for a call, the future of its reply."""
+        raise NotImplementedError
+
+    def waiting(self, name: str, on: bool) -> None:
+        """The activation starts (``on``) or stops waiting on the promise ``name``."""
+
+    def pause(self, activation: str, on: bool) -> None:
+        """The activation waits on something slow (a timer, a promise, a reply): its slot is free."""
+
+    def promise(self, name: str) -> Any:
+        """The durable future of the run's promise ``name``."""
+        raise NotImplementedError
+
+    def promised(self, value: Any) -> Any:
+        """The promise's value from what its durable future gave."""
+        return value
+
+
+class MemoryState(State):
+    """State of an entity that lives inside the run (not ``keyed_by``): kept by the workflow in
+    memory, rebuilt by replay; writes are buffered and applied when the activation completes."""
+
+    def __init__(self, snapshot: dict[str, Any], agent: str) -> None:
+        self._snapshot = snapshot
+        self.agent = agent
+        self.writes: dict[str, Any] = {}
 
     async def get(self, key: str, default: Any = None) -> Any:
-        value = await self._ctx.get(key, type_hint=object)
-        return default if value is None else value
+        raw = self.writes[key] if key in self.writes else self._snapshot.get(key)
+        return default if raw is None else json.loads(raw)
 
     def set(self, key: str, value: Any) -> None:
-        self._ctx.set(key, json.loads(dumps(value, what=f"state {key!r}")))
+        self.writes[key] = dumps(value, what=f"state {key!r} of agent {self.agent!r}")
 
     def clear(self, key: str) -> None:
-        self._ctx.clear(key)
+        self.writes[key] = None
 
     async def keys(self) -> list[str]:
-        return sorted(k for k in await self._ctx.state_keys() if not k.startswith("__roost."))
+        live = {k for k in self._snapshot if k not in self.writes} | {k for k, v in self.writes.items() if v is not None}
+        return sorted(k for k in live if not k.startswith("__roost."))
 
 
-def encode_message(msg: Message) -> bytes:
-    return json.dumps({
-        "id": msg.id, "run_id": msg.run_id, "target": msg.target, "kind": msg.kind, "payload": msg.payload,
-        "cause": msg.cause, "meta": msg.meta,
-    }).encode()
+class ObjectState(State):
+    """A keyed agent's state: its Virtual Object's state, read through the driver; writes are
+    buffered and set when the activation completes (Restate commits them with the invocation)."""
 
-
-def decode_message(data: dict[str, Any]) -> Message:
-    return Message(data["id"], data["run_id"], data["target"], data["kind"], data.get("payload"),
-                   data.get("cause"), data.get("meta") or {})
-
-
-class RestateContext(EngineContext):
-    def __init__(self, ctx: restate.ObjectContext, app: CompiledApp, msg: Message, key: str) -> None:
-        super().__init__(app, msg, key)
+    def __init__(self, ctx: RunContext, agent: str) -> None:
         self._ctx = ctx
-        self._state = RestateState(ctx)
+        self.agent = agent
+        self.writes: dict[str, Any] = {}
+
+    async def get(self, key: str, default: Any = None) -> Any:
+        if key in self.writes:
+            raw = self.writes[key]
+        else:
+            raw = await self._ctx.ask("state", lambda: self._ctx.host.ctx.get(key, type_hint=str))
+        return default if raw is None else json.loads(raw)
+
+    def set(self, key: str, value: Any) -> None:
+        self.writes[key] = dumps(value, what=f"state {key!r} of agent {self.agent!r}")
+
+    def clear(self, key: str) -> None:
+        self.writes[key] = None
+
+    async def keys(self) -> list[str]:
+        stored: list[str] = await self._ctx.ask("state", lambda: self._ctx.host.ctx.state_keys())
+        live = {k for k in stored if k not in self.writes} | {k for k, v in self.writes.items() if v is not None}
+        return sorted(k for k in live if not k.startswith("__roost."))
+
+
+class RunContext(DurableContext):
+    """One activation's ``ctx`` inside a Restate invocation."""
+
+    def __init__(self, host: Host, spec: Activation, key: str, state: MemoryState | None = None) -> None:
+        self.host = host
+        self.spec = spec
+        self.run_id = host.run_id
+        self.agent = spec.agent
+        self.activation_id = spec.id
+        self.caused_by = spec.cause
+        self.key = key
+        self._state: MemoryState | ObjectState = state if state is not None else ObjectState(self, spec.agent)
+        self._thread = threading.get_ident()
+        self.attempts = 1
+        self.started: float | None = None
+        self.finished: float | None = None
+        self.steps: list[dict[str, Any]] = []
+        """The activation's finished steps, for its record."""
 
     @property
-    def state(self) -> RestateState:
+    def state(self) -> MemoryState | ObjectState:
         return self._state
+
+    def adopt_task(self, task: asyncio.Task[Any]) -> None:
+        """A branch this activation's code started: the driver waits for it to settle too."""
+        self.host.driver.adopt(task)
+
+    def _position(self, call: str) -> str:
+        return position(self, self._thread, run_id=self.run_id, agent=self.agent, call=call)
+
+    async def ask(self, pos: str, make: Callable[[], Any], *, slow: bool = False) -> Any:
+        """Have the driver issue a command for this activation and wait for its result."""
+        if self.host.aborted(self.activation_id):
+            raise RunAborted()
+        key: Key = (self.activation_id, pos)
+        fut = self.host.driver.request(key, make, abortable=slow)
+        if slow:
+            self.host.pause(self.activation_id, True)
+        try:
+            return await fut
+        finally:
+            if slow:
+                self.host.pause(self.activation_id, False)
 
     async def step(self, name: str, fn: Callable[..., T] | Callable[..., Awaitable[T]], *args: Any,
                    retry: RetryPolicy | None = None, **kwargs: Any) -> T:
-        policy, key = self._begin_step(retry)
+        pos = self._position("step")
+        policy = retry or self.host.app.specs[self.agent].retry
+        info = StepInfo(self.run_id, self.agent, name, 1, f"{self.run_id}/{self.activation_id}/{pos}")
+        where = f"run {self.run_id!r}, agent {self.agent!r}, step {name!r}"
+
         async def action() -> dict[str, Any]:
-            # Runs only until Restate has journaled its result; the timings and attempt travel
-            # with the result, so replays see the same values.
-            attempt = _ATTEMPTS[key] = _ATTEMPTS.get(key, 0) + 1
+            # Runs until Restate has journaled its outcome; the retries happen inside, so the
+            # outcome is final: a value, or the last failure after the policy gave up.
             t0 = time.time()
             try:
-                result = await call_step(fn, args, kwargs, StepInfo(self.run_id, self.agent, name, attempt, key))
-                encoded = dumps(result, what=f"run {self.run_id!r}, agent {self.agent!r}, step {name!r}")
+                result, attempts = await run_with_retry(fn, args, kwargs, policy=policy, info=info, wait=_sleep)
+                return {"v": json.loads(dumps(result, what=where)), "n": attempts, "t0": t0, "t1": time.time()}
+            except StepFailedError as exc:
+                cause = exc.cause
+                kind = getattr(cause, "kind", None) or type(cause).__name__
+                return {"e": [kind, str(cause)], "n": exc.attempts, "t0": t0, "t1": time.time()}
             except SerializationError as exc:
-                raise to_restate(exc, attempt=attempt, retryable=False) from None
-            except Exception as exc:
-                retryable = policy.is_retryable(exc) and attempt < policy.max_attempts
-                if retryable and isinstance(exc, RetryableError) and exc.retry_after:
-                    # Restate 1.3 did not apply its delay override here; wait within the attempt.
-                    await asyncio.sleep(exc.retry_after)
-                raise to_restate(exc, attempt=attempt, retryable=policy.is_retryable(exc)) from exc
-            _ATTEMPTS.pop(key, None)
-            return {"v": json.loads(encoded), "t0": t0, "t1": time.time(), "n": attempt}
+                return {"s": str(exc), "n": 1, "t0": t0, "t1": time.time()}
 
-        try:
-            done = await self._ctx.run_typed(name, action, _run_options(policy))
-        except restate.TerminalError as exc:
-            _ATTEMPTS.pop(key, None)
-            info = describe(exc)
-            attempts = int(info.get("attempt") or policy.max_attempts)
-            self.attempts = max(self.attempts, attempts)
-            cause = RemoteStepError(info.get("type", "Error"), info.get("message", ""))
-            raise StepFailedError(run_id=self.run_id, agent=self.agent, step=name, attempts=attempts, cause=cause) from None
-        self._record_step(done)
-        return revive(done["v"], return_type(fn))  # type: ignore[no-any-return]
+        # The position is part of the journaled name: were commands ever issued in another order
+        # on replay, Restate would report a mismatch instead of handing a step another's result.
+        label = f"{name}@{pos}"
+        done: dict[str, Any] = await self.ask(pos, lambda: self.host.ctx.run_typed(label, action, _OPTIONS))
+        self.attempts = max(self.attempts, int(done.get("n", 1)))
+        self.started = done["t0"] if self.started is None else self.started
+        self.finished = done["t1"]
+        self.steps.append({"position": pos, "kind": "step", "name": name, "status": "done" if "v" in done else "failed",
+                           "attempts": int(done.get("n", 1)), "started": done["t0"], "finished": done["t1"],
+                           "value": done.get("v")})
+        if "s" in done:
+            raise SerializationError(done["s"])
+        if "e" in done:
+            kind, message = done["e"]
+            raise StepFailedError(run_id=self.run_id, agent=self.agent, step=name, attempts=int(done["n"]),
+                                  cause=remote_error(kind)(kind, message))
+        with internal():
+            return revive(done["v"], return_type(fn))  # type: ignore[no-any-return]
 
     async def sleep(self, duration: float | timedelta) -> None:
-        await self._ctx.sleep(timedelta(seconds=seconds(duration)))
+        secs = checked_seconds(duration, what=f"run {self.run_id!r}, agent {self.agent!r}: ctx.sleep duration")
+        pos = self._position("sleep")
+        await self.ask(pos, lambda: self.host.ctx.sleep(timedelta(seconds=secs)), slow=True)
 
     async def now(self) -> datetime:
-        return datetime.fromtimestamp(await self._ctx.time(), tz=UTC)
+        value: float = await self.ask(self._position("now"), lambda: self.host.ctx.time())
+        return datetime.fromtimestamp(value, tz=UTC)
 
     async def promise(self, name: str) -> Any:
-        awakeable_id, future = self._ctx.awakeable(type_hint=object)
-        self._ctx.generic_send(ledger_service(self._app.name), "wait", json.dumps({"name": name, "awakeable": awakeable_id, "agent": self.agent,
-                                                           "activation": self.activation_id}).encode(), key=self.run_id)
-        return await future
-
-    def deliver(self, msg: Message, key: str, delay: float | None = None) -> None:
-        """One-way message to an agent's entity (what reacts_to compiles to)."""
-        self._ctx.generic_send(agent_service(self._app.name, msg.target), ACTIVATE, encode_message(msg), key=key,
-                               send_delay=timedelta(seconds=delay) if delay else None)
+        pos = self._position("promise")
+        self.host.waiting(name, True)
+        try:
+            return self.host.promised(await self.ask(pos, lambda: self.host.promise(name), slow=True))
+        finally:
+            self.host.waiting(name, False)
 
     async def send(self, agent: str, payload: Any, *, delay: float | timedelta | None = None) -> None:
-        msg = self._message(agent, payload, "send")
-        self.deliver(msg, entity_of(self._app, msg), seconds(delay) if delay else None)
-        self.produced.append(msg.id)  # only once sent: the ledger waits for every id it is told of
+        secs = None if delay is None else checked_seconds(delay, what=f"run {self.run_id!r}: ctx.send delay to {agent!r}")
+        pos = self._position("send")
+        body = message_body(self.host.app, self, agent, payload)
+        deliver_at = None
+        if secs:
+            deliver_at = float(await self.ask(pos + "/t", lambda: self.host.ctx.time())) + secs
+        if self.host.aborted(self.activation_id):
+            raise RunAborted()
+        self.host.sent(MessageSent(self.activation_id, pos, agent, "send", body, deliver_at))
 
     async def call(self, agent: str, payload: Any) -> Any:
-        msg = self._message(agent, payload, "call")
-        spec = self._app.specs[agent]
-        key = entity_of(self._app, msg)
-        self.produced.append(msg.id)
+        chain = (*self.spec.call_chain, self.agent)
+        if agent in chain:
+            raise CallCycleError(
+                f"run {self.run_id!r}: agent {self.agent!r} calls {agent!r}, which is waiting up the call chain "
+                f"({' -> '.join((*chain, agent))}): the call would wait forever", run_id=self.run_id)
+        pos = self._position("call")
+        body = message_body(self.host.app, self, agent, payload)
+        if self.host.aborted(self.activation_id):
+            raise RunAborted()
+        waiter = self.host.sent(MessageSent(self.activation_id, pos, agent, "call", body))
+        assert waiter is not None
+        self.host.pause(self.activation_id, True)
         try:
-            raw = await self._ctx.generic_call(agent_service(self._app.name, agent), ACTIVATE, encode_message(msg),
-                                               key=key)
-        except restate.TerminalError as exc:  # the callee failed: a roost error for the caller
-            raise TerminalError(f"run {self.run_id!r}: call from {self.agent!r} to agent {agent!r} failed: "
-                                f"{exc.message}") from None
-        return revive(json.loads(raw)["output"], spec.output_type)
+            reply: Reply = await waiter
+        finally:
+            self.host.pause(self.activation_id, False)
+        if reply.status == "cancelled":
+            raise RunAborted()
+        if reply.status != "completed":
+            cause = f": {reply.error.error_type}: {reply.error.error_message}" if reply.error else ""
+            raise CallFailedError(f"run {self.run_id!r}: ctx.call from {self.agent!r} to {agent!r}: the callee was "
+                                  f"{reply.status}{cause}", run_id=self.run_id, callee=agent, status=reply.status)
+        with internal():
+            return revive(reply.output, self.host.app.specs[agent].output_type)
+
+
+async def _sleep(seconds: float) -> None:
+    await asyncio.sleep(seconds)
+
+
+async def run_activation(ctx: RunContext, spec: Activation) -> ActivationFinished:
+    """Run one activation's engine (``perform``); any failure, whatever raised it, becomes a
+    failed activation naming run, agent, step and cause."""
+    try:
+        with root(ctx):
+            output = await perform(ctx.host.app, ctx, spec)
+        return ActivationFinished(spec.id, "completed", output)
+    except RunAborted:
+        return ActivationFinished(spec.id, "cancelled")
+    except StepFailedError as exc:
+        return failed(spec, exc.step, exc.attempts, exc.cause)
+    except (KeyboardInterrupt, SystemExit):
+        raise
+    except asyncio.CancelledError as exc:
+        task = asyncio.current_task()
+        if task is not None and task.cancelling():
+            raise  # the invocation is ending (suspended, or its connection lost): Restate retries it
+        return failed(spec, None, ctx.attempts, exc)
+    except BaseException as exc:
+        if is_internal_exception(exc):
+            raise
+        return failed(spec, None, ctx.attempts, exc)
+
+
+def failed(spec: Activation, step: str | None, attempts: int, exc: BaseException) -> ActivationFinished:
+    kind = getattr(exc, "kind", None) or type(exc).__name__
+    return ActivationFinished(spec.id, "failed", error=ErrorInfo(spec.agent, step, max(1, attempts), kind,
+                                                                 str(exc) or repr(exc)))

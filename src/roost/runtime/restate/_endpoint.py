@@ -20,6 +20,7 @@ import restate
 
 from ... import __version__
 from ..._graph import CompiledApp
+from .._branches import install
 from ._http import serve_asgi
 from ._server import aregister_deployment
 from ._services import services
@@ -77,6 +78,9 @@ class EndpointServer:
     async def stop(self) -> None:
         self._shutdown.set()
         if self._task is not None:
+            caller = asyncio.current_task()
+            if caller is not None and caller.cancelling():  # winding down after Ctrl-C...: no grace period
+                self._task.cancel()
             try:
                 await asyncio.wait_for(self._task, 5)
             except (TimeoutError, asyncio.CancelledError):
@@ -92,6 +96,7 @@ _SERVERS: dict[tuple[asyncio.AbstractEventLoop, str, int], EndpointServer] = {}
 async def serve_app(app: CompiledApp, *, endpoint: str, admin: str, app_ref: str | None = None,
                     identity_keys: list[str] | None = None, register: bool = True) -> tuple[EndpointServer, str]:
     """Serve ``app`` at ``endpoint`` (shared per address in this process) and register it."""
+    install(asyncio.get_running_loop())  # branch positions inside activations (runtime/_branches.py)
     url = urlsplit(endpoint)
     host, port = url.hostname or "127.0.0.1", url.port or 9080
     key = (asyncio.get_running_loop(), host, port)

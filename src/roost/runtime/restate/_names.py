@@ -1,25 +1,23 @@
-"""Restate service names for an app's agents and roost's per-app run services.
+"""Restate service names for an app's run workflow and its keyed agents.
 
 App and agent names hold no dots, so ``<app>.<agent>`` (one dot) never collides with
-``roost.<app>.run`` / ``roost.<app>.ledger`` (two dots).
+``roost.<app>.run`` (two dots).
 """
 
 from __future__ import annotations
 
 ACTIVATE = "activate"
-LEDGER_PATTERN = "roost.%.ledger"  # SQL LIKE pattern matching every app's ledger
+RUN_PATTERN = "roost.%.run"  # SQL LIKE pattern matching every app's run workflow
+CHANGED = "__roost.changed."
+"""Prefix of the run's own promises: ``CHANGED<n>`` is resolved when the run starts waiting on
+promises, or finishes, for the n-th time (what the ``waiting`` handler blocks on)."""
 
 
 def agent_service(app: str, agent: str) -> str:
-    """Each agent is a Virtual Object named ``<app>.<agent>``, keyed by its entity key."""
+    """A ``keyed_by`` agent is a Virtual Object named ``<app>.<agent>``, keyed by its entity key."""
     return f"{app}.{agent}"
 
 
 def run_service(app: str) -> str:
-    """Workflow keyed by run id: completes when the run does (clients attach to it)."""
+    """The run workflow, keyed by run id: one invocation runs the whole run."""
     return f"roost.{app}.run"
-
-
-def ledger_service(app: str) -> str:
-    """Virtual Object keyed by run id: the run's record, bookkeeping and promises."""
-    return f"roost.{app}.ledger"

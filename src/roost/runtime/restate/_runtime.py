@@ -13,16 +13,15 @@ import httpx
 
 from ..._config import RestateSettings, load_settings
 from ..._graph import CompiledApp
-from ...errors import BackendError, ConfigError, PromiseError, RunConflictError, RunNotFoundError
-from ...result import FINISHED, ActivationRecord, RunRecord
+from ...errors import BackendError, ConfigError, PromiseError, RunConflictError, RunNotFoundError, RunTimeoutError
+from ...result import FINISHED, ActivationRecord, RunRecord, StepRecord
 from .._base import DurableRuntime, RunSummary, Submission
 from ._endpoint import EndpointServer, release, serve_app
-from ._names import LEDGER_PATTERN, ledger_service, run_service
+from ._names import RUN_PATTERN, run_service
 from ._server import aadmin_query
-from ._services import entry_messages
 
 _log = logging.getLogger("roost.restate")
-RESOLVE_WAIT = 10.0  # seconds to wait for the ledger's answer before leaving the resolution to Restate
+RESOLVE_WAIT = 10.0  # seconds to wait for the workflow's answer before leaving the resolution to Restate
 
 
 class RestateRuntime(DurableRuntime):
@@ -92,26 +91,49 @@ class RestateRuntime(DurableRuntime):
         resp: httpx.Response = await self._guard(self.client.post(f"{self.settings.ingress}/{path}", json=body))
         return resp
 
-    async def _ledgers(self, where: str) -> list[dict[str, Any]]:
-        """Run records read from the ledgers' state through the admin API: no endpoint needed."""
-        rows = await self._guard(aadmin_query(
+    async def _state_rows(self, where: str) -> list[dict[str, Any]]:
+        """Rows of the run workflows' state, read through the admin API: no endpoint needed."""
+        rows: list[dict[str, Any]] = await self._guard(aadmin_query(
             self.settings.admin,
-            f"SELECT service_name, value_utf8 FROM state WHERE key = 'run' AND service_name LIKE '{LEDGER_PATTERN}' "
+            f"SELECT service_name, service_key, key, value_utf8 FROM state WHERE service_name LIKE '{RUN_PATTERN}' "
             f"{where}", client=self.client))
-        return [json.loads(r["value_utf8"]) for r in rows if r.get("value_utf8")]
+        return rows
 
-    async def _ledger(self, run_id: str) -> dict[str, Any] | None:
+    async def _fetch(self, run_id: str) -> dict[str, Any] | None:
+        """The run's record ({"run": ..., "activations": [...]}) from its workflow's state."""
         app = self._run_apps.get(run_id)
         if app is not None and self._servers:
-            # Served here: ask the ledger itself (a shared handler, fast); SQL is for the rest.
-            resp = await self._post(f"{ledger_service(app)}/{_quote(run_id)}/get", None)
-            if resp.status_code == 200:
-                data: dict[str, Any] | None = resp.json() if resp.content else None
-                return data
-        found = await self._ledgers(f"AND service_key = '{_sql(run_id)}'")
+            # Served here: ask the workflow's shared handler (fast); SQL is for the rest.
+            resp = await self._post(f"{run_service(app)}/{_quote(run_id)}/get", None)
+            if resp.status_code == 200 and resp.content:
+                data: dict[str, Any] | None = resp.json()
+                if data is not None:
+                    return data
+        rows = await self._state_rows(f"AND service_key = '{_sql(run_id)}'")
+        by_app: dict[str, dict[str, Any]] = {}
+        for row in rows:
+            if not row.get("value_utf8"):
+                continue
+            entry = by_app.setdefault(row["service_name"], {"run": None, "activations": []})
+            if row["key"] == "run":
+                entry["run"] = json.loads(row["value_utf8"])
+            elif row["key"].startswith("a:"):
+                entry["activations"].append(json.loads(row["value_utf8"]))
+        found = [e for e in by_app.values() if e["run"] is not None]
         if len(found) > 1:  # the same run id in several apps: prefer one this runtime serves
-            found = [r for r in found if r["app"] in self.apps] or found
+            found = [e for e in found if e["run"]["app"] in self.apps] or found
         return found[0] if found else None
+
+    async def _run(self, run_id: str) -> dict[str, Any] | None:
+        """The run's own record (status, app, input), without its activations."""
+        app = self._run_apps.get(run_id)
+        if app is not None and self._servers:
+            return (await self._fetch(run_id) or {}).get("run")
+        rows = await self._state_rows(f"AND service_key = '{_sql(run_id)}' AND key = 'run'")
+        runs = [json.loads(r["value_utf8"]) for r in rows if r.get("value_utf8")]
+        if len(runs) > 1:
+            runs = [r for r in runs if r["app"] in self.apps] or runs
+        return runs[0] if runs else None
 
     # -- runs -------------------------------------------------------------------------------
 
@@ -119,44 +141,47 @@ class RestateRuntime(DurableRuntime):
         app, run_id = submission.app, submission.run_id
         self.register(app, self.app_refs.get(app.name))
         body = {
-            "run_id": run_id, "app": app.name, "fingerprint": app.fingerprint,
-            "input": json.loads(submission.input_json), "input_hash": submission.input_hash,
-            "created_at": time.time(), "max_activations": app.max_activations,
-            "entries": entry_messages(app, run_id, submission.entries),
+            "app": app.name, "fingerprint": app.fingerprint, "input": json.loads(submission.input_json),
+            "input_hash": submission.input_hash, "created_at": time.time(),
+            "entries": [[agent, payload] for agent, payload in submission.entries],
         }
-        # The workflow first (it only waits for the ledger's word), then the ledger, which
-        # records the run and sends the entry messages before this call returns.
-        resp = await self._post(f"{run_service(app.name)}/{_quote(run_id)}/run/send", {})
+        # One invocation runs the whole run; a workflow runs once per key, so a second submit
+        # of the same run id is answered "PreviouslyAccepted" and starts nothing.
+        resp = await self._post(f"{run_service(app.name)}/{_quote(run_id)}/run/send", body)
         if resp.status_code not in (200, 202):
             raise BackendError(f"Restate refused to start run {run_id!r} ({resp.status_code}): {resp.text}")
-        resp = await self._post(f"{ledger_service(app.name)}/{_quote(run_id)}/start", body)
-        if resp.status_code != 200:
-            raise BackendError(f"Restate refused to record run {run_id!r} ({resp.status_code}): {resp.text}")
-        answer = resp.json()
-        self._run_apps[run_id] = answer.get("app", app.name)
-        if not answer["created"] and (answer["app"] != app.name or answer["input_hash"] != submission.input_hash):
-            raise RunConflictError(
-                f"run id {run_id!r} is already used by a run of app {answer['app']!r} with a different input; "
-                "a run id names one run: use a new id for new input", run_id=run_id)
-        return bool(answer["created"])
+        self._run_apps[run_id] = app.name
+        created = (resp.json() if resp.content else {}).get("status") != "PreviouslyAccepted"
+        if not created:
+            run = await self._run(run_id)
+            if run is not None and (run["app"] != app.name or run["input_hash"] != submission.input_hash):
+                raise RunConflictError(
+                    f"run id {run_id!r} is already used by a run of app {run['app']!r} with a different input; "
+                    "a run id names one run: use a new id for new input", run_id=run_id)
+        return created
 
-    async def wait(self, run_id: str, timeout: float | None = None) -> RunRecord:
+    async def _app_of(self, run_id: str) -> str:
         app = self._run_apps.get(run_id)
         if app is None:
-            run = await self._ledger(run_id)
+            run = await self._run(run_id)
             if run is None:
                 raise RunNotFoundError(run_id, f"on Restate at {self.settings.ingress}")
-            app = run["app"]
+            app = self._run_apps[run_id] = str(run["app"])
+        return app
+
+    async def wait(self, run_id: str, timeout: float | None = None) -> RunRecord:
+        app = await self._app_of(run_id)
         url = f"{self.settings.ingress}/restate/workflow/{run_service(app)}/{_quote(run_id)}/attach"
         try:
             resp = await asyncio.wait_for(self._attach(url), timeout)
         except TimeoutError:
-            raise TimeoutError(f"run {run_id!r} did not finish within {timeout} s") from None
+            raise RunTimeoutError(f"run {run_id!r} did not finish within {timeout} s; it is not cancelled: it goes "
+                                  "on in Restate", run_id=run_id) from None
         if resp.status_code == 404:
             raise RunNotFoundError(run_id, f"on Restate at {self.settings.ingress}")
         final = resp.json() if resp.status_code == 200 and resp.content else None
         if isinstance(final, dict) and "activations" in final:
-            return _record(run_id, final)  # the workflow returns the ledger's final record
+            return _record(run_id, final)  # small runs return their whole record
         return await self.get(run_id)
 
     async def _attach(self, url: str) -> httpx.Response:
@@ -170,27 +195,28 @@ class RestateRuntime(DurableRuntime):
                 await asyncio.sleep(0.5)
 
     async def get(self, run_id: str) -> RunRecord:
-        run = await self._ledger(run_id)
-        if run is None:
+        data = await self._fetch(run_id)
+        if data is None:
             raise RunNotFoundError(run_id, f"on Restate at {self.settings.ingress}")
-        return _record(run_id, run)
+        return _record(run_id, data)
 
     async def list_runs(self, limit: int = 50) -> list[RunSummary]:
-        runs = sorted(await self._ledgers(""), key=lambda r: r["created_at"], reverse=True)[:limit]
+        rows = await self._state_rows("AND key = 'run'")
+        runs = sorted((json.loads(r["value_utf8"]) for r in rows if r.get("value_utf8")),
+                      key=lambda r: r["created_at"], reverse=True)[:limit]
         return [RunSummary(r["run_id"], r["app"], _status(r), r["created_at"], r.get("finished_at"), "restate")
                 for r in runs]
 
     async def resolve(self, run_id: str, name: str, value: Any) -> None:
-        run = await self._ledger(run_id)
+        run = await self._run(run_id)
         if run is None:
             raise RunNotFoundError(run_id, f"on Restate at {self.settings.ingress}")
         if run["status"] in FINISHED:
             raise PromiseError(f"run {run_id!r} is {run['status']}: nothing waits for {name!r}", run_id=run_id)
-        if name in run["promises"]:
-            raise PromiseError(f"{name!r} of run {run_id!r} is resolved already", run_id=run_id)
-        # A call, answered by the ledger (which refuses a second resolution). If no endpoint serves
-        # the app right now, Restate keeps the call and applies it once one does: stop waiting.
-        path = f"{ledger_service(run['app'])}/{_quote(run_id)}/resolve"
+        # A call to the workflow's shared handler, which resolves the workflow's durable promise
+        # (Restate refuses a second resolution). If no endpoint serves the app right now, Restate
+        # keeps the call and runs it once one does: stop waiting.
+        path = f"{run_service(run['app'])}/{_quote(run_id)}/resolve"
         try:
             resp = await self.client.post(f"{self.settings.ingress}/{path}", json={"name": name, "value": value},
                                           timeout=httpx.Timeout(30.0, read=RESOLVE_WAIT))
@@ -205,31 +231,50 @@ class RestateRuntime(DurableRuntime):
             raise PromiseError(f"{name!r} of run {run_id!r} is resolved already", run_id=run_id)
         if error == "finished":
             raise PromiseError(f"run {run_id!r} is {answer.get('status')}: nothing waits for {name!r}", run_id=run_id)
+        if error == "reserved":
+            raise PromiseError(f"{name!r} is a name roost keeps for itself, not a promise of run {run_id!r}",
+                               run_id=run_id)
         if error:
             raise BackendError(f"Restate refused to resolve {name!r} of run {run_id!r}: {error}")
+
+    async def await_waiting(self, run_id: str) -> list[str] | None:
+        """Blocks on the workflow's shared ``waiting`` handler: no polling (see RunHandle.approval)."""
+        app = await self._app_of(run_id)
+        resp = await self._guard(self.client.post(
+            f"{self.settings.ingress}/{run_service(app)}/{_quote(run_id)}/waiting", json=None,
+            timeout=httpx.Timeout(30.0, read=None)))
+        if resp.status_code != 200:
+            return None  # not served yet: the caller polls
+        names: list[str] | None = resp.json() if resp.content else None
+        return names
 
     async def resume(self, app: CompiledApp, run_id: str) -> None:
         # Restate resumes invocations by itself once an endpoint serves them again.
         self.register(app, self.app_refs.get(app.name))
-        if await self._ledger(run_id) is None:
+        if await self._run(run_id) is None:
             raise RunNotFoundError(run_id, f"on Restate at {self.settings.ingress}")
 
 
-def _record(run_id: str, run: dict[str, Any]) -> RunRecord:
+def _record(run_id: str, data: dict[str, Any]) -> RunRecord:
+    run = data["run"]
     acts = [
         ActivationRecord(
-            id=a["id"], agent=a["agent"], kind=a["kind"], status=a["status"], cause=a.get("cause"),
-            started_at=a.get("started"), finished_at=a.get("finished"), attempts=a.get("attempts", 0),
+            id=a["id"], agent=a["agent"], kind=a.get("kind", "?"), status=a["status"], cause=a.get("cause"),
+            started_at=a.get("started"), finished_at=a.get("finished"), attempts=a.get("attempts") or 1,
             output=a.get("output"), error=a.get("error"),
+            steps=[StepRecord(_position(s["position"]), s["kind"], s["name"], s["status"], s["attempts"],
+                              s.get("started"), s.get("finished"), s.get("value")) for s in a.get("steps") or ()],
         )
-        for a in run["activations"].values()
+        for a in data.get("activations", [])
     ]
-    done = set(run["done"])
-    acts += [ActivationRecord(id=m, agent=m.split(":", 1)[0], kind="?", status="pending")
-             for m in run["expected"] if m not in done]
     return RunRecord(run_id=run_id, app=run["app"], status=_status(run), runtime="restate", input=run.get("input"),
                      created_at=run["created_at"], finished_at=run.get("finished_at"), error=run.get("error"),
-                     activations=acts, waiting_on=[w["name"] for w in run.get("waiting", [])])
+                     activations=acts, waiting_on=list(run.get("waiting", [])))
+
+
+def _position(value: Any) -> int | str:
+    text = str(value)
+    return int(text) if text.isdigit() else text
 
 
 def _status(run: dict[str, Any]) -> str:

@@ -1,0 +1,409 @@
+"""The run workflow: one Restate Workflow invocation per run, driving the run engine.
+
+``roost.<app>.run`` is keyed by the run id. Its ``run`` handler feeds the run engine
+(``roost._engine``) the run's events and carries out its commands: activations run as tasks of
+this one invocation, and their ``ctx`` calls become Restate commands issued by the ``Driver`` in
+a deterministic order. Nothing else is persisted for the engine: on replay the same commands
+give the same results back, so the engine's events, and its decisions, come again as before.
+
+Beside the engine the workflow keeps the run's record in its own state (``run``, and
+``a:<activation id>`` per finished activation) for the shared handlers: ``get``, ``resolve``
+(a workflow durable promise per approval or ``ctx.promise``), ``waiting`` (blocks until the run
+waits on a promise or finishes) and ``promise`` (a keyed agent's ``ctx.promise``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import json
+from datetime import timedelta
+from typing import Any
+
+import restate
+
+from ..._activation import key_of
+from ..._engine import (
+    AbortActivations,
+    Activation,
+    ActivationFinished,
+    AwaitApproval,
+    CancelRequested,
+    DeliverReply,
+    ErrorInfo,
+    Event,
+    MessageSent,
+    PromiseResolved,
+    Reply,
+    RunEngine,
+    RunStarted,
+    StartActivation,
+    encode_activation,
+)
+from ..._graph import CompiledApp
+from .._base import RunAborted
+from .._branches import detached
+from ._context import Host, MemoryState, RunContext, failed, run_activation
+from ._driver import Cancelled, Driver
+from ._names import ACTIVATE, CHANGED, agent_service, run_service
+from ._retry import RETRY
+
+MAX_RUNNING = 256
+"""Activations executing at once in one run (more wait in order; one waiting on a timer, a
+promise or a reply does not count). It bounds the commands in flight, hence each round's cost."""
+RECORDS_IN_OUTPUT = 1000
+"""Runs with at most this many activations return their records with the workflow's output
+(a client then needs no second read)."""
+
+EventKey = tuple[str, str, str]
+
+
+class WorkflowRun(Host):
+    """One run inside its workflow invocation."""
+
+    def __init__(self, ctx: restate.WorkflowContext, app: CompiledApp, sub: dict[str, Any]) -> None:
+        self.ctx = ctx
+        self.app = app
+        self.run_id = ctx.key()
+        self.sub = sub
+        self.driver = Driver(ctx)
+        self.engine = RunEngine(app, self.run_id)
+        self.broken: ErrorInfo | None = None
+        self._events: list[tuple[EventKey, Event]] = []
+        self._entities: dict[tuple[str, str], dict[str, Any]] = {}
+        self._locks: dict[tuple[str, str], tuple[asyncio.Lock, int]] = {}
+        self._replies: dict[str, asyncio.Future[Reply]] = {}
+        self._aborted: set[str] = set()
+        self._queue: collections.deque[Activation] = collections.deque()
+        self._running = 0
+        self._info: dict[str, dict[str, Any]] = {}
+        self._dirty: dict[str, None] = {}
+        self._records: dict[str, dict[str, Any]] | None = {}
+        self._waiting: dict[str, int] = {}
+        self._waits = 0
+        self._waiting_changed = False
+
+    # -- the loop ---------------------------------------------------------------------------
+
+    async def main(self) -> dict[str, Any]:
+        try:
+            return await self._main()
+        finally:
+            self.driver.cancel()
+
+    async def _main(self) -> dict[str, Any]:
+        self.ctx.set("run", self._run_record())
+        self._handle(RunStarted(tuple((str(a), p) for a, p in self.sub["entries"])))
+        while True:
+            await self.driver.settle()
+            if self._events:
+                batch = sorted(self._events, key=lambda e: e[0])
+                self._events = []
+                for _, event in batch:
+                    self._handle(event)
+                continue
+            self._flush()
+            if self.engine.finished or self.broken is not None:
+                break
+            if not self.driver.busy and not self._queue:
+                self._break(RuntimeError("the run has nothing left to run or wait for, yet is not finished"))
+                continue
+            self.driver.issue()
+            try:
+                await self.driver.wait()
+            except Cancelled:
+                self._events.append((("~", "cancel", ""), CancelRequested("cancelled through Restate")))
+        self.driver.issue()
+        return self._final()
+
+    def _handle(self, event: Event) -> None:
+        try:
+            commands = self.engine.handle(event)
+        except Exception as exc:  # a bug in roost: never strand the run
+            self._break(exc)
+            return
+        for aid in self.engine.touched:
+            self._dirty[aid] = None
+        for c in commands:
+            if isinstance(c, StartActivation):
+                self._info[c.activation.id] = {"id": c.activation.id, "agent": c.activation.agent,
+                                               "kind": c.activation.kind, "cause": c.activation.cause}
+                self._admit(c.activation)
+            elif isinstance(c, AwaitApproval):
+                self._dirty[c.activation] = None
+                self.waiting(c.name, True)
+                self._await_approval(c.name)
+            elif isinstance(c, DeliverReply):
+                waiter = self._replies.pop(c.key, None)
+                if waiter is not None and not waiter.done():
+                    waiter.set_result(c.reply)
+            elif isinstance(c, AbortActivations):
+                self._abort(c.ids)
+
+    def _break(self, exc: BaseException) -> None:
+        """roost itself failed: the run ends failed, naming the cause (never a silent stop)."""
+        if self.broken is None:
+            self.broken = ErrorInfo("-", None, 1, type(exc).__name__,
+                                    f"run {self.run_id!r} stopped: roost failed: {type(exc).__name__}: {exc}")
+
+    # -- activations ------------------------------------------------------------------------
+
+    def _admit(self, spec: Activation) -> None:
+        if self._running >= MAX_RUNNING:
+            self._queue.append(spec)
+            return
+        self._running += 1
+        self.driver.spawn(self._activate(spec), f"roost:{spec.id}", context=detached())
+
+    def _release_slot(self) -> None:
+        self._running -= 1
+        while self._queue and self._running < MAX_RUNNING:
+            self._admit(self._queue.popleft())
+
+    def pause(self, activation: str, on: bool) -> None:
+        if on:
+            self._release_slot()
+        else:
+            self._running += 1
+
+    def aborted(self, activation: str) -> bool:
+        return activation in self._aborted
+
+    async def _activate(self, spec: Activation) -> None:
+        event: ActivationFinished
+        try:
+            event = await self._run(spec)
+        except RunAborted:
+            event = ActivationFinished(spec.id, "cancelled")
+        except Exception as exc:  # roost's own code around the activation failed: the run learns why
+            event = failed(spec, None, 1, exc)
+        finally:
+            self._release_slot()
+        info = self._info.get(spec.id)
+        if info is not None:
+            info["output"] = event.output
+            info["error"] = event.error.to_json() if event.error else None
+        self._events.append(((spec.id, "1", ""), event))
+
+    async def _run(self, spec: Activation) -> ActivationFinished:
+        try:
+            key = key_of(self.app, spec, self.run_id)
+        except Exception as exc:  # a keyed_by function failed: the activation fails, naming it
+            return failed(spec, None, 1, exc)
+        if spec.not_before is not None:
+            now = float(await self._ask(spec.id, "~t", lambda: self.ctx.time()))
+            if spec.not_before > now:
+                self.pause(spec.id, True)
+                try:
+                    await self._ask(spec.id, "~delay", lambda: self.ctx.sleep(_delta(spec.not_before - now)),
+                                    abortable=True)
+                finally:
+                    self.pause(spec.id, False)
+        if self.app.specs[spec.agent].key_fn is not None and spec.kind not in ("converge", "gather"):
+            return await self._remote(spec, key)
+        ekey = (spec.agent, key)
+        lock, users = self._locks.get(ekey) or (asyncio.Lock(), 0)
+        self._locks[ekey] = (lock, users + 1)
+        try:
+            async with lock:
+                if self.aborted(spec.id):
+                    return ActivationFinished(spec.id, "cancelled")
+                state = MemoryState(self._entities.get(ekey) or {}, spec.agent)
+                ctx = RunContext(self, spec, key, state)
+                event = await run_activation(ctx, spec)
+                self._note(spec.id, ctx.started, ctx.finished, ctx.attempts, ctx.steps)
+                if event.status == "completed" and state.writes:
+                    merged = {**(self._entities.get(ekey) or {}), **state.writes}
+                    merged = {k: v for k, v in merged.items() if v is not None}
+                    if merged:
+                        self._entities[ekey] = merged
+                    else:
+                        self._entities.pop(ekey, None)
+                return event
+        finally:
+            lock, users = self._locks[ekey]
+            if users <= 1:
+                del self._locks[ekey]
+            else:
+                self._locks[ekey] = (lock, users - 1)
+
+    async def _remote(self, spec: Activation, key: str) -> ActivationFinished:
+        """A keyed agent runs in its Virtual Object (state across runs, one activation per key at
+        a time); what it sent comes back with its outcome."""
+        body = json.dumps({"run_id": self.run_id, "activation": encode_activation(spec)}).encode()
+        service = agent_service(self.app.name, spec.agent)
+        try:
+            raw = await self._ask(spec.id, "~object", lambda: self.ctx.generic_call(service, ACTIVATE, body, key=key))
+        except restate.TerminalError as exc:
+            return failed(spec, None, 1, RuntimeError(f"the invocation of {service!r} failed: {exc.message}"))
+        result: dict[str, Any] = json.loads(raw)
+        self._note(spec.id, result.get("started"), result.get("finished"), int(result.get("attempts", 1)),
+                   result.get("steps", []))
+        for s in result.get("sent", []):
+            self.sent(MessageSent(spec.id, s["position"], s["target"], "send", s["payload"], s.get("deliver_at")))
+        error = result.get("error")
+        if result["status"] == "failed":
+            return ActivationFinished(spec.id, "failed", error=ErrorInfo.from_json(error or {"agent": spec.agent}))
+        if result["status"] == "cancelled":
+            return ActivationFinished(spec.id, "cancelled")
+        return ActivationFinished(spec.id, "completed", result.get("output"))
+
+    async def _ask(self, activation: str, what: str, make: Any, *, abortable: bool = False) -> Any:
+        if self.aborted(activation):
+            raise RunAborted()
+        return await self.driver.request((activation, what), make, abortable=abortable)
+
+    def _note(self, activation: str, started: float | None, finished: float | None, attempts: int,
+              steps: list[dict[str, Any]]) -> None:
+        info = self._info.get(activation)
+        if info is not None:
+            info.update(started=started, finished=finished, attempts=attempts, steps=steps)
+
+    def _abort(self, ids: tuple[str, ...]) -> None:
+        for aid in ids:
+            self._aborted.add(aid)
+            self.driver.fail(aid, RunAborted())
+        prefixes = tuple(f"{aid}/" for aid in ids)
+        for key, waiter in list(self._replies.items()):
+            if key.startswith(prefixes) and not waiter.done():
+                waiter.set_exception(RunAborted())
+        queued = [spec for spec in self._queue if spec.id in self._aborted]
+        if queued:
+            self._queue = collections.deque(spec for spec in self._queue if spec.id not in self._aborted)
+            for spec in queued:
+                self._events.append(((spec.id, "1", ""), ActivationFinished(spec.id, "cancelled")))
+
+    # -- what activations ask for -----------------------------------------------------------
+
+    def sent(self, event: MessageSent) -> asyncio.Future[Reply] | None:
+        self._events.append(((event.sender, "0", event.position), event))
+        if event.kind != "call":
+            return None
+        waiter: asyncio.Future[Reply] = asyncio.get_running_loop().create_future()
+        self._replies[f"{event.sender}/{event.position}"] = waiter
+        return waiter
+
+    def waiting(self, name: str, on: bool) -> None:
+        n = self._waiting.get(name, 0) + (1 if on else -1)
+        if n > 0:
+            self._waiting[name] = n
+        else:
+            self._waiting.pop(name, None)
+        self._waiting_changed = True
+
+    def promise(self, name: str) -> Any:
+        return self.ctx.promise(name).value()
+
+    def _await_approval(self, name: str) -> None:
+        fut = self.driver.request(("~approval", name), lambda: self.ctx.promise(name).value(), abortable=True)
+        fut.add_done_callback(lambda f: self._approved(name, f))
+
+    def _approved(self, name: str, fut: asyncio.Future[Any]) -> None:
+        if fut.cancelled() or fut.exception() is not None:
+            return  # the run ended (the approval's activation was aborted)
+        self.waiting(name, False)
+        self._events.append((("~", "promise", name), PromiseResolved(name, fut.result())))
+
+    # -- the record -------------------------------------------------------------------------
+
+    def _flush(self) -> None:
+        """Write what changed this round into the workflow's state (read by ``get``)."""
+        for aid in self._dirty:
+            known = self.engine.status_of(aid)
+            if known is None or known[1] == "pending":
+                continue
+            record = {**self._info.get(aid, {"id": aid, "agent": known[0]}), "status": known[1]}
+            self.ctx.set(f"a:{aid}", record)
+            if known[1] != "waiting":
+                self._info.pop(aid, None)
+                if self._records is not None:
+                    self._records[aid] = record
+                    if len(self._records) > RECORDS_IN_OUTPUT:
+                        self._records = None
+        self._dirty.clear()
+        finished = self.engine.finished or self.broken is not None
+        if self._waiting_changed or finished:
+            self._waiting_changed = False
+            record = self._run_record()
+            if record["waiting"] or finished:
+                self._waits += 1
+                record["waits"] = self._waits
+                name = f"{CHANGED}{self._waits}"
+                self.driver.fire(("~", "changed", name), lambda: self.ctx.promise(name).resolve(record["waiting"]))
+            self.ctx.set("run", record)
+
+    def _run_record(self) -> dict[str, Any]:
+        sub, engine = self.sub, self.engine
+        status = engine.status if self.broken is None else "failed"
+        error = self.broken or engine.error
+        finished_at = None
+        if status != "running":
+            times = [r.get("finished") or 0 for r in (self._records or {}).values()]
+            finished_at = max([*times, sub["created_at"]])
+        return {"run_id": self.run_id, "app": self.app.name, "fingerprint": sub.get("fingerprint"),
+                "input": sub.get("input"), "input_hash": sub.get("input_hash"), "created_at": sub["created_at"],
+                "status": status, "error": error.to_json() if error else None, "finished_at": finished_at,
+                "waiting": sorted(self._waiting), "waits": self._waits, "activations": engine.count}
+
+    def _final(self) -> dict[str, Any]:
+        run = self._run_record()
+        if self._records is None:
+            return {"run": run}
+        return {"run": run, "activations": list(self._records.values())}
+
+
+def _delta(seconds: float) -> timedelta:
+    return timedelta(seconds=max(0.0, seconds))
+
+
+def run_workflow(app: CompiledApp) -> restate.Workflow:
+    wf = restate.Workflow(run_service(app.name), invocation_retry_policy=RETRY)
+
+    @wf.main()
+    async def run(ctx: restate.WorkflowContext, sub: dict[str, Any]) -> dict[str, Any]:
+        return await WorkflowRun(ctx, app, sub).main()
+
+    @wf.handler()
+    async def get(ctx: restate.WorkflowSharedContext, _: dict[str, Any] | None = None) -> dict[str, Any] | None:
+        run = await ctx.get("run", type_hint=dict)
+        if run is None:
+            return None
+        keys = [k for k in await ctx.state_keys() if k.startswith("a:")]
+        acts = [await ctx.get(k, type_hint=dict) for k in keys]
+        return {"run": run, "activations": [a for a in acts if a is not None]}
+
+    @wf.handler()
+    async def resolve(ctx: restate.WorkflowSharedContext, req: dict[str, Any]) -> dict[str, Any]:
+        name = str(req["name"])
+        run = await ctx.get("run", type_hint=dict)
+        if run is None:
+            return {"error": "not_found"}
+        if run["status"] != "running":
+            return {"error": "finished", "status": run["status"]}
+        if name.startswith(CHANGED):
+            return {"error": "reserved"}
+        try:
+            await ctx.promise(name, type_hint=object).resolve(req.get("value"))
+        except restate.TerminalError:
+            return {"error": "resolved"}
+        return {"ok": True}
+
+    @wf.handler()
+    async def waiting(ctx: restate.WorkflowSharedContext, _: dict[str, Any] | None = None) -> list[str] | None:
+        """The promises the run waits on, once it waits on any; ``[]`` once it has finished."""
+        run = await ctx.get("run", type_hint=dict)
+        if run is None:
+            return None
+        if run["status"] != "running":
+            return []
+        if run["waiting"]:
+            return list(run["waiting"])
+        names: list[str] = await ctx.promise(f"{CHANGED}{int(run['waits']) + 1}").value()
+        return names
+
+    @wf.handler()
+    async def promise(ctx: restate.WorkflowSharedContext, name: str) -> Any:
+        """The value of the run's promise ``name`` once resolved (a keyed agent's ``ctx.promise``)."""
+        return await ctx.promise(name).value()
+
+    return wf
