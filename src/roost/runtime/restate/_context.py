@@ -194,7 +194,7 @@ class RunContext(DurableContext):
 
         # The position is part of the journaled name: were commands ever issued in another order
         # on replay, Restate would report a mismatch instead of handing a step another's result.
-        label = f"{name}@{pos}"
+        label = f"{name}@{self.activation_id}/{pos}"
         done: dict[str, Any] = await self.ask(pos, lambda: self.host.ctx.run_typed(label, action, _OPTIONS))
         self.attempts = max(self.attempts, int(done.get("n", 1)))
         self.started = done["t0"] if self.started is None else self.started
