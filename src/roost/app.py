@@ -53,17 +53,15 @@ class RunHandle:
         listeners.append(listener)
         try:
             async with asyncio.timeout(timeout):
+                names = await self._runtime.await_waiting(self.run_id)  # blocks where the backend can
+                if names is not None:
+                    return names[0] if names else None  # [] once the run has finished
                 while True:
                     rec = await self._runtime.get(self.run_id)
                     if rec.waiting_on:
                         return rec.waiting_on[0]
                     if rec.status in FINISHED:
                         return None
-                    names = await self._runtime.await_waiting(self.run_id)
-                    if names:
-                        return names[0]
-                    if names is not None:
-                        continue  # finished: the record says how
                     event.clear()
                     try:  # runtimes without in-process events or a blocking wait are polled
                         await asyncio.wait_for(event.wait(), _APPROVAL_POLL)

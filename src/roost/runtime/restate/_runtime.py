@@ -14,7 +14,7 @@ import httpx
 from ..._config import RestateSettings, load_settings
 from ..._graph import CompiledApp
 from ...errors import BackendError, ConfigError, PromiseError, RunConflictError, RunNotFoundError, RunTimeoutError
-from ...result import FINISHED, ActivationRecord, RunRecord, StepRecord
+from ...result import ActivationRecord, RunRecord, StepRecord
 from .._base import DurableRuntime, RunSummary, Submission
 from ._endpoint import EndpointServer, release, serve_app
 from ._names import RUN_PATTERN, run_service
@@ -45,6 +45,9 @@ class RestateRuntime(DurableRuntime):
         self._client: httpx.AsyncClient | None = None
         self._servers: list[EndpointServer] = []
         self._run_apps: dict[str, str] = {}  # run id -> app, for runs submitted here
+        self._submitted: dict[str, dict[str, Any]] = {}
+        """Runs submitted here whose workflow may not have written its record yet: their record
+        until it has (a run is 'running' from the moment Restate accepted it)."""
 
     def register(self, app: CompiledApp, app_ref: str | None = None) -> None:
         self.apps[app.name] = app
@@ -108,7 +111,9 @@ class RestateRuntime(DurableRuntime):
             if resp.status_code == 200 and resp.content:
                 data: dict[str, Any] | None = resp.json()
                 if data is not None:
+                    self._submitted.pop(run_id, None)
                     return data
+                return self._accepted(run_id)
         rows = await self._state_rows(f"AND service_key = '{_sql(run_id)}'")
         by_app: dict[str, dict[str, Any]] = {}
         for row in rows:
@@ -122,7 +127,17 @@ class RestateRuntime(DurableRuntime):
         found = [e for e in by_app.values() if e["run"] is not None]
         if len(found) > 1:  # the same run id in several apps: prefer one this runtime serves
             found = [e for e in found if e["run"]["app"] in self.apps] or found
-        return found[0] if found else None
+        if found:
+            return found[0]
+        return self._accepted(run_id)
+
+    def _accepted(self, run_id: str) -> dict[str, Any] | None:
+        """The record of a run submitted here that Restate accepted but has not started yet."""
+        sub = self._submitted.get(run_id)
+        if sub is None:
+            return None
+        return {"run": {**sub, "run_id": run_id, "status": "running", "error": None, "finished_at": None,
+                        "waiting": [], "waits": 0, "activations": 0}, "activations": []}
 
     async def _run(self, run_id: str) -> dict[str, Any] | None:
         """The run's own record (status, app, input), without its activations."""
@@ -130,10 +145,13 @@ class RestateRuntime(DurableRuntime):
         if app is not None and self._servers:
             return (await self._fetch(run_id) or {}).get("run")
         rows = await self._state_rows(f"AND service_key = '{_sql(run_id)}' AND key = 'run'")
-        runs = [json.loads(r["value_utf8"]) for r in rows if r.get("value_utf8")]
+        runs: list[dict[str, Any]] = [json.loads(r["value_utf8"]) for r in rows if r.get("value_utf8")]
         if len(runs) > 1:
             runs = [r for r in runs if r["app"] in self.apps] or runs
-        return runs[0] if runs else None
+        if runs:
+            return runs[0]
+        accepted = self._accepted(run_id)
+        return dict(accepted["run"]) if accepted else None
 
     # -- runs -------------------------------------------------------------------------------
 
@@ -152,6 +170,8 @@ class RestateRuntime(DurableRuntime):
             raise BackendError(f"Restate refused to start run {run_id!r} ({resp.status_code}): {resp.text}")
         self._run_apps[run_id] = app.name
         created = (resp.json() if resp.content else {}).get("status") != "PreviouslyAccepted"
+        if created:
+            self._submitted[run_id] = body
         if not created:
             run = await self._run(run_id)
             if run is not None and (run["app"] != app.name or run["input_hash"] != submission.input_hash):
@@ -208,15 +228,11 @@ class RestateRuntime(DurableRuntime):
                 for r in runs]
 
     async def resolve(self, run_id: str, name: str, value: Any) -> None:
-        run = await self._run(run_id)
-        if run is None:
-            raise RunNotFoundError(run_id, f"on Restate at {self.settings.ingress}")
-        if run["status"] in FINISHED:
-            raise PromiseError(f"run {run_id!r} is {run['status']}: nothing waits for {name!r}", run_id=run_id)
+        app = await self._app_of(run_id)
         # A call to the workflow's shared handler, which resolves the workflow's durable promise
         # (Restate refuses a second resolution). If no endpoint serves the app right now, Restate
         # keeps the call and runs it once one does: stop waiting.
-        path = f"{run_service(run['app'])}/{_quote(run_id)}/resolve"
+        path = f"{run_service(app)}/{_quote(run_id)}/resolve"
         try:
             resp = await self.client.post(f"{self.settings.ingress}/{path}", json={"name": name, "value": value},
                                           timeout=httpx.Timeout(30.0, read=RESOLVE_WAIT))
@@ -231,6 +247,8 @@ class RestateRuntime(DurableRuntime):
             raise PromiseError(f"{name!r} of run {run_id!r} is resolved already", run_id=run_id)
         if error == "finished":
             raise PromiseError(f"run {run_id!r} is {answer.get('status')}: nothing waits for {name!r}", run_id=run_id)
+        if error == "not_found":
+            raise RunNotFoundError(run_id, f"on Restate at {self.settings.ingress} (app {app!r})")
         if error == "reserved":
             raise PromiseError(f"{name!r} is a name roost keeps for itself, not a promise of run {run_id!r}",
                                run_id=run_id)

@@ -375,10 +375,8 @@ def run_workflow(app: CompiledApp) -> restate.Workflow:
     @wf.handler()
     async def resolve(ctx: restate.WorkflowSharedContext, req: dict[str, Any]) -> dict[str, Any]:
         name = str(req["name"])
-        run = await ctx.get("run", type_hint=dict)
-        if run is None:
-            return {"error": "not_found"}
-        if run["status"] != "running":
+        run = await ctx.get("run", type_hint=dict)  # None: accepted, not executing yet (the client knows it)
+        if run is not None and run["status"] != "running":
             return {"error": "finished", "status": run["status"]}
         if name.startswith(CHANGED):
             return {"error": "reserved"}
@@ -389,16 +387,15 @@ def run_workflow(app: CompiledApp) -> restate.Workflow:
         return {"ok": True}
 
     @wf.handler()
-    async def waiting(ctx: restate.WorkflowSharedContext, _: dict[str, Any] | None = None) -> list[str] | None:
+    async def waiting(ctx: restate.WorkflowSharedContext, _: dict[str, Any] | None = None) -> list[str]:
         """The promises the run waits on, once it waits on any; ``[]`` once it has finished."""
         run = await ctx.get("run", type_hint=dict)
-        if run is None:
-            return None
-        if run["status"] != "running":
+        if run is not None and run["status"] != "running":
             return []
-        if run["waiting"]:
+        if run is not None and run["waiting"]:
             return list(run["waiting"])
-        names: list[str] = await ctx.promise(f"{CHANGED}{int(run['waits']) + 1}").value()
+        waits = int(run["waits"]) if run is not None else 0  # None: the run has not started executing yet
+        names: list[str] = await ctx.promise(f"{CHANGED}{waits + 1}").value()
         return names
 
     @wf.handler()
