@@ -66,6 +66,7 @@ class Driver:
     def adopt(self, task: asyncio.Task[Any]) -> None:
         """Count ``task`` among the ones that must settle (activations and their branches)."""
         self._tasks.add(task)
+        self._activity += 1
         task.add_done_callback(self._task_done)
 
     def _task_done(self, task: asyncio.Task[Any]) -> None:
@@ -118,32 +119,39 @@ class Driver:
         """Let the tasks run until each is blocked on a request, on another of these tasks, or
         done. A task in ``asyncio.sleep`` is waited for: its request must not be issued earlier
         or later than on replay."""
+        ready = getattr(self.loop, "_ready", None)  # the loop's pending callbacks (CPython's asyncio)
         while True:
             quiet = 0
             while quiet < _QUIET:
                 before = self._activity
                 await asyncio.sleep(0)
-                quiet = 0 if self._activity != before or self._runnable() else quiet + 1
-            sleeping = self._sleeping()
+                if self._activity != before:
+                    quiet = 0
+                elif ready is not None and not ready:
+                    break  # nothing at all is pending in the loop: no task can move without a request
+                else:
+                    quiet += 1
+            runnable, sleeping = self._blocked()
+            if runnable:
+                continue
             if not sleeping:
                 return
             await asyncio.wait(sleeping)
 
-    def _runnable(self) -> bool:
+    def _blocked(self) -> tuple[bool, set[asyncio.Future[Any]]]:
+        """Whether a task is still runnable; else the futures of ``asyncio.sleep`` calls they wait on."""
+        plain: set[asyncio.Future[Any]] = set()
         for task in self._tasks:
             waiter: asyncio.Future[Any] | None = getattr(task, "_fut_waiter", _UNKNOWN)
             if waiter is None or (waiter is not _UNKNOWN and waiter.done()):
-                return True
-        return False
-
-    def _sleeping(self) -> set[asyncio.Future[Any]]:
-        """Futures the tasks wait on that a timer completes (``asyncio.sleep``)."""
-        plain = {w for t in self._tasks if type(w := getattr(t, "_fut_waiter", None)) is asyncio.Future}
+                return True, set()
+            if type(waiter) is asyncio.Future:
+                plain.add(waiter)
         if not plain:
-            return set()
+            return False, set()
         timers = getattr(self.loop, "_scheduled", ())
-        return {h._args[0] for h in timers  # noqa: SLF001 - asyncio keeps its timers there
-                if getattr(h, "_callback", None) is _SLEEP_DONE and h._args and h._args[0] in plain}
+        return False, {h._args[0] for h in timers  # asyncio keeps its timers there
+                       if getattr(h, "_callback", None) is _SLEEP_DONE and h._args and h._args[0] in plain}
 
     def issue(self) -> int:
         """Issue the commands requested since the last round, in key order; returns how many."""

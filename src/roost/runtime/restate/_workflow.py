@@ -48,7 +48,7 @@ from ._driver import Cancelled, Driver
 from ._names import ACTIVATE, CHANGED, agent_service, run_service
 from ._retry import RETRY
 
-MAX_RUNNING = 256
+MAX_RUNNING = 64
 """Activations executing at once in one run (more wait in order; one waiting on a timer, a
 promise or a reply does not count). It bounds the commands in flight, hence each round's cost."""
 RECORDS_IN_OUTPUT = 1000
