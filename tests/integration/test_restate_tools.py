@@ -1,5 +1,6 @@
 """Runs on Restate are visible in Restate's own tools: the admin SQL and the `restate` CLI show each
-activation under its agent's name and the run id."""
+run as its workflow invocation (``roost.<app>.run``, keyed by the run id), with each step in its
+journal under the step's name, and a failed run as a failed invocation."""
 
 from __future__ import annotations
 
@@ -44,21 +45,26 @@ async def test_activations_show_in_sys_invocation_and_the_restate_cli(server: Re
     assert result["exclaim"] == Q(text="HI!")
     rows = await aadmin_query(
         server.admin_url,
-        "SELECT target_service_name, target_service_key, target_handler_name, status FROM sys_invocation "
+        "SELECT id, target_service_name, target_service_key, target_handler_name, status FROM sys_invocation "
         "WHERE target_service_key = 'tools-run-1'")
-    seen = {(r["target_service_name"], r["target_handler_name"]) for r in rows}
-    assert {("tools.upper", "activate"), ("tools.exclaim", "activate"), ("roost.tools.run", "run")} <= seen
+    runs = [r for r in rows if (r["target_service_name"], r["target_handler_name"]) == ("roost.tools.run", "run")]
+    assert len(runs) == 1 and runs[0]["status"] == "completed", rows
     assert all(r["status"] == "completed" for r in rows)
+    journal = await aadmin_query(
+        server.admin_url,
+        f"SELECT entry_type, name FROM sys_journal WHERE id = '{runs[0]['id']}' AND entry_type = 'Command: Run'")
+    steps = sorted(str(r["name"]).split("@")[0] for r in journal)
+    assert steps == ["exclaim", "upper"], journal  # each agent's step, journaled in the run's invocation
 
     cli = find_restate_cli(install=True, root=Path.cwd())
     env = {**os.environ, "RESTATE_ADMIN_URL": server.admin_url}
     proc = await asyncio.create_subprocess_exec(
-        str(cli), "invocations", "list", "--all", "--service", "tools.upper",
+        str(cli), "invocations", "list", "--all", "--service", "roost.tools.run",
         env={**env, "COLUMNS": "250"}, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
     stdout, stderr = await asyncio.wait_for(proc.communicate(), 30)
     assert proc.returncode == 0, stderr.decode()
     listing = stdout.decode()
-    assert "tools.upper" in listing and "tools-run-1" in listing, listing[:800]
+    assert "roost.tools.run" in listing and "tools-run-1" in listing, listing[:800]
     await app.aclose()
 
 
@@ -77,7 +83,8 @@ async def test_a_failed_agent_is_a_terminal_failure_in_restate_and_a_roost_error
     rows = await aadmin_query(
         server.admin_url,
         "SELECT status, completion_result, completion_failure FROM sys_invocation "
-        "WHERE target_service_name = 'tools-fail.bad' AND target_service_key = 'tools-fail-1'")
+        "WHERE target_service_name = 'roost.tools-fail.run' AND target_service_key = 'tools-fail-1' "
+        "AND target_handler_name = 'run'")
     assert rows and rows[0]["status"] == "completed" and rows[0]["completion_result"] == "failure"
     assert "no good" in rows[0].get("completion_failure", "")
     await app.aclose()

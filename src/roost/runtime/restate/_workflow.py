@@ -80,6 +80,7 @@ class WorkflowRun(Host):
         self._dirty: dict[str, None] = {}
         self._records: dict[str, dict[str, Any]] | None = {}
         self._waiting: dict[str, int] = {}
+        self._approvals: dict[str, str] = {}  # activation -> the approval its output waits on
         self._waits = 0
         self._waiting_changed = False
 
@@ -131,6 +132,7 @@ class WorkflowRun(Host):
                 self._admit(c.activation)
             elif isinstance(c, AwaitApproval):
                 self._dirty[c.activation] = None
+                self._approvals[c.activation] = c.name
                 self.waiting(c.name, True)
                 self._await_approval(c.name)
             elif isinstance(c, DeliverReply):
@@ -313,9 +315,16 @@ class WorkflowRun(Host):
             if known is None or known[1] == "pending":
                 continue
             record = {**self._info.get(aid, {"id": aid, "agent": known[0]}), "status": known[1]}
+            name = self._approvals.get(aid)
+            if name is not None:  # its approval, as a step of its own (as on every runtime)
+                decided = name in self.engine.promises
+                record["steps"] = [*(record.get("steps") or []), {
+                    "position": "approval", "kind": "promise", "name": name, "status": "done" if decided else "waiting",
+                    "attempts": 0, "value": self.engine.promises.get(name)}]
             self.ctx.set(f"a:{aid}", record)
             if known[1] != "waiting":
                 self._info.pop(aid, None)
+                self._approvals.pop(aid, None)
                 if self._records is not None:
                     self._records[aid] = record
                     if len(self._records) > RECORDS_IN_OUTPUT:
@@ -361,7 +370,15 @@ def run_workflow(app: CompiledApp) -> restate.Workflow:
 
     @wf.main()
     async def run(ctx: restate.WorkflowContext, sub: dict[str, Any]) -> dict[str, Any]:
-        return await WorkflowRun(ctx, app, sub).main()
+        final = await WorkflowRun(ctx, app, sub).main()
+        error = final["run"]["error"]
+        if final["run"]["status"] == "failed" and error:
+            # Restate's own tools show the run failed; clients read the record from the state.
+            raise restate.TerminalError(
+                f"run {ctx.key()!r} failed: agent {error['agent']!r}"
+                + (f", step {error['step']!r}" if error.get("step") else "")
+                + f": {error['error_type']}: {error['error_message']}")
+        return final
 
     @wf.handler()
     async def get(ctx: restate.WorkflowSharedContext, _: dict[str, Any] | None = None) -> dict[str, Any] | None:
