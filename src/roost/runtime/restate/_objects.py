@@ -53,6 +53,15 @@ class ObjectRun(Host):
         return json.loads(value) if value else None
 
     async def main(self, spec: Activation) -> dict[str, Any]:
+        try:
+            return await self._main(spec)
+        except Exception as exc:  # roost's own code failed: the run learns why, never a retry loop
+            event = failed(spec, None, 1, exc)
+            assert event.error is not None
+            return {"status": "failed", "output": None, "error": event.error.to_json(), "sent": [], "attempts": 1,
+                    "started": None, "finished": None, "steps": []}
+
+    async def _main(self, spec: Activation) -> dict[str, Any]:
         ctx = RunContext(self, spec, self.ctx.key())
         task = self.driver.spawn(run_activation(ctx, spec), f"roost:{spec.id}", context=detached())
         try:

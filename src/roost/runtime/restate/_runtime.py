@@ -14,7 +14,7 @@ import httpx
 from ..._config import RestateSettings, load_settings
 from ..._graph import CompiledApp
 from ...errors import BackendError, ConfigError, PromiseError, RunConflictError, RunNotFoundError, RunTimeoutError
-from ...result import ActivationRecord, RunRecord, StepRecord
+from ...result import FINISHED, ActivationRecord, RunRecord, StepRecord
 from .._base import DurableRuntime, RunSummary, Submission
 from ._endpoint import EndpointServer, release, serve_app
 from ._names import RUN_PATTERN, run_service
@@ -202,7 +202,14 @@ class RestateRuntime(DurableRuntime):
         final = resp.json() if resp.status_code == 200 and resp.content else None
         if isinstance(final, dict) and "activations" in final:
             return _record(run_id, final)  # small runs return their whole record
-        return await self.get(run_id)
+        record = await self.get(run_id)
+        if resp.status_code != 200 and record.status not in FINISHED:
+            # The workflow failed before its record said so (roost could not write it): its failure says why.
+            message = resp.json().get("message", resp.text) if resp.content else f"HTTP {resp.status_code}"
+            record.status = "failed"
+            record.error = {"agent": "-", "step": None, "attempts": 1, "error_type": "RunFailed",
+                            "error_message": str(message)}
+        return record
 
     async def _attach(self, url: str) -> httpx.Response:
         """Wait on the run's workflow; a connection lost to a restarting server is re-attached."""

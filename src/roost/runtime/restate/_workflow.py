@@ -93,8 +93,20 @@ class WorkflowRun(Host):
             self.driver.cancel()
 
     async def _main(self) -> dict[str, Any]:
-        self.ctx.set("run", self._run_record())
-        self._handle(RunStarted(tuple((str(a), p) for a, p in self.sub["entries"])))
+        try:
+            self.ctx.set("run", self._run_record())
+            self._handle(RunStarted(tuple((str(a), p) for a, p in self.sub["entries"])))
+            await self._loop()
+        except Exception as exc:  # roost's own code failed (Restate's signals are BaseExceptions)
+            self._break(exc)
+        try:
+            self._flush()
+            self.driver.issue()
+        except Exception as exc:  # the record could not be written: the workflow's output still says why
+            self._break(exc)
+        return self._final()
+
+    async def _loop(self) -> None:
         while True:
             await self.driver.settle()
             if self._events:
@@ -103,9 +115,9 @@ class WorkflowRun(Host):
                 for _, event in batch:
                     self._handle(event)
                 continue
-            self._flush()
             if self.engine.finished or self.broken is not None:
-                break
+                return
+            self._flush()
             if not self.driver.busy and not self._queue:
                 self._break(RuntimeError("the run has nothing left to run or wait for, yet is not finished"))
                 continue
@@ -114,15 +126,17 @@ class WorkflowRun(Host):
                 await self.driver.wait()
             except Cancelled:
                 self._events.append((("~", "cancel", ""), CancelRequested("cancelled through Restate")))
-        self.driver.issue()
-        return self._final()
 
     def _handle(self, event: Event) -> None:
+        if self.broken is not None:
+            return
         try:
-            commands = self.engine.handle(event)
+            self._carry_out(event)
         except Exception as exc:  # a bug in roost: never strand the run
             self._break(exc)
-            return
+
+    def _carry_out(self, event: Event) -> None:
+        commands = self.engine.handle(event)
         for aid in self.engine.touched:
             self._dirty[aid] = None
         for c in commands:
