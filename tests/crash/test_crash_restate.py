@@ -8,12 +8,21 @@ with a client-only ``RestateRuntime``, waits (bounded) until the pipeline signal
 the kill point, kills it with SIGKILL (by pid), snapshots Restate's journal of the run (which
 steps have their result journaled) and the counters (kept outside the journal, one fsync'ed
 line per step start/done), starts the serving process again without blocking, and checks
-against an uninterrupted run of the same pipeline (another run id on the same server):
+against an uninterrupted run of the same pipeline (another run id on the same server).
+
+A run is one Restate Workflow invocation (``roost.crashrestate.run``, keyed by the run id,
+handler ``run``); every activation runs inside it, and each ``ctx.step`` is one ``ctx.run`` in
+its journal, named ``<step>@<activation id>/<position>`` (the agent is the activation id up to
+its first ':'). A step counts as journaled once its ``Command: Run`` has a successful
+``Notification: Run`` (read through admin SQL: ``sys_journal`` joined with ``sys_invocation``).
+The run's record is the workflow's state (``run``, and ``a:<activation id>`` per activation),
+read with the client's ``_fetch``. The checks:
 
 * a step journaled before a kill is never executed again (its counter lines do not change);
 * every step ran to 'done' exactly once overall; interrupted steps started once more;
-* nothing was lost: every agent produced, the ledger saw every activation reported exactly
-  once and nothing outstanding, and every Restate invocation of the run completed successfully;
+* nothing was lost: every agent produced, the run's record lists its five activations, each
+  once and completed, with nothing waiting, and every Restate invocation of the run (the
+  workflow's ``run``, and its shared handlers called by the client) completed successfully;
 * the outputs equal the uninterrupted run's, as JSON (up to the run id inside idempotency keys).
 
 The last tests kill restate-server itself (SIGKILL, by its pid) mid-run and restart it on the
@@ -64,10 +73,55 @@ LIVENESS = 10.0  # resume latency bound: a liveness check only (about 1 s is exp
 OUTAGE = 3.0  # seconds the endpoint stays down in test_kill_mid_fanout
 AGENTS = {"plan", "fact", "style", "merge", "publish"}
 PLAN_STEPS = {"plan.outline", "plan.research", "plan.draft"}
+RUN_SERVICE = f"roost.{APP_NAME}.run"  # the run workflow, keyed by run id; its handler 'run' runs the run
+RUN_ENTRIES = ("Command: Run", "Notification: Run")
 
 
 # Resume latency figures per test, summarised at the end of the module.
 LATENCIES: dict[str, dict[str, float]] = {}
+
+
+# -- Restate's journal of a run workflow (admin SQL; also used by test_crash_branches_restate) ---
+
+
+def journal_rows(admin_url: str, service: str, run_id: str, entry_types: tuple[str, ...], *,
+                 full: bool = False) -> list[dict[str, Any]]:
+    """Entries of those types in the journal of the workflow invocation ``service``/``run_id``
+    (handler 'run'), in journal order; ``full`` adds each entry's ``entry_json`` (with values)."""
+    types = ", ".join(f"'{t}'" for t in entry_types)
+    return admin_query(admin_url, (
+        "SELECT j.id AS id, j.index AS idx, j.entry_type AS type, j.entry_lite_json AS entry"
+        + (", j.entry_json AS full" if full else "") + " FROM sys_journal j JOIN sys_invocation i ON j.id = i.id "
+        f"WHERE i.target_service_name = '{service}' AND i.target_service_key = '{run_id}' "
+        f"AND i.target_handler_name = 'run' AND j.entry_type IN ({types}) ORDER BY j.index"))
+
+
+def journaled_runs(rows: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """From ``Command: Run`` / ``Notification: Run`` rows: the name of every ``ctx.run`` whose
+    result Restate journaled successfully, with its notification row. A name issued twice as a
+    command (a journaled step issued again) fails the test."""
+    names: dict[tuple[str, int], str] = {}
+    done: dict[tuple[str, int], dict[str, Any]] = {}
+    for row in rows:
+        entry = json.loads(row["entry"])
+        if row["type"] == "Command: Run":
+            run = entry["Command"]["Run"]
+            names[(row["id"], run["completion_id"])] = run["name"]
+        elif entry["Notification"].get("result") == "Success":
+            done[(row["id"], entry["Notification"]["id"]["CompletionId"])] = row
+    issued = Counter(names.values())
+    assert all(n == 1 for n in issued.values()), f"a ctx.run was issued twice in the journal: {issued}"
+    return {name: done[key] for key, name in names.items() if key in done}
+
+
+def step_of(label: str) -> str:
+    """The step's name from its journaled name ``<step>@<activation id>/<position>``."""
+    return label.rpartition("@")[0]
+
+
+def agent_of(label: str) -> str:
+    """The agent from a journaled step name: its activation id up to the first ':'."""
+    return label.rpartition("@")[2].split(":", 1)[0]
 
 
 # -- the harness ----------------------------------------------------------------------------------
@@ -99,37 +153,27 @@ class Harness(PipelineHarness):
     # -- Restate's journal of the run (admin SQL) -------------------------------------------------
 
     def journal(self, entry_types: tuple[str, ...]) -> list[dict[str, Any]]:
-        """The run's journal entries of those types, in its agents' invocations (keyed by the run id)."""
-        types = ", ".join(f"'{t}'" for t in entry_types)
-        return admin_query(self.server.admin_url, (
-            "SELECT i.target_service_name AS service, j.id AS id, j.index AS idx, j.entry_type AS type, "
-            "j.entry_lite_json AS entry FROM sys_journal j JOIN sys_invocation i ON j.id = i.id "
-            f"WHERE i.target_service_key = '{self.run_id}' AND i.target_service_name LIKE '{APP_NAME}.%' "
-            f"AND j.entry_type IN ({types}) ORDER BY j.index"))
+        """The entries of those types in the run's journal: its workflow invocation's (handler
+        ``run``; the shared handlers' invocations have journals of their own)."""
+        return journal_rows(self.server.admin_url, RUN_SERVICE, self.run_id, entry_types)
 
     def journaled_steps(self) -> set[str]:
         """'agent.step' for every step whose result Restate has journaled."""
-        names: dict[tuple[str, int], str] = {}
-        done: set[tuple[str, int]] = set()
-        for row in self.journal(("Command: Run", "Notification: Run")):
-            entry = json.loads(row["entry"])
-            if row["type"] == "Command: Run":
-                run = entry["Command"]["Run"]
-                agent = row["service"].removeprefix(f"{APP_NAME}.")
-                names[(row["id"], run["completion_id"])] = f"{agent}.{run['name']}"
-            elif entry["Notification"].get("result") == "Success":
-                done.add((row["id"], entry["Notification"]["id"]["CompletionId"]))
-        return {name for key, name in names.items() if key in done}
+        return {f"{agent_of(label)}.{step_of(label)}" for label in journaled_runs(self.journal(RUN_ENTRIES))}
 
     def sleeps(self) -> list[float]:
-        """Wake-up times (epoch seconds) of plan's ctx.sleep entries."""
-        rows = [r for r in self.journal(("Command: Sleep",)) if r["service"] == f"{APP_NAME}.plan"]
+        """Wake-up times (epoch seconds) of the run's ctx.sleep entries (plan's is its only one)."""
+        rows = self.journal(("Command: Sleep",))
         return [json.loads(r["entry"])["Command"]["Sleep"]["wake_up_time"] / 1000.0 for r in rows]
 
     def invocations(self) -> list[dict[str, Any]]:
+        """Every Restate invocation keyed by the run id (the workflow's ``run`` and the shared
+        handlers the client called), and any of an agent's Virtual Object of this app (none here:
+        no agent is ``keyed_by``)."""
         return admin_query(self.server.admin_url, (
-            "SELECT target, status, completion_result FROM sys_invocation "
-            f"WHERE target_service_key = '{self.run_id}'"))
+            "SELECT target, target_service_name AS service, target_handler_name AS handler, status, "
+            "completion_result FROM sys_invocation "
+            f"WHERE target_service_key = '{self.run_id}' OR target_service_name LIKE '{APP_NAME}.%'"))
 
     # -- client calls (a client-only RestateRuntime in this process) ------------------------------
 
@@ -138,23 +182,29 @@ class Harness(PipelineHarness):
 
         return RestateRuntime(ingress=self.server.ingress_url, admin=self.server.admin_url, serve=False)
 
-    def ledger(self) -> dict[str, Any]:
-        """The run's record in its ledger (a Virtual Object keyed by the run id), as stored."""
+    def record(self) -> dict[str, Any]:
+        """The run's record in its workflow's state, as stored: {"run": ..., "activations": [...]}
+        (a client-only runtime reads it with admin SQL on the ``state`` table)."""
 
         async def go(app: App) -> dict[str, Any]:
-            record: dict[str, Any] | None = await (await app.runtime())._ledger(self.run_id)  # type: ignore[attr-defined]
-            assert record is not None, f"run {self.run_id!r} unknown to the ledger"
+            record: dict[str, Any] | None = await (await app.runtime())._fetch(self.run_id)  # type: ignore[attr-defined]
+            assert record is not None, f"run {self.run_id!r} has no record in its workflow's state"
             return record
 
         return self.client(go)
 
+    def run_record(self) -> dict[str, Any]:
+        """The workflow's ``run`` state: status, error, waiting, activations (a count)..."""
+        run: dict[str, Any] = self.record()["run"]
+        return run
+
     def activations(self) -> list[tuple[str, str, str]]:
-        """(agent, kind, status) of every activation the ledger has a report of."""
-        return [(a["agent"], a["kind"], a["status"]) for a in self.ledger()["activations"].values()]
+        """(agent, kind, status) of every activation with a record (``a:<id>``) in the workflow's state."""
+        return [(a["agent"], a["kind"], a["status"]) for a in self.record()["activations"]]
 
     def wait_for_approval(self, proc: subprocess.Popen[bytes]) -> None:
-        self.wait_until(proc, "the run waiting for publish's approval", lambda: self.ledger()["waiting"])
-        assert [w["name"] for w in self.ledger()["waiting"]] == ["publish"]
+        self.wait_until(proc, "the run waiting for publish's approval", lambda: self.run_record()["waiting"])
+        assert self.run_record()["waiting"] == ["publish"]
 
 
 @dataclass
@@ -197,7 +247,8 @@ def baseline(tmp_path_factory: pytest.TempPathFactory, restate_server: RestateSe
         h.resolve("publish", True)
         result = h.finish()
         return {"result": result, "starts": h.counts("start"), "dones": h.counts("done"),
-                "counters": h.counters(), "activations": h.activations(), "run_id": h.run_id}
+                "counters": h.counters(), "activations": h.activations(), "run_id": h.run_id,
+                "journaled": h.journaled_steps()}
     finally:
         h.close()
 
@@ -221,6 +272,10 @@ def record_latency(test: str, **figures: float) -> None:
 
 
 # -- checks ---------------------------------------------------------------------------------------
+
+
+def fact_completed(h: Harness) -> bool:
+    return ("fact", "completed") in [(a, s) for a, _, s in h.activations()]
 
 
 def crash_at(h: Harness, proc: subprocess.Popen[bytes], *, journaled: set[str]) -> Snapshot:
@@ -288,15 +343,23 @@ def check_recovered(h: Harness, baseline: dict[str, Any], final: dict[str, Any],
             theirs = baseline["counters"][step][0]["key"].replace(baseline["run_id"], RUN_PLACEHOLDER)
             assert ours == theirs, step
 
-    # The ledger: every activation reported exactly once, nothing outstanding or waiting.
-    ledger = h.ledger()
-    assert (ledger["status"], ledger["error"], ledger["waiting"]) == ("completed", None, [])
-    assert sorted(ledger["expected"]) == sorted(ledger["done"])
-    assert ledger["count"] == len(ledger["activations"]) == 6, f"{ledger['count']} reports"
-    assert sorted(h.activations()) == sorted(baseline["activations"])
-    assert Counter(status for _, _, status in h.activations()) == Counter(completed=5, absorbed=1)
-    # Restate: every invocation of the run (agents, ledger, workflow) completed, none failed.
-    pending = [i for i in h.invocations() if (i["status"], i.get("completion_result")) != ("completed", "success")]
+    # The run's record (its workflow's state): five activations, one per agent, each completed
+    # (merge, the converge, is one activation), nothing waiting.
+    record = h.record()
+    run = record["run"]
+    assert (run["status"], run["error"], run["waiting"]) == ("completed", None, []), run
+    assert run["activations"] == len(record["activations"]) == 5, (run["activations"], record["activations"])
+    assert len({a["id"] for a in record["activations"]}) == 5
+    activations = [(a["agent"], a["kind"], a["status"]) for a in record["activations"]]
+    assert sorted(activations) == sorted(baseline["activations"])
+    assert sorted(agent for agent, _, status in activations if status == "completed") == sorted(AGENTS)
+    # Restate: the run is one workflow invocation (no agent is keyed_by: no Virtual Object), and
+    # every invocation of the run (the workflow's run, its shared handlers) completed, none failed.
+    invocations = h.invocations()
+    runs = [i for i in invocations if (i["service"], i["handler"]) == (RUN_SERVICE, "run")]
+    assert len(runs) == 1, f"one workflow invocation runs the run: {invocations}"
+    assert {i["service"] for i in invocations} == {RUN_SERVICE}, invocations
+    pending = [i for i in invocations if (i["status"], i.get("completion_result")) != ("completed", "success")]
     assert not pending, f"invocations not completed successfully: {pending}"
 
 
@@ -310,7 +373,11 @@ def test_uninterrupted_run(baseline: dict[str, Any]) -> None:
     assert baseline["dones"] == {s: 1 for s in STEPS}
     # 'draft' fails its first attempt and succeeds on the retry; everything else runs once.
     assert baseline["starts"] == {s: 2 if s == "plan.draft" else 1 for s in STEPS}
-    assert sorted(status for _, _, status in baseline["activations"]) == ["absorbed"] + ["completed"] * 5
+    assert sorted(baseline["activations"]) == sorted([("plan", "entry", "completed"), ("fact", "edge", "completed"),
+                                                       ("style", "edge", "completed"),
+                                                       ("merge", "converge", "completed"),
+                                                       ("publish", "edge", "completed")])
+    assert baseline["journaled"] == set(STEPS), baseline["journaled"]
 
 
 # -- kill the serving process, start it again ---------------------------------------------------
@@ -356,7 +423,8 @@ def test_kill_during_sleep(harness: Harness, baseline: dict[str, Any]) -> None:
 
 def test_kill_mid_fanout(harness: Harness, baseline: dict[str, Any]) -> None:
     """Killed while 'fact' (one fan-out branch) is inside its step and 'style' (the other) is
-    done, reported to the ledger: style must not run again, fact must run once more.
+    done, its activation completed in the run's record: style must not run again, fact must run
+    once more.
 
     The endpoint stays down for OUTAGE seconds here, long enough for Restate's retry interval
     to reach its 1 s cap: the resume latency measured is the one a real outage would see."""
@@ -377,14 +445,15 @@ def test_kill_mid_fanout(harness: Harness, baseline: dict[str, Any]) -> None:
 
 
 def test_kill_with_converge_half_complete(harness: Harness, baseline: dict[str, Any]) -> None:
-    """Killed while 'fact' is done and its contribution absorbed by 'merge', and 'style' (the
-    other upstream) is inside its step: merge must fire once, with fact's recorded output."""
+    """Killed while 'fact' is done (its activation completed in the run's record; merge, the
+    converge, waits for style) and 'style' (the other upstream) is inside its step: merge must
+    fire once, with fact's recorded output."""
     h = harness
     proc = h.start("converge")
     h.submit()
     h.wait_marker(proc, "converge")
-    h.wait_until(proc, "fact's contribution absorbed by merge",
-                 lambda: [(a, s) for a, _, s in h.activations() if a == "merge"] == [("merge", "absorbed")])
+    h.wait_until(proc, "fact's activation completed", lambda: fact_completed(h))
+    assert "merge" not in {a for a, _, _ in h.activations()}, "merge has a record before style is in"
     snap = crash_at(h, proc, journaled=PLAN_STEPS | {"fact.fact"})
     assert [e["event"] for e in snap.counters["style.style"]] == ["start"]
     new = h.start("converge", block=False)
@@ -396,16 +465,16 @@ def test_kill_with_converge_half_complete(harness: Harness, baseline: dict[str, 
 
 def test_kill_while_waiting_for_approval(harness: Harness, baseline: dict[str, Any]) -> None:
     """Killed while 'publish' waits for its approval; after the restart the run still waits
-    (the ledger kept it), the test approves, and the run finishes without running publish's
-    step again."""
+    (its workflow's state and durable promise kept it), the test approves, and the run finishes
+    without running publish's step again."""
     h = harness
     proc = h.start("approval")
     h.submit()
     h.wait_for_approval(proc)
     snap = crash_at(h, proc, journaled=set(STEPS))
     new = h.start("approval", block=False)
-    assert [w["name"] for w in h.ledger()["waiting"]] == ["publish"]
-    assert h.ledger()["status"] == "running"
+    run = h.run_record()
+    assert (run["status"], run["waiting"]) == ("running", ["publish"]), run
     asked = time.time()
     h.resolve("publish", True)
     final = h.finish()
@@ -416,16 +485,16 @@ def test_kill_while_waiting_for_approval(harness: Harness, baseline: dict[str, A
 
 def test_approval_resolved_while_endpoint_down(harness: Harness, baseline: dict[str, Any]) -> None:
     """Killed while 'publish' waits for its approval; the test approves while no process
-    serves the app: Restate keeps the ledger's resolve invocation until the endpoint is back
-    (the run still waits meanwhile), then the run finishes."""
+    serves the app: Restate keeps the call to the workflow's shared 'resolve' handler until the
+    endpoint is back (the run still waits meanwhile), then the run finishes."""
     h = harness
     proc = h.start("approval")
     h.submit()
     h.wait_for_approval(proc)
     snap = crash_at(h, proc, journaled=set(STEPS))
 
-    # In a thread: whether the client's resolve returns at once (sent) or only once the ledger
-    # has run it (called), this test goes on.
+    # In a thread: whether the client's resolve returns at once (sent) or only once the
+    # workflow's handler has run it (called), this test goes on.
     answered: list[BaseException | None] = []
 
     def resolve() -> None:
@@ -439,14 +508,14 @@ def test_approval_resolved_while_endpoint_down(harness: Harness, baseline: dict[
     thread.start()
 
     def resolve_held() -> bool:
-        # The ledger's handler (the only 'resolve'), however the ledger service is named.
-        return any(i["target"].endswith(f"/{h.run_id}/resolve") and i["status"] != "completed"
+        # The run workflow's shared handler 'resolve', accepted and not run yet.
+        return any((i["service"], i["handler"]) == (RUN_SERVICE, "resolve") and i["status"] != "completed"
                    for i in h.invocations())
 
     h.wait_until(None, "the resolve invocation accepted by Restate", resolve_held)
     time.sleep(0.3)
-    assert resolve_held(), "the ledger ran the resolve while no endpoint served it"
-    assert [w["name"] for w in h.ledger()["waiting"]] == ["publish"]
+    assert resolve_held(), "the resolve ran while no endpoint served it"
+    assert h.run_record()["waiting"] == ["publish"]
     assert answered in ([], [None]), answered
     new = h.start("approval", block=False)
     final = h.finish()
@@ -473,8 +542,7 @@ def test_killed_again_during_recovery(harness: Harness, baseline: dict[str, Any]
     assert [e["event"] for e in kills[-1].counters["plan.research"]] == ["start", "start"]
     proc = h.start("converge")
     h.wait_marker(proc, "converge")
-    h.wait_until(proc, "fact's contribution absorbed by merge",
-                 lambda: [(a, s) for a, _, s in h.activations() if a == "merge"] == [("merge", "absorbed")])
+    h.wait_until(proc, "fact's activation completed", lambda: fact_completed(h))
     kills.append(crash_at(h, proc, journaled=PLAN_STEPS | {"fact.fact"}))
     new = h.start("none", block=False)
     final = approve_and_finish(h, new)
@@ -535,8 +603,9 @@ def test_kill_restate_server_during_sleep(harness: Harness, baseline: dict[str, 
 
 def test_kill_restate_server_inside_step(harness: Harness, baseline: dict[str, Any]) -> None:
     """kill -9 restate-server while plan's async 'research' step runs in the (surviving) serving
-    process: the SDK cancels that attempt when its connection drops, Restate invokes plan again
-    after the restart, and 'research' runs again, once, without 'outline' running again."""
+    process: the SDK cancels that attempt when its connection drops, Restate invokes the run's
+    workflow again after the restart (it replays plan), and 'research' runs again, once, without
+    'outline' running again."""
     h = harness
     proc = h.start("server-step")
     h.submit()
@@ -551,6 +620,8 @@ def test_kill_restate_server_inside_step(harness: Harness, baseline: dict[str, A
     (h.counter_dir / "release").touch()
     final = approve_and_finish(h, proc)
     check_recovered(h, baseline, final, [Snapshot(journaled, counters, down.killed_at)], {"plan.research": 1})
+    # Attempt numbers are counted in the serving process (docs/runtime.md, Restate: they restart
+    # only if it dies); it survived here, so the attempt Restate started again is attempt 2.
     attempts = [(e["event"], e["attempt"]) for e in h.counters()["plan.research"]]
     assert attempts == [("start", 1), ("start", 2), ("done", 2)], attempts
 
@@ -579,6 +650,9 @@ def test_kill_restate_server_inside_sync_step(harness: Harness, baseline: dict[s
     events = [(e["event"], e["attempt"]) for e in h.counters()["fact.fact"]]
     dones = [a for ev, a in events if ev == "done"]
     print(f"fact.fact after restate-server's kill: {events}")
-    assert events[:2] == [("start", 1), ("start", 2)] and 1 <= len(dones) <= 2, events
+    assert [ev for ev, _ in events[:2]] == ["start", "start"] and 1 <= len(dones) <= 2, events
     check_recovered(h, baseline, final, [Snapshot(journaled, counters, down.killed_at)], {"fact.fact": 1},
                     at_least_once=frozenset({"fact.fact"}))
+    # Attempt numbers are counted in the serving process (docs/runtime.md, Restate: they restart
+    # only if it dies); it survived here, so the attempt Restate started again is attempt 2.
+    assert events[:2] == [("start", 1), ("start", 2)], events

@@ -11,15 +11,18 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import inspect
 import json
 import threading
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import restate
 from restate.exceptions import is_internal_exception
+from restate.server_context import DisconnectedException
 
 from ..._activation import message_body, perform
 from ..._codec import dumps, revive
@@ -36,10 +39,20 @@ if TYPE_CHECKING:
     from ._driver import Driver, Key
 
 T = TypeVar("T")
+_ATTEMPTS: dict[str, tuple[int, int]] = {}
+"""Per step idempotency key, in this process: (attempts started, attempts failed). Restate runs a
+step's ``ctx.run`` again when the invocation is retried (its server restarted, its connection
+dropped); the numbering and the retry budget go on from where they were, as long as this
+process lives (they restart if it dies)."""
 _OPTIONS: restate.RunOptions[dict[str, Any]] = restate.RunOptions(type_hint=dict)
 
 
 @functools.lru_cache(maxsize=256)
+def restate_signal(exc: BaseException) -> bool:
+    """An exception by which the Restate SDK ends an invocation's attempt (not a failure of the run)."""
+    return isinstance(exc, DisconnectedException) or is_internal_exception(exc)
+
+
 def remote_error(kind: str) -> type[RemoteStepError]:
     """An exception class named like the step's last exception (its messages read the same)."""
     return type(kind if kind.isidentifier() else "StepError", (RemoteStepError,), {})
@@ -178,12 +191,31 @@ class RunContext(DurableContext):
         info = StepInfo(self.run_id, self.agent, name, 1, f"{self.run_id}/{self.activation_id}/{pos}")
         where = f"run {self.run_id!r}, agent {self.agent!r}, step {name!r}"
 
+        key = info.idempotency_key
+        if inspect.iscoroutinefunction(fn):
+            async def counted(*a: Any, **kw: Any) -> Any:
+                _started(key)
+                return await fn(*a, **kw)
+        else:
+            def counted(*a: Any, **kw: Any) -> Any:  # type: ignore[misc]
+                _started(key)
+                return fn(*a, **kw)
+
+        def failed_attempt(attempt: int, exc: BaseException) -> None:
+            started, failures = _ATTEMPTS.get(key, (attempt, 0))
+            _ATTEMPTS[key] = (started, failures + 1)
+
         async def action() -> dict[str, Any]:
             # Runs until Restate has journaled its outcome; the retries happen inside, so the
             # outcome is final: a value, or the last failure after the policy gave up.
             t0 = time.time()
+            started, failures = _ATTEMPTS.get(key, (0, 0))
+            # An attempt abandoned when the invocation was retried counts in the numbering, not
+            # in the budget: only failures do.
+            budget = replace(policy, max_attempts=started + max(policy.max_attempts - failures, 0)) if started else policy
             try:
-                result, attempts = await run_with_retry(fn, args, kwargs, policy=policy, info=info, wait=_sleep)
+                result, attempts = await run_with_retry(counted, args, kwargs, policy=budget, info=info, wait=_sleep,
+                                                        first_attempt=started + 1, on_retry=failed_attempt)
                 return {"v": json.loads(dumps(result, what=where)), "n": attempts, "t0": t0, "t1": time.time()}
             except StepFailedError as exc:
                 cause = exc.cause
@@ -191,6 +223,10 @@ class RunContext(DurableContext):
                 return {"e": [kind, str(cause)], "n": exc.attempts, "t0": t0, "t1": time.time()}
             except SerializationError as exc:
                 return {"s": str(exc), "n": 1, "t0": t0, "t1": time.time()}
+            finally:
+                task = asyncio.current_task()
+                if task is None or not task.cancelling():
+                    _ATTEMPTS.pop(key, None)  # an outcome: Restate journals it (a cancelled attempt keeps counting)
 
         # The position is part of the journaled name: were commands ever issued in another order
         # on replay, Restate would report a mismatch instead of handing a step another's result.
@@ -264,6 +300,11 @@ class RunContext(DurableContext):
                                   f"{reply.status}{cause}", run_id=self.run_id, callee=agent, status=reply.status)
         with internal():
             return revive(reply.output, self.host.app.specs[agent].output_type)
+
+
+def _started(key: str) -> None:
+    started, failures = _ATTEMPTS.get(key, (0, 0))
+    _ATTEMPTS[key] = (started + 1, failures)
 
 
 async def _sleep(seconds: float) -> None:

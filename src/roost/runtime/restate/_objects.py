@@ -18,7 +18,7 @@ from ..._engine import Activation, MessageSent, Reply, decode_activation
 from ..._graph import CompiledApp
 from ...errors import UsageError
 from .._branches import detached
-from ._context import Host, ObjectState, RunContext, failed, run_activation
+from ._context import Host, ObjectState, RunContext, failed, restate_signal, run_activation
 from ._driver import Driver
 from ._names import ACTIVATE, agent_service, run_service
 from ._retry import RETRY
@@ -55,8 +55,10 @@ class ObjectRun(Host):
     async def main(self, spec: Activation) -> dict[str, Any]:
         try:
             return await self._main(spec)
-        except Exception as exc:  # roost's own code failed: the run learns why, never a retry loop
-            event = failed(spec, None, 1, exc)
+        except Exception as exc:
+            if restate_signal(exc):
+                raise  # the connection to Restate is gone: this attempt ends, Restate retries the invocation
+            event = failed(spec, None, 1, exc)  # roost's own code failed: the run learns why, never a retry loop
             assert event.error is not None
             return {"status": "failed", "output": None, "error": event.error.to_json(), "sent": [], "attempts": 1,
                     "started": None, "finished": None, "steps": []}

@@ -43,7 +43,7 @@ from ..._engine import (
 from ..._graph import CompiledApp
 from .._base import RunAborted
 from .._branches import detached
-from ._context import Host, MemoryState, RunContext, failed, run_activation
+from ._context import Host, MemoryState, RunContext, failed, restate_signal, run_activation
 from ._driver import Cancelled, Driver
 from ._names import ACTIVATE, CHANGED, agent_service, run_service
 from ._retry import RETRY
@@ -97,8 +97,10 @@ class WorkflowRun(Host):
             self.ctx.set("run", self._run_record())
             self._handle(RunStarted(tuple((str(a), p) for a, p in self.sub["entries"])))
             await self._loop()
-        except Exception as exc:  # roost's own code failed (Restate's signals are BaseExceptions)
-            self._break(exc)
+        except Exception as exc:
+            if restate_signal(exc):
+                raise  # the connection to Restate is gone: this attempt ends, Restate retries the invocation
+            self._break(exc)  # roost's own code failed
         try:
             self._flush()
             self.driver.issue()
