@@ -52,6 +52,7 @@ class Driver:
         self._new: list[tuple[Key, Make, asyncio.Future[Any]]] = []
         self._out: dict[Any, tuple[Key, asyncio.Future[Any]]] = {}
         self._abortable: set[asyncio.Future[Any]] = set()
+        self._fired: set[asyncio.Future[Any]] = set()
         self._tasks: set[asyncio.Task[Any]] = set()
         self._activity = 0
         self._woken = asyncio.Event()
@@ -95,8 +96,9 @@ class Driver:
         return fut
 
     def fire(self, key: Key, make: Make) -> None:
-        """A command whose result nobody awaits (its failure, if any, is ignored)."""
-        self.request(key, make).add_done_callback(lambda f: f.cancelled() or f.exception())
+        """A command whose result nobody awaits: issued in order like any other, never waited for
+        (its completion wakes no round)."""
+        self._fired.add(self.request(key, make))
 
     def cancel(self) -> None:
         """The invocation ends (suspended, failed, or done): stop every task still alive."""
@@ -163,7 +165,8 @@ class Driver:
             if fut.done():  # failed meanwhile (aborted): the same on replay, so nothing is issued
                 continue
             durable = make()
-            if durable is None:
+            if durable is None or fut in self._fired:
+                self._fired.discard(fut)
                 fut.set_result(None)
             else:
                 self._out[durable] = (key, fut)
