@@ -49,8 +49,9 @@ T = TypeVar("T")
 
 EXIT_FAILED = 1
 EXIT_BAD_INPUT = 2
-EXIT_INTERRUPTED = 130
-"""Exit status after Ctrl-C (128 + SIGINT); after SIGTERM it is 128 + SIGTERM (143), as a shell reports."""
+EXIT_INTERRUPTED = 128 + signal.SIGINT
+EXIT_TERMINATED = 128 + signal.SIGTERM
+"""Exit statuses after Ctrl-C (130) and SIGTERM (143), as a shell reports a process those signals killed."""
 
 
 def _stdout() -> Console:
@@ -66,11 +67,21 @@ class BadInputError(CliError):
 
 
 class RunInterruptedError(CliError):
+    """Ctrl-C interrupted a run this process followed. ``elsewhere``: the run goes on elsewhere (a
+    prod runtime retries the steps this process was running), so the process exits without
+    waiting for steps still running in its threads."""
+
     exit_code = EXIT_INTERRUPTED
 
-    def __init__(self, message: str, signum: int = signal.SIGINT) -> None:
+    def __init__(self, message: str, *, elsewhere: bool = False) -> None:
         super().__init__(message)
-        self.exit_code = 128 + signum
+        self.elsewhere = elsewhere
+
+
+class RunTerminatedError(RunInterruptedError):
+    """SIGTERM stopped a run this process followed."""
+
+    exit_code = EXIT_TERMINATED
 
 
 class _Stopped(Exception):
@@ -181,13 +192,14 @@ def _existing(journal: Path) -> Path:
 
 
 def _interrupted(run_id: str, journal: Path, runtime: str = "local", signum: int = signal.SIGINT) -> CliError:
-    what = "interrupted" if signum == signal.SIGINT else f"stopped by {signal.Signals(signum).name}"
+    error, what = (RunTerminatedError, "stopped by SIGTERM") if signum == signal.SIGTERM else \
+        (RunInterruptedError, "interrupted")
     if runtime != "local":
-        return RunInterruptedError(
-            f"{what}; run {run_id} stays on {_title(runtime)} and goes on wherever the app is served "
-            f"('roost serve FILE'): follow it with roost runs show {run_id} --runtime {runtime}", signum)
+        return error(f"{what}; run {run_id} stays on {_title(runtime)} and goes on wherever the app is served "
+                     f"('roost serve FILE'): follow it with roost runs show {run_id} --runtime {runtime}",
+                     elsewhere=True)
     hint = f"roost runs resume {run_id}" + ("" if _journal_hint(journal) is None else f" --journal {journal}")
-    return RunInterruptedError(f"{what}; run {run_id} is kept in the journal: continue it with {hint}", signum)
+    return error(f"{what}; run {run_id} is kept in the journal: continue it with {hint}")
 
 
 def _run_async(coro: Coroutine[Any, Any, T], run_id: str | None, journal: Path, runtime: str = "local") -> T:
@@ -1105,6 +1117,7 @@ def _temporal_version(binary: Path) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     """Entry point of the ``roost`` console script."""
+    abandon_threads = False
     try:
         code = cli.main(args=argv, prog_name="roost", standalone_mode=False)
     except click.exceptions.Exit as exc:
@@ -1112,19 +1125,22 @@ def main(argv: list[str] | None = None) -> None:
     except click.ClickException as exc:
         exc.show()
         code = exc.exit_code
+        abandon_threads = isinstance(exc, RunInterruptedError) and exc.elsewhere
     except click.exceptions.Abort:
         click.echo("Aborted!", err=True)
         code = 1
     except SystemExit as exc:
         code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
-    _exit(code if isinstance(code, int) else 0)
+    _exit(code if isinstance(code, int) else 0, abandon_threads=abandon_threads)
 
 
-def _exit(code: int) -> None:
-    """Exit with ``code``. After the Temporal SDK was used, skip the interpreter's teardown: its
-    Rust bridge threads can crash CPython's finalization (SIGSEGV/SIGABRT after the command has
-    finished; temporalio 1.35), which would turn a finished command into a failed exit status."""
-    if "temporalio.bridge.temporal_sdk_bridge" not in sys.modules:
+def _exit(code: int, *, abandon_threads: bool = False) -> None:
+    """Exit with ``code``. Skip the interpreter's teardown after the Temporal SDK was used (its
+    Rust bridge threads can crash CPython's finalization: SIGSEGV/SIGABRT after the command has
+    finished, temporalio 1.35, which would turn a finished command into a failed exit status), and
+    with ``abandon_threads`` (the teardown joins the threads of sync steps, which would hold an
+    interrupted command for as long as a step still runs)."""
+    if not abandon_threads and "temporalio.bridge.temporal_sdk_bridge" not in sys.modules:
         sys.exit(code)
     import logging
 

@@ -79,7 +79,7 @@ class EndpointServer:
         self._shutdown.set()
         if self._task is not None:
             caller = asyncio.current_task()
-            if caller is not None and caller.cancelling():  # winding down after Ctrl-C...: no grace period
+            if caller is not None and caller.cancelling():  # the caller winds down (Ctrl-C...): no grace period
                 self._task.cancel()
             try:
                 await asyncio.wait_for(self._task, 5)

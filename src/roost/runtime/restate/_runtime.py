@@ -236,6 +236,11 @@ class RestateRuntime(DurableRuntime):
 
     async def resolve(self, run_id: str, name: str, value: Any) -> None:
         app = await self._app_of(run_id)
+        if not (self._servers and app in self.apps):
+            # Not served here: the call below may wait for an endpoint, so refuse a finished run now.
+            run = await self._run(run_id)
+            if run is not None and run["status"] in FINISHED:
+                raise PromiseError(f"run {run_id!r} is {run['status']}: nothing waits for {name!r}", run_id=run_id)
         # A call to the workflow's shared handler, which resolves the workflow's durable promise
         # (Restate refuses a second resolution). If no endpoint serves the app right now, Restate
         # keeps the call and runs it once one does: stop waiting.
