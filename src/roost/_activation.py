@@ -3,8 +3,8 @@
 ``perform`` is what runtimes on the run engine (``roost._engine``) call: the engine decides
 what runs, this runs it. ``execute`` and the message helpers below are the older path, where
 the activation also collected converge/gather inputs in entity state, waited for approval and
-routed its output; the Restate and Temporal runtimes still use it until they move onto the
-run engine.
+routed its output; the Temporal runtime still uses it until it moves onto the run engine
+(issue 11).
 """
 
 from __future__ import annotations

@@ -1,8 +1,9 @@
-"""What the contexts of engine-backed runtimes (Restate, Temporal) share.
+"""The context of a runtime still on the older per-activation path (Temporal, until issue 11).
 
-Both run one activation inside their engine's journaled code and report it afterwards: the
+It runs one activation inside the engine's journaled code and reports it afterwards: the
 activation's identity, the position counter that names steps and messages, the ids of the
-messages it sent, its attempts and the timings of its first and last step.
+messages it sent, its attempts and the timings of its first and last step. ``RemoteStepError``
+is shared with the Restate runtime.
 """
 
 from __future__ import annotations
