@@ -76,6 +76,11 @@ class Driver:
         self._woken.set()
 
     @property
+    def requested(self) -> bool:
+        """Commands were requested since the last round."""
+        return bool(self._new)
+
+    @property
     def busy(self) -> bool:
         """Tasks are alive or commands outstanding: the invocation is not done."""
         return bool(self._tasks or self._out or self._new)

@@ -19,6 +19,7 @@ from .._base import DurableRuntime, RunSummary, Submission
 from ._endpoint import EndpointServer, release, serve_app
 from ._names import RUN_PATTERN, run_service
 from ._server import aadmin_query
+from ._workflow import CHUNK, chunk_number
 
 _log = logging.getLogger("roost.restate")
 RESOLVE_WAIT = 10.0  # seconds to wait for the workflow's answer before leaving the resolution to Restate
@@ -116,14 +117,20 @@ class RestateRuntime(DurableRuntime):
                 return self._accepted(run_id)
         rows = await self._state_rows(f"AND service_key = '{_sql(run_id)}'")
         by_app: dict[str, dict[str, Any]] = {}
+        chunks: dict[str, list[tuple[int, str]]] = {}
         for row in rows:
             if not row.get("value_utf8"):
                 continue
             entry = by_app.setdefault(row["service_name"], {"run": None, "activations": []})
             if row["key"] == "run":
                 entry["run"] = json.loads(row["value_utf8"])
-            elif row["key"].startswith("a:"):
-                entry["activations"].append(json.loads(row["value_utf8"]))
+            elif row["key"].startswith(CHUNK):
+                chunks.setdefault(row["service_name"], []).append((chunk_number(row["key"]), row["value_utf8"]))
+        for service, parts in chunks.items():
+            records: dict[str, Any] = {}
+            for _, raw in sorted(parts):
+                records.update((r["id"], r) for r in json.loads(raw))  # a later chunk has the newer record
+            by_app[service]["activations"] = list(records.values())
         found = [e for e in by_app.values() if e["run"] is not None]
         if len(found) > 1:  # the same run id in several apps: prefer one this runtime serves
             found = [e for e in found if e["run"]["app"] in self.apps] or found

@@ -7,7 +7,7 @@ a deterministic order. Nothing else is persisted for the engine: on replay the s
 give the same results back, so the engine's events, and its decisions, come again as before.
 
 Beside the engine the workflow keeps the run's record in its own state (``run``, and
-``a:<activation id>`` per finished activation) for the shared handlers: ``get``, ``resolve``
+``c:<n>``, chunks of activation records) for the shared handlers: ``get``, ``resolve``
 (a workflow durable promise per approval or ``ctx.promise``), ``waiting`` (blocks until the run
 waits on a promise or finishes) and ``promise`` (a keyed agent's ``ctx.promise``).
 """
@@ -51,6 +51,13 @@ from ._retry import RETRY
 MAX_RUNNING = 64
 """Activations executing at once in one run (more wait in order; one waiting on a timer, a
 promise or a reply does not count). It bounds the commands in flight, hence each round's cost."""
+CHUNK = "c:"
+"""State keys ``c:<n>``: the records of the activations that finished (or changed) since chunk n-1."""
+CHUNK_RECORDS = 256
+CHUNK_SECONDS = 0.5
+"""Records are written when a round starts no new work (the run waits on steps, timers or promises
+under way) or the run finishes, or once this many are pending, or once this long (in journaled
+time) has passed since the last write."""
 RECORDS_IN_OUTPUT = 1000
 """Runs with at most this many activations return their records with the workflow's output
 (a client then needs no second read)."""
@@ -78,6 +85,10 @@ class WorkflowRun(Host):
         self._running = 0
         self._info: dict[str, dict[str, Any]] = {}
         self._dirty: dict[str, None] = {}
+        self._unwritten: dict[str, dict[str, Any]] = {}
+        self._chunks = 0
+        self._latest = 0.0  # the latest journaled finish time of an activation
+        self._written_at = 0.0  # ... when records were last written
         self._records: dict[str, dict[str, Any]] | None = {}
         self._waiting: dict[str, int] = {}
         self._approvals: dict[str, str] = {}  # activation -> the approval its output waits on
@@ -119,7 +130,7 @@ class WorkflowRun(Host):
                 continue
             if self.engine.finished or self.broken is not None:
                 return
-            self._flush()
+            self._flush(idle=not self.driver.requested)
             if not self.driver.busy and not self._queue:
                 self._break(RuntimeError("the run has nothing left to run or wait for, yet is not finished"))
                 continue
@@ -324,8 +335,9 @@ class WorkflowRun(Host):
 
     # -- the record -------------------------------------------------------------------------
 
-    def _flush(self) -> None:
-        """Write what changed this round into the workflow's state (read by ``get``)."""
+    def _flush(self, idle: bool = True) -> None:
+        """Write what changed this round into the workflow's state (read by ``get``). ``idle``:
+        the round issues no new command (the run waits on work already under way)."""
         for aid in self._dirty:
             known = self.engine.status_of(aid)
             if known is None or known[1] == "pending":
@@ -337,7 +349,12 @@ class WorkflowRun(Host):
                 record["steps"] = [*(record.get("steps") or []), {
                     "position": "approval", "kind": "promise", "name": name, "status": "done" if decided else "waiting",
                     "attempts": 0, "value": self.engine.promises.get(name)}]
-            self.ctx.set(f"a:{aid}", record)
+            self._unwritten[aid] = record
+            finished_at = record.get("finished")
+            if isinstance(finished_at, (int, float)) and finished_at > self._latest:
+                self._latest = finished_at
+                if self._written_at == 0.0:
+                    self._written_at = finished_at  # the clock of the chunks starts with the first record
             if known[1] != "waiting":
                 self._info.pop(aid, None)
                 self._approvals.pop(aid, None)
@@ -347,7 +364,18 @@ class WorkflowRun(Host):
                         self._records = None
         self._dirty.clear()
         finished = self.engine.finished or self.broken is not None
-        if self._waiting_changed or finished:
+        # The run starting to wait is news for clients blocked in 'waiting': the records go with it.
+        urgent = self._waiting_changed and bool(self._waiting)
+        if self._unwritten and (idle or finished or urgent or len(self._unwritten) >= CHUNK_RECORDS
+                                or self._latest - self._written_at >= CHUNK_SECONDS):
+            # One state key per chunk of records: a few writes per run, not one per activation.
+            # When is decided from what replay sees again (commands, journaled step times), so
+            # replay writes the same; a record waits only while the run keeps starting new work.
+            self.ctx.set(f"{CHUNK}{self._chunks}", list(self._unwritten.values()))
+            self._chunks += 1
+            self._unwritten = {}
+            self._written_at = self._latest
+        if self._waiting_changed or finished:  # what the run waits on is never stale
             self._waiting_changed = False
             record = self._run_record()
             if record["waiting"] or finished:
@@ -377,6 +405,10 @@ class WorkflowRun(Host):
         return {"run": run, "activations": list(self._records.values())}
 
 
+def chunk_number(key: str) -> int:
+    return int(key[len(CHUNK):])
+
+
 def _delta(seconds: float) -> timedelta:
     return timedelta(seconds=max(0.0, seconds))
 
@@ -384,7 +416,9 @@ def _delta(seconds: float) -> timedelta:
 def run_workflow(app: CompiledApp) -> restate.Workflow:
     wf = restate.Workflow(run_service(app.name), invocation_retry_policy=RETRY)
 
-    @wf.main()
+    # The run never reads its own state (it keeps everything in memory and rebuilds it by replay):
+    # nothing is preloaded into it, however many activation records a large run has written.
+    @wf.main(state_preload=False)
     async def run(ctx: restate.WorkflowContext, sub: dict[str, Any]) -> dict[str, Any]:
         final = await WorkflowRun(ctx, app, sub).main()
         error = final["run"]["error"]
@@ -401,9 +435,12 @@ def run_workflow(app: CompiledApp) -> restate.Workflow:
         run = await ctx.get("run", type_hint=dict)
         if run is None:
             return None
-        keys = [k for k in await ctx.state_keys() if k.startswith("a:")]
-        acts = [await ctx.get(k, type_hint=dict) for k in keys]
-        return {"run": run, "activations": [a for a in acts if a is not None]}
+        chunks = sorted((k for k in await ctx.state_keys() if k.startswith(CHUNK)), key=chunk_number)
+        records: dict[str, Any] = {}
+        for key in chunks:
+            for record in await ctx.get(key, type_hint=list) or []:
+                records[record["id"]] = record  # a later chunk has the newer record
+        return {"run": run, "activations": list(records.values())}
 
     @wf.handler()
     async def resolve(ctx: restate.WorkflowSharedContext, req: dict[str, Any]) -> dict[str, Any]:
@@ -419,7 +456,7 @@ def run_workflow(app: CompiledApp) -> restate.Workflow:
             return {"error": "resolved"}
         return {"ok": True}
 
-    @wf.handler()
+    @wf.handler(state_preload=False)  # reads one key ('run'), whatever the run's size
     async def waiting(ctx: restate.WorkflowSharedContext, _: dict[str, Any] | None = None) -> list[str]:
         """The promises the run waits on, once it waits on any; ``[]`` once it has finished."""
         run = await ctx.get("run", type_hint=dict)
