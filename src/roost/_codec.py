@@ -27,6 +27,17 @@ def dumps(value: Any, *, what: str) -> str:
         ) from exc
 
 
+def jsonable(value: Any, *, what: str) -> Any:
+    """``value`` as JSON-compatible data (what ``json.loads(dumps(value))`` gives, without the text)."""
+    try:
+        return pydantic_core.to_jsonable_python(value)
+    except (pydantic_core.PydanticSerializationError, TypeError, ValueError) as exc:
+        raise SerializationError(
+            f"{what}: value of type {type(value).__name__} cannot be journaled as JSON ({exc}). "
+            "Return JSON-compatible data or a pydantic model."
+        ) from exc
+
+
 def loads(text: str | None) -> Any:
     return None if text is None else json.loads(text)
 

@@ -25,7 +25,7 @@ from restate.exceptions import is_internal_exception
 from restate.server_context import DisconnectedException
 
 from ..._activation import message_body, perform
-from ..._codec import dumps, revive
+from ..._codec import dumps, jsonable, revive
 from ..._engine import Activation, ActivationFinished, ErrorInfo, MessageSent, Reply
 from ...errors import CallCycleError, CallFailedError, SerializationError, StepFailedError
 from .._base import DurableContext, RunAborted, State, StepInfo
@@ -216,7 +216,7 @@ class RunContext(DurableContext):
             try:
                 result, attempts = await run_with_retry(counted, args, kwargs, policy=budget, info=info, wait=_sleep,
                                                         first_attempt=started + 1, on_retry=failed_attempt)
-                return {"v": json.loads(dumps(result, what=where)), "n": attempts, "t0": t0, "t1": time.time()}
+                return {"v": jsonable(result, what=where), "n": attempts, "t0": t0, "t1": time.time()}
             except StepFailedError as exc:
                 cause = exc.cause
                 kind = getattr(cause, "kind", None) or type(cause).__name__

@@ -28,12 +28,13 @@ Key = tuple[str, ...]
 Make = Callable[[], Any]
 """Issues one Restate command; returns its durable future (or None for a command nobody awaits)."""
 
-_QUIET = 3
-"""Loop iterations without activity before the tasks count as settled: a finished child wakes
-a parent waiting on it (``gather``, ``TaskGroup``) within two iterations."""
 
 
 _UNKNOWN: Any = object()
+"""A task's waiter where the loop's tasks do not expose it (not CPython's asyncio)."""
+_QUIET = 3
+"""Without waiters to look at: loop iterations without activity before the tasks count as settled
+(a finished child wakes a parent waiting on it within two)."""
 _SLEEP_DONE = getattr(asyncio.futures, "_set_result_unless_cancelled", None)
 """What the timer of an ``asyncio.sleep`` calls (CPython's asyncio)."""
 """Stands for a task's waiter where the loop's tasks do not expose it (not CPython's asyncio)."""
@@ -56,6 +57,8 @@ class Driver:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._activity = 0
         self._woken = asyncio.Event()
+        current = asyncio.current_task()
+        self._exact = current is not None and hasattr(current, "_fut_waiter")
 
     # -- tasks ------------------------------------------------------------------------------
 
@@ -110,6 +113,11 @@ class Driver:
         for task in list(self._tasks):
             task.cancel()
 
+    def poke(self) -> None:
+        """Something outside the tasks produced work for this round (a callback)."""
+        self._activity += 1
+        self._woken.set()
+
     def fail(self, prefix: str, exc: BaseException) -> None:
         """Fail the requests of an aborted activation (key ``(prefix, ...)``): those not issued
         yet, and the abortable ones outstanding."""
@@ -126,18 +134,16 @@ class Driver:
         """Let the tasks run until each is blocked on a request, on another of these tasks, or
         done. A task in ``asyncio.sleep`` is waited for: its request must not be issued earlier
         or later than on replay."""
-        ready = getattr(self.loop, "_ready", None)  # the loop's pending callbacks (CPython's asyncio)
+        quiet = 0
         while True:
-            quiet = 0
-            while quiet < _QUIET:
-                before = self._activity
-                await asyncio.sleep(0)
-                if self._activity != before:
-                    quiet = 0
-                elif ready is not None and not ready:
-                    break  # nothing at all is pending in the loop: no task can move without a request
-                else:
-                    quiet += 1
+            before = self._activity
+            await asyncio.sleep(0)
+            if self._activity != before:
+                quiet = 0
+                continue
+            quiet += 1
+            if not self._exact and quiet < _QUIET:
+                continue  # tasks do not say what they wait on: a few idle iterations instead
             runnable, sleeping = self._blocked()
             if runnable:
                 continue
@@ -149,8 +155,12 @@ class Driver:
         """Whether a task is still runnable; else the futures of ``asyncio.sleep`` calls they wait on."""
         plain: set[asyncio.Future[Any]] = set()
         for task in self._tasks:
+            # Runnable: scheduled (no waiter), woken (its waiter done, the wake-up queued), or
+            # finished with its done callbacks still queued (they wake whoever waits on it).
             waiter: asyncio.Future[Any] | None = getattr(task, "_fut_waiter", _UNKNOWN)
-            if waiter is None or (waiter is not _UNKNOWN and waiter.done()):
+            if waiter is _UNKNOWN:
+                continue
+            if waiter is None or waiter.done():
                 return True, set()
             if type(waiter) is asyncio.Future:
                 plain.add(waiter)

@@ -332,6 +332,7 @@ class WorkflowRun(Host):
             return  # the run ended (the approval's activation was aborted)
         self.waiting(name, False)
         self._events.append((("~", "promise", name), PromiseResolved(name, fut.result())))
+        self.driver.poke()
 
     # -- the record -------------------------------------------------------------------------
 
@@ -442,7 +443,7 @@ def run_workflow(app: CompiledApp) -> restate.Workflow:
                 records[record["id"]] = record  # a later chunk has the newer record
         return {"run": run, "activations": list(records.values())}
 
-    @wf.handler()
+    @wf.handler(state_preload=False)  # reads one key ('run'), whatever the run's size
     async def resolve(ctx: restate.WorkflowSharedContext, req: dict[str, Any]) -> dict[str, Any]:
         name = str(req["name"])
         run = await ctx.get("run", type_hint=dict)  # None: accepted, not executing yet (the client knows it)
