@@ -201,9 +201,8 @@ class Driver:
             if exc.status_code == 409:
                 raise Cancelled() from None
             raise
-        ordered = sorted(done, key=lambda f: self._out[f][0])
-        outcomes = await asyncio.gather(*(_outcome(f) for f in ordered))
-        for durable, (ok, value) in zip(ordered, outcomes, strict=True):
+        for durable in sorted(done, key=lambda f: self._out[f][0]):
+            ok, value = await _outcome(durable)  # completed: no waiting, just taking its value
             _, fut = self._out.pop(durable)
             if fut.done():
                 continue
