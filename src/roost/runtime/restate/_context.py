@@ -20,8 +20,10 @@ from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, TypeVar
 
+import pydantic_core
 import restate
 from restate.exceptions import is_internal_exception
+from restate.serde import Serde
 from restate.server_context import DisconnectedException
 
 from ..._activation import message_body, perform
@@ -44,7 +46,18 @@ _ATTEMPTS: dict[str, tuple[int, int]] = {}
 step's ``ctx.run`` again when the invocation is retried (its server restarted, its connection
 dropped); the numbering and the retry budget go on from where they were, as long as this
 process lives (they restart if it dies)."""
-_OPTIONS: restate.RunOptions[dict[str, Any]] = restate.RunOptions(type_hint=dict)
+class JsonSerde(Serde[Any]):
+    """JSON through pydantic-core (Rust) for roost's own payloads: step outcomes, records, outputs."""
+
+    def deserialize(self, buf: bytes) -> Any:
+        return pydantic_core.from_json(buf) if buf else None
+
+    def serialize(self, obj: Any) -> bytes:
+        return b"" if obj is None else pydantic_core.to_json(obj)
+
+
+JSON = JsonSerde()
+_OPTIONS: restate.RunOptions[Any] = restate.RunOptions(serde=JSON)
 
 
 @functools.lru_cache(maxsize=256)

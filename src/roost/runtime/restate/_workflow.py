@@ -43,7 +43,7 @@ from ..._engine import (
 from ..._graph import CompiledApp
 from .._base import RunAborted
 from .._branches import detached
-from ._context import Host, MemoryState, RunContext, failed, restate_signal, run_activation
+from ._context import JSON, Host, MemoryState, RunContext, failed, restate_signal, run_activation
 from ._driver import Cancelled, Driver
 from ._names import ACTIVATE, CHANGED, agent_service, run_service
 from ._retry import RETRY
@@ -105,7 +105,7 @@ class WorkflowRun(Host):
 
     async def _main(self) -> dict[str, Any]:
         try:
-            self.ctx.set("run", self._run_record())
+            self.ctx.set("run", self._run_record(), serde=JSON)
             self._handle(RunStarted(tuple((str(a), p) for a, p in self.sub["entries"])))
             await self._loop()
         except Exception as exc:
@@ -372,7 +372,7 @@ class WorkflowRun(Host):
             # One state key per chunk of records: a few writes per run, not one per activation.
             # When is decided from what replay sees again (commands, journaled step times), so
             # replay writes the same; a record waits only while the run keeps starting new work.
-            self.ctx.set(f"{CHUNK}{self._chunks}", list(self._unwritten.values()))
+            self.ctx.set(f"{CHUNK}{self._chunks}", list(self._unwritten.values()), serde=JSON)
             self._chunks += 1
             self._unwritten = {}
             self._written_at = self._latest
@@ -384,7 +384,7 @@ class WorkflowRun(Host):
                 record["waits"] = self._waits
                 name = f"{CHANGED}{self._waits}"
                 self.driver.fire(("~", "changed", name), lambda: self.ctx.promise(name).resolve(record["waiting"]))
-            self.ctx.set("run", record)
+            self.ctx.set("run", record, serde=JSON)
 
     def _run_record(self) -> dict[str, Any]:
         sub, engine = self.sub, self.engine
@@ -419,7 +419,7 @@ def run_workflow(app: CompiledApp) -> restate.Workflow:
 
     # The run never reads its own state (it keeps everything in memory and rebuilds it by replay):
     # nothing is preloaded into it, however many activation records a large run has written.
-    @wf.main(state_preload=False)
+    @wf.main(state_preload=False, input_serde=JSON, output_serde=JSON)
     async def run(ctx: restate.WorkflowContext, sub: dict[str, Any]) -> dict[str, Any]:
         final = await WorkflowRun(ctx, app, sub).main()
         error = final["run"]["error"]
