@@ -463,19 +463,15 @@ async def m_anatomy(b: Bench) -> None:
                             "timeline_roost": await timeline(b, f"anat-roost-{runs - 1:03d}"),
                             "timeline_native": await timeline(b, f"anat-native-{runs - 1:03d}")}
     by = roost["invocations_by_handler_per_run"]
-    ledger_by = {k.rsplit("/", 1)[1]: v for k, v in by.items() if "ledger" in k.split("/")[0].lower()}
-    ledger = sum(ledger_by.values())
-    bookkeeping = sum(v for k, v in by.items() if not k.startswith(f"{b.pipe.name}."))
-    activations = sum(v for k, v in by.items() if k.startswith(f"{b.pipe.name}."))
+    runs_itself = sum(v for k, v in by.items() if k.endswith("/run"))
     b.rows += [
         Row("invocations", "Restate invocations per run (sys_invocation)", "/run",
             roost["invocations_per_run"], native["invocations_per_run"],
             extra={"roost": roost["invocations_by_handler_per_run"], "native": native["invocations_by_handler_per_run"]}),
-        Row("activations", "  of which agent activations (roost) / workflow handlers (native)", "/run",
-            activations, native["invocations_per_run"]),
-        Row("ledger_calls", "  of which roost bookkeeping (run workflow + ledger)", "/run", bookkeeping, None,
-            note="ledger invocations per run by handler: " + ", ".join(f"{k} {v:g}" for k, v in sorted(ledger_by.items()))
-                 + f" ({ledger:g} in all)"),
+        Row("run_invocations", "  of which the run itself (the workflow's main handler)", "/run",
+            runs_itself, native["invocations_by_handler_per_run"].get("Newsroom/run"),
+            note="the others are the client's approval calls (roost: waiting, resolve; native: "
+                 "awaiting_approval, approve)"),
         Row("journal_entries", "journal entries per run (sum of journal_size)", "/run",
             roost["journal_entries_per_run"], native["journal_entries_per_run"],
             extra={"roost_types": roost["journal_entry_types_per_run"], "native_types": native["journal_entry_types_per_run"]}),
