@@ -49,6 +49,7 @@ async def test_activations_show_in_sys_invocation_and_the_restate_cli(server: Re
         "WHERE target_service_key = 'tools-run-1'")
     runs = [r for r in rows if (r["target_service_name"], r["target_handler_name"]) == ("roost.tools.run", "run")]
     assert len(runs) == 1 and runs[0]["status"] == "completed", rows
+    assert len(rows) == 1, f"a static graph runs in one invocation: {rows}"
     assert all(r["status"] == "completed" for r in rows)
     journal = await aadmin_query(
         server.admin_url,
