@@ -118,9 +118,6 @@ def runtime_name(request: pytest.FixtureRequest) -> str:
 async def make_app(runtime_name: str, tmp_path: Path, request: pytest.FixtureRequest,
                    restate_servers: dict[str, Any], restate_endpoints: Any,
                    temporal_server: Callable[[], Any]) -> AsyncIterator[MakeApp]:
-    if runtime_name == "temporal" and request.node.get_closest_marker("engine_semantics") is not None:
-        pytest.skip("temporal: these semantics come with the run engine, which the Temporal runtime adopts next "
-                    "(issue 11)")
     # Both restate fixtures are lazy: nothing starts unless a restate runtime is under test.
     apps: list[App] = []
     servers = restate_servers if runtime_name.startswith("restate") else None

@@ -97,6 +97,25 @@ def _refused(run_id: str, agent: str, call: str, why: str) -> NonDeterminismErro
                                requested=f"ctx.{call} {why}")
 
 
+def fork_on_create(loop: asyncio.AbstractEventLoop) -> None:
+    """``install`` for a loop without task factories (Temporal's workflow loop): its own
+    ``create_task`` is wrapped to fork the branch (idempotent)."""
+    create = loop.create_task
+    if getattr(create, "_roost_branches", False):
+        return
+
+    def create_task(coro: Any, *, name: str | None = None, context: contextvars.Context | None = None) -> Any:
+        parent = context.get(_branch) if context is not None else _branch.get()
+        inside = context.get(_internal, False) if context is not None else _internal.get()
+        if parent is not None and not inside:
+            context = context.copy() if context is not None else contextvars.copy_context()
+            context.run(_branch.set, parent.fork())
+        return create(coro, name=name, context=context)
+
+    create_task._roost_branches = True  # type: ignore[attr-defined]
+    loop.create_task = create_task  # type: ignore[method-assign]
+
+
 def install(loop: asyncio.AbstractEventLoop) -> None:
     """Fork branches on task creation in ``loop`` (idempotent; chains a factory already set)."""
     previous = loop.get_task_factory()

@@ -8,6 +8,7 @@ is shared with the Restate runtime.
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 from .._activation import Message, outgoing
@@ -22,6 +23,12 @@ class RemoteStepError(Exception):
     def __init__(self, kind: str, message: str) -> None:
         super().__init__(message)
         self.kind = kind
+
+
+@functools.lru_cache(maxsize=256)
+def remote_error(kind: str) -> type[RemoteStepError]:
+    """An exception class named like the step's last exception (its messages read the same)."""
+    return type(kind if kind.isidentifier() else "StepError", (RemoteStepError,), {})
 
 
 class EngineContext(DurableContext):

@@ -1,4 +1,5 @@
-"""A server process started, watched and stopped by pid: what the dev servers share.
+"""A server process started, watched and stopped by pid, and a free loopback port: what the dev
+servers share (backend-neutral: nothing here needs an extra, so each backend can import it alone).
 
 ``RestateServer`` and ``TemporalDevServer`` subclass :class:`ServerProcess`; each gives the
 command line, the environment and a readiness check, and this class launches the process with its
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import signal
+import socket
 import subprocess
 import time
 from abc import ABC, abstractmethod
@@ -20,7 +22,17 @@ from typing import Self
 
 from ..errors import BackendError
 
+__all__ = ["ServerProcess", "free_port"]
+
+_HOST = "127.0.0.1"
 _POLL = 0.05
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that was free a moment ago (bind to port 0, read it, release it)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((_HOST, 0))
+        return int(sock.getsockname()[1])
 
 
 class ServerProcess(ABC):

@@ -10,7 +10,6 @@ its final outcome, success or failure, is what Restate journals.
 from __future__ import annotations
 
 import asyncio
-import functools
 import inspect
 import json
 import threading
@@ -32,7 +31,7 @@ from ..._engine import Activation, ActivationFinished, ErrorInfo, MessageSent, R
 from ...errors import CallCycleError, CallFailedError, SerializationError, StepFailedError
 from .._base import DurableContext, RunAborted, State, StepInfo
 from .._branches import internal, position, root
-from .._engine_context import RemoteStepError
+from .._engine_context import remote_error
 from .._retry import RetryPolicy
 from .._steps import return_type, run_with_retry
 from ..local._context import checked_seconds
@@ -60,15 +59,9 @@ JSON = JsonSerde()
 _OPTIONS: restate.RunOptions[Any] = restate.RunOptions(serde=JSON)
 
 
-@functools.lru_cache(maxsize=256)
 def restate_signal(exc: BaseException) -> bool:
     """An exception by which the Restate SDK ends an invocation's attempt (not a failure of the run)."""
     return isinstance(exc, DisconnectedException) or is_internal_exception(exc)
-
-
-def remote_error(kind: str) -> type[RemoteStepError]:
-    """An exception class named like the step's last exception (its messages read the same)."""
-    return type(kind if kind.isidentifier() else "StepError", (RemoteStepError,), {})
 
 
 class Host:

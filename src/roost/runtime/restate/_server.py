@@ -22,7 +22,6 @@ import contextlib
 import os
 import platform
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -33,7 +32,7 @@ from typing import Any
 import httpx
 
 from ...errors import BackendError, ConfigError
-from .._process import ServerProcess
+from .._process import ServerProcess, free_port  # free_port: re-exported, tests and bench import it here
 
 __all__ = [
     "ALWAYS_REPLAY_ENV",
@@ -172,13 +171,6 @@ def binary_version(binary: Path) -> str:
         raise ConfigError(f"cannot run {binary} --version: {exc}") from None
     words = done.stdout.split()
     return words[1] if len(words) >= 2 else done.stdout.strip()
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that was free a moment ago (bind to port 0, read it, release it)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((_HOST, 0))
-        return int(sock.getsockname()[1])
 
 
 def _another_free_port(taken: set[int]) -> int:

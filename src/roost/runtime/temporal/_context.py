@@ -1,14 +1,15 @@
 """DurableContext on Temporal: runs inside roost's workflow, so every call is workflow code.
 
 Steps become activities (or local activities, see ``_activities``), sleeps become workflow
-timers, promises wait on values set by the run's ``resolve`` update, and messages are
-delivered by the run workflow itself.
+timers, promises wait on values set by the run's ``resolve`` update, and messages are events of
+the run engine, which the run workflow drives.
 """
 
 from __future__ import annotations
 
 import copy
 import json
+import threading
 from collections.abc import Awaitable, Callable
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -18,14 +19,17 @@ from temporalio.common import RetryPolicy as TemporalRetryPolicy
 from temporalio.exceptions import ActivityError, ApplicationError
 from temporalio.exceptions import TimeoutError as TemporalTimeoutError
 
-from ..._activation import Message, entity_of
+from ..._activation import message_body
 from ..._codec import dumps, revive
+from ..._engine import Activation, MessageSent, Reply
 from ..._graph import CompiledApp
-from ...errors import SerializationError, StepFailedError
-from .._base import State
-from .._engine_context import EngineContext, RemoteStepError
-from .._retry import RetryPolicy, seconds
+from ...errors import CallCycleError, CallFailedError, SerializationError, StepFailedError
+from .._base import DurableContext, RunAborted, State
+from .._branches import internal, position
+from .._engine_context import RemoteStepError, remote_error
+from .._retry import RetryPolicy
 from .._steps import return_type
+from ..local._context import checked_seconds
 from ._activities import LOCAL, LOCAL_KEY, step_ref
 from ._names import activity_type
 
@@ -69,19 +73,42 @@ class TemporalState(State):
         return sorted(k for k in self.data if not k.startswith("__roost."))
 
 
-class TemporalContext(EngineContext):
-    def __init__(self, run: RunWorkflow, app: CompiledApp, msg: Message, key: str, state: dict[str, Any]) -> None:
-        super().__init__(app, msg, key)
+class TemporalContext(DurableContext):
+    """One activation's ``ctx`` inside the run workflow: every call is workflow code."""
+
+    def __init__(self, run: RunWorkflow, app: CompiledApp, spec: Activation, key: str, state: dict[str, Any]) -> None:
         self._run = run
+        self._app = app
+        self.spec = spec
+        self.run_id = str(run.run["run_id"])
+        self.agent = spec.agent
+        self.activation_id = spec.id
+        self.caused_by = spec.cause
+        self.key = key
         self._state = TemporalState(state)
+        self.steps: list[dict[str, Any]] = []
+        self.attempts = 1
+        self.started: float | None = None
+        self.finished: float | None = None
 
     @property
     def state(self) -> TemporalState:
         return self._state
 
+    def _next(self, call: str = "step") -> str:
+        """The next position in the activation, named by its branch (``runtime/_branches.py``)."""
+        return position(self, threading.get_ident(), run_id=self.run_id, agent=self.agent, call=call)
+
+    def _check(self) -> None:
+        if self._run.aborted_(self.activation_id):
+            raise RunAborted()
+
     async def step(self, name: str, fn: Callable[..., T] | Callable[..., Awaitable[T]], *args: Any,
                    retry: RetryPolicy | None = None, **kwargs: Any) -> T:
-        policy, key = self._begin_step(retry)
+        self._check()
+        pos = self._next()
+        policy = retry or self._app.specs[self.agent].retry
+        key = f"{self.run_id}/{self.activation_id}/{pos}"
         req: dict[str, Any] = {
             "app": self._app.name, "agent": self.agent, "step": name, "run_id": self.run_id, "key": key,
             "non_retryable": [f"{t.__module__}.{t.__qualname__}" for t in policy.non_retryable],
@@ -108,8 +135,14 @@ class TemporalContext(EngineContext):
         finally:
             if token is not None:
                 LOCAL.pop(token, None)
-        self._record_step(done)
-        return revive(done["v"], return_type(fn))  # type: ignore[no-any-return]
+        self.attempts = max(self.attempts, int(done.get("n", 1)))
+        self.started = done["t0"] if self.started is None else self.started
+        self.finished = done["t1"]
+        self.steps.append({"position": pos, "kind": "step", "name": name, "status": "done",
+                           "attempts": int(done.get("n", 1)), "started": done["t0"], "finished": done["t1"],
+                           "value": done["v"]})
+        with internal():
+            return revive(done["v"], return_type(fn))  # type: ignore[no-any-return]
 
     def _failed(self, name: str, policy: RetryPolicy, exc: ActivityError) -> StepFailedError:
         cause = exc.cause
@@ -120,7 +153,7 @@ class TemporalContext(EngineContext):
             if cause.type == "SerializationError":
                 return StepFailedError(run_id=self.run_id, agent=self.agent, step=name, attempts=attempts,
                                        cause=SerializationError(cause.message))
-            error: Exception = RemoteStepError(cause.type or "Error", cause.message)
+            error: Exception = remote_error(cause.type or "Error")(cause.type or "Error", cause.message)
         elif isinstance(cause, TemporalTimeoutError):
             error = RemoteStepError("TimeoutError", f"the step timed out ({cause.type.name if cause.type else 'timeout'})")
         else:
@@ -129,21 +162,49 @@ class TemporalContext(EngineContext):
         return StepFailedError(run_id=self.run_id, agent=self.agent, step=name, attempts=attempts, cause=error)
 
     async def sleep(self, duration: float | timedelta) -> None:
-        await workflow.sleep(max(seconds(duration), 0.001))
+        secs = checked_seconds(duration, what=f"run {self.run_id!r}, agent {self.agent!r}: ctx.sleep duration")
+        self._check()
+        self._next("sleep")
+        await self._run.wait(self.activation_id, None, max(secs, 0.001))
 
     async def now(self) -> datetime:
+        self._next("now")
         return workflow.now()
 
     async def promise(self, name: str) -> Any:
+        self._check()
+        self._next("promise")
         return await self._run.wait_promise(name, self.agent, self.activation_id)
 
     async def send(self, agent: str, payload: Any, *, delay: float | timedelta | None = None) -> None:
-        msg = self._message(agent, payload, "send")
-        self._run.deliver(msg, entity_of(self._app, msg), seconds(delay) if delay else None)
-        self.produced.append(msg.id)
+        secs = None if delay is None else checked_seconds(delay, what=f"run {self.run_id!r}: ctx.send delay to {agent!r}")
+        self._check()
+        pos = self._next("send")
+        body = message_body(self._app, self, agent, payload)
+        deliver_at = workflow.now().timestamp() + secs if secs else None
+        self._run.sent(MessageSent(self.activation_id, pos, agent, "send", body, deliver_at))
 
     async def call(self, agent: str, payload: Any) -> Any:
-        msg = self._message(agent, payload, "call")
-        self.produced.append(msg.id)
-        output = await self._run.call(msg, entity_of(self._app, msg), caller=self.agent)
-        return revive(output, self._app.specs[agent].output_type)
+        chain = (*self.spec.call_chain, self.agent)
+        if agent in chain:
+            raise CallCycleError(
+                f"run {self.run_id!r}: agent {self.agent!r} calls {agent!r}, which is waiting up the call chain "
+                f"({' -> '.join((*chain, agent))}): the call would wait forever", run_id=self.run_id)
+        self._check()
+        pos = self._next("call")
+        body = message_body(self._app, self, agent, payload)
+        waiter = self._run.sent(MessageSent(self.activation_id, pos, agent, "call", body))
+        assert waiter is not None
+        self._run.pause(True)
+        try:
+            reply: Reply = await waiter
+        finally:
+            self._run.pause(False)
+        if reply.status == "cancelled":
+            raise RunAborted()
+        if reply.status != "completed":
+            cause = f": {reply.error.error_type}: {reply.error.error_message}" if reply.error else ""
+            raise CallFailedError(f"run {self.run_id!r}: ctx.call from {self.agent!r} to {agent!r}: the callee was "
+                                  f"{reply.status}{cause}", run_id=self.run_id, callee=agent, status=reply.status)
+        with internal():
+            return revive(reply.output, self._app.specs[agent].output_type)

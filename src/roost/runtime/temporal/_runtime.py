@@ -26,7 +26,7 @@ from temporalio.worker import UnsandboxedWorkflowRunner, Worker
 from ..._config import TemporalSettings, load_settings
 from ..._graph import CompiledApp
 from ...errors import BackendError, ConfigError, PromiseError, RoostError, RunConflictError, RunNotFoundError
-from ...result import ActivationRecord, RunRecord
+from ...result import ActivationRecord, RunRecord, StepRecord
 from .._base import DurableRuntime, RunSummary, Submission
 from ._activities import APPS, run_step
 from ._names import AWAIT_WAITING, RECORD_QUERY, RESOLVE, RESOLVE_SIGNAL, default_task_queue, run_workflow
@@ -264,17 +264,24 @@ class TemporalRuntime(DurableRuntime):
             raise self._not_found(run_id)
 
 
+def _position(value: Any) -> int | str:
+    text = str(value)
+    return int(text) if text.isdigit() else text
+
+
 def _record(run: dict[str, Any]) -> RunRecord:
     acts = [
         ActivationRecord(
             id=a["id"], agent=a["agent"], kind=a["kind"], status=a["status"], cause=a.get("cause"),
             started_at=a.get("started"), finished_at=a.get("finished"), attempts=a.get("attempts", 0),
             output=a.get("output"), error=a.get("error"),
+            steps=[StepRecord(_position(s["position"]), s["kind"], s["name"], s["status"], s["attempts"],
+                              s.get("started"), s.get("finished"), s.get("value")) for s in a.get("steps") or ()],
         )
         for a in sorted(run["activations"].values(), key=lambda a: a.get("seq", 0))
     ]
     acts += [ActivationRecord(id=m, agent=m.split(":", 1)[0], kind="?", status="pending")
-             for m in run["expected"] if m not in run["activations"]]
+             for m in run.get("expected", []) if m not in run["activations"]]
     status = run["status"]
     if status == "running" and run.get("waiting"):
         status = "waiting"

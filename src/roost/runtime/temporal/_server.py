@@ -19,8 +19,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from ...errors import BackendError, ConfigError
-from .._process import ServerProcess
-from ..restate._server import free_port
+from .._process import ServerProcess, free_port
 
 __all__ = ["DEV_DYNAMIC_CONFIG", "TemporalDevServer", "TemporalServerError", "find_temporal", "free_port"]
 

@@ -1,20 +1,22 @@
 """Roost's orchestration as Temporal workflow code (users never write any).
 
 ``RunWorkflow`` serves every app: its type is ``roost.<app>`` (a dynamic workflow) and its id the
-run id. It delivers messages to agents as workflow tasks in the run, runs the shared activation
-logic (``roost._activation.execute``) for each, and routes outputs along ``reacts_to`` edges.
-Entities scoped to the run keep their state here; entities ``keyed_by`` across runs live in an
-``EntityWorkflow`` each, which hands its state to one activation at a time.
+run id. It drives the run engine (``roost._engine``): activations run as tasks of the workflow
+(``roost._activation.perform`` with a ``TemporalContext``), their steps as activities, and the
+engine decides what runs next. Entities scoped to the run keep their state here; entities
+``keyed_by`` across runs live in an ``EntityWorkflow`` each, which hands its state to one
+activation at a time.
 
-The code is deterministic given the history: message ids and order come from the app's wiring
-and the journaled results; times are ``workflow.now()``. It runs outside Temporal's sandbox
-(user modules are imported once, as ordinary Python); roost errors fail the workflow instead of
-retrying its task for ever.
+The code is deterministic given the history: Temporal's workflow event loop runs tasks in a
+deterministic order, activation ids come from the engine, times are ``workflow.now()``. It runs
+outside Temporal's sandbox (user modules are imported once, as ordinary Python); roost errors
+fail the run instead of retrying its workflow task for ever.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -23,10 +25,27 @@ from temporalio import workflow
 from temporalio.common import RawValue, WorkflowIDReusePolicy
 from temporalio.exceptions import ApplicationError, WorkflowAlreadyStartedError
 
-from ..._activation import Message, Outcome, entity_of, execute
-from ..._graph import CompiledApp, message_id
-from ...errors import RoostError, StepFailedError, TerminalError
+from ..._activation import key_of, perform
+from ..._engine import (
+    AbortActivations,
+    Activation,
+    ActivationFinished,
+    AwaitApproval,
+    Command,
+    DeliverReply,
+    ErrorInfo,
+    Event,
+    MessageSent,
+    PromiseResolved,
+    Reply,
+    RunEngine,
+    RunStarted,
+    StartActivation,
+)
+from ..._graph import CompiledApp
+from ...errors import RoostError, StepFailedError
 from .._base import RunAborted
+from .._branches import fork_on_create, root
 from ._activities import find_app
 from ._context import TemporalContext
 from ._names import (
@@ -42,9 +61,10 @@ from ._names import (
 )
 
 
-def _error(agent: str, step: str | None, attempts: int, exc: BaseException) -> dict[str, Any]:
+def _failed(spec: Activation, step: str | None, attempts: int, exc: BaseException) -> ActivationFinished:
     kind = getattr(exc, "kind", None) or type(exc).__name__
-    return {"agent": agent, "step": step, "attempts": max(1, attempts), "error_type": kind, "error_message": str(exc)}
+    return ActivationFinished(spec.id, "failed", error=ErrorInfo(spec.agent, step, max(1, attempts), kind,
+                                                                 str(exc) or repr(exc)))
 
 
 @dataclass
@@ -53,23 +73,30 @@ class _Entity:
     state: dict[str, Any] = field(default_factory=dict)
 
 
-class _CallFailed(Exception):
-    pass
+MAX_RUNNING = 256
+"""Activations executing at once in one run (more wait in order; one waiting on a timer, a
+promise or a reply does not count): it bounds the activities pending at once (Temporal allows
+2,000 per workflow) and the work of each workflow task."""
 
 
 @workflow.defn(dynamic=True, sandboxed=False)
 class RunWorkflow:
     def __init__(self) -> None:
         # Update and signal handlers may run before main() (a resolution sent right after start).
-        self.run: dict[str, Any] = {"error": None, "waiting": [], "promises": {}}
+        self.run: dict[str, Any] = {"error": None, "waiting": [], "promises": {}, "activations": {}, "expected": []}
         self.promises: dict[str, Any] = {}
         self.entities: dict[str, _Entity] = {}
         self.grants: dict[str, dict[str, Any]] = {}
         self.started_entities: set[str] = set()
-        self.pending = 0
-        self.count = 0
         self.closed = False
         self.app: CompiledApp | None = None
+        self.engine: RunEngine | None = None
+        self.replies: dict[str, asyncio.Future[Reply]] = {}
+        self.aborted: set[str] = set()
+        self.queue: collections.deque[Activation] = collections.deque()
+        self.running = 0
+        self.approvals: dict[str, str] = {}
+        self.broken: dict[str, Any] | None = None
 
     # -- the run -----------------------------------------------------------------------------
 
@@ -78,133 +105,197 @@ class RunWorkflow:
         sub: dict[str, Any] = workflow.payload_converter().from_payload(args[0].payload, dict)
         self.app = app = find_app(workflow.info().task_queue, sub["app"])
         self.run.update({k: v for k, v in sub.items() if k != "entries"})
-        self.run.update(status="running", finished_at=None, activations={}, expected=[])
-        for entry in sub["entries"]:
-            msg = Message(f"{entry['agent']}:entry", self.run["run_id"], entry["agent"], "entry", entry["payload"])
-            try:
-                key = entity_of(app, msg)
-            except TerminalError as exc:
-                self._fail(_error(entry["agent"], None, 1, exc))
-                continue
-            self.deliver(msg, key)
-        await workflow.wait_condition(lambda: self.pending == 0)
+        self.run.update(status="running", finished_at=None)
+        self.engine = engine = RunEngine(app, self.run["run_id"])
+        fork_on_create(asyncio.get_running_loop())  # branch positions inside activations
+        self._apply(RunStarted(tuple((e["agent"], e["payload"]) for e in sub["entries"])))
+        for name, value in list(self.promises.items()):  # resolved before the run started
+            self._apply(PromiseResolved(name, value))
+        await workflow.wait_condition(lambda: engine.finished or self.broken is not None)
         self.closed = True
         await workflow.wait_condition(workflow.all_handlers_finished)  # await-waiting callers get []
         run = self.run
-        run["status"] = "failed" if run["error"] else "completed"
+        error = self.broken or (engine.error.to_json() if engine.error else None)
+        run["status"] = "failed" if self.broken is not None else engine.status
+        run["error"] = error
+        run["waiting"] = []
         run["finished_at"] = max([a.get("finished") or 0 for a in run["activations"].values()] + [run["created_at"]])
-        if run["error"]:
-            err = run["error"]
-            raise ApplicationError(f"run {run['run_id']!r} failed at agent {err['agent']!r}: {err['error_type']}: "
-                                   f"{err['error_message']}", run, type=err["error_type"], non_retryable=True)
+        if run["status"] == "failed" and error:
+            raise ApplicationError(f"run {run['run_id']!r} failed at agent {error['agent']!r}: {error['error_type']}: "
+                                   f"{error['error_message']}", run, type=error["error_type"], non_retryable=True)
         return run
 
-    def _fail(self, error: dict[str, Any]) -> None:
-        if self.run["error"] is None:
-            self.run["error"] = error
-
-    @property
-    def failed(self) -> bool:
-        return self.run.get("error") is not None
-
-    def deliver(self, msg: Message, key: str, delay: float | None = None) -> None:
-        """Activate ``msg.target`` with ``msg`` (after ``delay`` seconds): a task of the workflow."""
-        if msg.id not in self.run["expected"]:
-            self.run["expected"].append(msg.id)
-        self.pending += 1
-        asyncio.get_running_loop().create_task(self._deliver(msg, key, delay))
-
-    async def _deliver(self, msg: Message, key: str, delay: float | None) -> None:
+    def _apply(self, event: Event) -> None:
+        """Hand ``event`` to the run engine and carry out its commands (workflow code: deterministic)."""
+        engine = self.engine
+        if engine is None or self.broken is not None:
+            return
         try:
-            if delay:
-                await workflow.sleep(delay)
-            await self.activate(msg, key)
-        except _CallFailed:
-            pass
+            commands = engine.handle(event)
+            self._note(engine)
+            for c in commands:
+                self._command(c)
+        except Exception as exc:  # roost's own code failed: the run ends failed, naming it
+            self.broken = {"agent": "-", "step": None, "attempts": 1, "error_type": type(exc).__name__,
+                           "error_message": f"run {self.run.get('run_id')!r} stopped: roost failed: "
+                                            f"{type(exc).__name__}: {exc}"}
+
+    def _note(self, engine: RunEngine) -> None:
+        """The record of the activations the last event changed (the ``record`` query reads it)."""
+        acts = self.run["activations"]
+        for aid in engine.touched:
+            known = engine.status_of(aid)
+            record = acts.get(aid)
+            if known is not None and record is not None:
+                record["status"] = known[1]
+        self.run["error"] = engine.error.to_json() if engine.error else None
+
+    def _command(self, c: Command) -> None:
+        if isinstance(c, StartActivation):
+            spec = c.activation
+            acts = self.run["activations"]
+            acts[spec.id] = {"id": spec.id, "agent": spec.agent, "kind": spec.kind, "status": "pending",
+                             "cause": spec.cause, "output": None, "error": None, "attempts": 0, "started": None,
+                             "finished": None, "seq": len(acts)}
+            self._admit(spec)
+        elif isinstance(c, AwaitApproval):
+            self.approvals[c.activation] = c.name
+            agent = self.run["activations"].get(c.activation, {}).get("agent")
+            self.run["waiting"].append({"name": c.name, "agent": agent, "activation": c.activation})
+            record = self.run["activations"].get(c.activation)
+            if record is not None:
+                record["status"] = "waiting"
+        elif isinstance(c, DeliverReply):
+            waiter = self.replies.pop(c.key, None)
+            if waiter is not None and not waiter.done():
+                waiter.set_result(c.reply)
+        elif isinstance(c, AbortActivations):
+            self.aborted.update(c.ids)
+            prefixes = tuple(f"{aid}/" for aid in c.ids)
+            for key, waiter in list(self.replies.items()):
+                if key.startswith(prefixes) and not waiter.done():
+                    waiter.set_exception(RunAborted())
+            queued = [spec for spec in self.queue if spec.id in self.aborted]
+            if queued:
+                self.queue = collections.deque(spec for spec in self.queue if spec.id not in self.aborted)
+                for spec in queued:
+                    self._apply(ActivationFinished(spec.id, "cancelled"))
+
+    # -- activations -------------------------------------------------------------------------
+
+    def _admit(self, spec: Activation) -> None:
+        if self.running >= MAX_RUNNING:
+            self.queue.append(spec)
+            return
+        self.running += 1
+        asyncio.get_running_loop().create_task(self._activate(spec))
+
+    def pause(self, on: bool) -> None:
+        """An activation waits on a timer, a promise or a reply: its slot is free meanwhile."""
+        if on:
+            self._release_slot()
+        else:
+            self.running += 1
+
+    def _release_slot(self) -> None:
+        self.running -= 1
+        while self.queue and self.running < MAX_RUNNING:
+            self._admit(self.queue.popleft())
+
+    async def _activate(self, spec: Activation) -> None:
+        try:
+            event = await self._run_activation(spec)
+        except RunAborted:
+            event = ActivationFinished(spec.id, "cancelled")
+        except Exception as exc:  # roost's own code around the activation failed: the run learns why
+            event = _failed(spec, None, 1, exc)
         finally:
-            self.pending -= 1
+            self._release_slot()
+        record = self.run["activations"].get(spec.id)
+        if record is not None:
+            record["output"] = event.output
+            record["error"] = event.error.to_json() if event.error else None
+        self._apply(event)
+        if self.approvals.get(spec.id) is not None:
+            record = self.run["activations"].get(spec.id)
+            if record is not None:
+                record["status"] = "waiting"
 
-    async def call(self, msg: Message, key: str, *, caller: str) -> Any:
-        """Request/response: run the activation now and return its output (JSON)."""
-        self.run["expected"].append(msg.id)
-        try:
-            outcome = await self.activate(msg, key)
-        except _CallFailed as exc:
-            raise TerminalError(f"run {msg.run_id!r}: call from {caller!r} to agent {msg.target!r} failed: {exc}") from None
-        return outcome.output_json
-
-    async def activate(self, msg: Message, key: str) -> Outcome:
-        """One activation, start to finish, recorded in the run; raises _CallFailed if it failed."""
+    async def _run_activation(self, spec: Activation) -> ActivationFinished:
         assert self.app is not None
-        app, agent = self.app, msg.target
-        if self.failed and msg.kind != "call":
-            self._report(msg, "cancelled", None, None, 0, None, None)
-            return Outcome("absorbed")
-        self.count += 1
-        if self.count > self.run["max_activations"]:
-            self._fail({
-                "agent": agent, "step": None, "attempts": 1, "error_type": "ActivationLimitError",
-                "error_message": f"run {msg.run_id!r} went past its limit of {self.run['max_activations']} activations "
-                f"(at agent {agent!r}); a loop's when= condition never turned false? "
-                "Raise App(max_activations=...) if the run really needs more"})
-            self._report(msg, "cancelled", None, None, 0, None, None)
-            return Outcome("absorbed")
-        spec = app.specs[agent]
-        cross_run = spec.key_fn is not None and msg.kind != "contribution"
+        app, agent = self.app, spec.agent
+        if spec.not_before is not None:
+            delay = spec.not_before - workflow.now().timestamp()
+            if delay > 0:
+                await self.wait(spec.id, None, delay)
+        try:
+            key = key_of(app, spec, self.run["run_id"])
+        except Exception as exc:  # a keyed_by function failed: the activation fails, naming it
+            return _failed(spec, None, 1, exc)
+        if self.aborted_(spec.id):
+            return ActivationFinished(spec.id, "cancelled")
+        cross_run = app.specs[agent].key_fn is not None and spec.kind not in ("converge", "gather")
         local = None if cross_run else self.entities.setdefault(f"{agent}/{key}", _Entity())
         if local is not None:
             await local.lock.acquire()
             state = local.state
         else:
-            state = await self._acquire(agent, key, msg.id)
-        ctx = TemporalContext(self, app, msg, key, state)
-        started = workflow.now().timestamp()
-        outcome, error = Outcome("absorbed"), None
+            state = await self._acquire(agent, key, spec.id)
+        ctx = TemporalContext(self, app, spec, key, state)
+        record = self.run["activations"].get(spec.id)
+        if record is not None:
+            record["status"] = "running"
+        new_state = None
         try:
-            outcome = await execute(app, ctx, msg, key)
+            with root(ctx):
+                output = await perform(app, ctx, spec)
+            new_state = ctx.state.data
+            event = ActivationFinished(spec.id, "completed", output)
         except RunAborted:
-            outcome = Outcome("absorbed")
+            event = ActivationFinished(spec.id, "cancelled")
         except StepFailedError as exc:
-            error = _error(agent, exc.step, exc.attempts, exc.cause)
-        except Exception as exc:  # a roost or user error: recorded, the run fails
-            error = _error(agent, None, ctx.attempts, exc)
+            event = _failed(spec, exc.step, exc.attempts, exc.cause)
+        except Exception as exc:  # a roost or user error: the activation fails, naming it
+            event = _failed(spec, None, ctx.attempts, exc)
         finally:
-            new_state = ctx.state.data if error is None else None
             if local is not None:
                 if new_state is not None:
                     local.state = new_state
                 local.lock.release()
             else:
-                await self._release(agent, key, msg.id, new_state)
-        routes = [] if (error or msg.kind == "call") else outcome.routes
-        new = [Message(message_id(r.target, msg.id, r.id_suffix), msg.run_id, r.target, r.kind, r.payload, msg.id, r.meta)
-               for r in routes]
-        try:
-            keyed = [(m, entity_of(app, m)) for m in new]
-        except TerminalError as exc:  # a keyed_by function failed: nothing is sent
-            error, keyed = _error(agent, None, ctx.attempts, exc), []
-        status = "failed" if error else outcome.status
-        if error:
-            self._fail(error)
-        finished = workflow.now().timestamp()
-        self._report(msg, status, outcome.output_json, error, ctx.attempts, ctx.started or started,
-                     ctx.finished or finished)
-        if not self.failed:
-            for m, k in keyed:
-                self.deliver(m, k)
-        if error is not None:
-            raise _CallFailed(f"{error['error_type']}: {error['error_message']}")
-        return outcome
+                await self._release(agent, key, spec.id, new_state)
+        if record is not None:
+            record.update(attempts=ctx.attempts, started=ctx.started or workflow.now().timestamp(),
+                          finished=ctx.finished or workflow.now().timestamp(), steps=ctx.steps)
+        return event
 
-    def _report(self, msg: Message, status: str, output: Any, error: dict[str, Any] | None, attempts: int,
-                started: float | None, finished: float | None) -> None:
-        run = self.run
-        run["activations"][msg.id] = {
-            "id": msg.id, "agent": msg.target, "kind": msg.kind, "status": status, "cause": msg.cause,
-            "output": output, "error": error, "attempts": attempts, "started": started, "finished": finished,
-            "seq": len(run["activations"]),  # payloads may reorder keys: this keeps the record's order
-        }
-        run["waiting"] = [w for w in run["waiting"] if w["activation"] != msg.id]
+    # -- what activations ask for ------------------------------------------------------------
+
+    def aborted_(self, activation: str) -> bool:
+        return activation in self.aborted
+
+    async def wait(self, activation: str, ready: Any, timeout: float | None) -> None:
+        """Wait until ``ready()`` (or ``timeout`` seconds); RunAborted if the activation is aborted meanwhile."""
+        self.pause(True)
+        try:
+            try:
+                await workflow.wait_condition(
+                    lambda: activation in self.aborted or (ready is not None and bool(ready())),
+                    timeout=timeout)
+            except TimeoutError:
+                pass
+        finally:
+            self.pause(False)
+        if activation in self.aborted:
+            raise RunAborted()
+
+    def sent(self, event: MessageSent) -> asyncio.Future[Reply] | None:
+        waiter: asyncio.Future[Reply] | None = None
+        if event.kind == "call":
+            waiter = asyncio.get_running_loop().create_future()
+            self.replies[f"{event.sender}/{event.position}"] = waiter
+        self._apply(event)
+        return waiter
 
     # -- entities keyed across runs ------------------------------------------------------------
 
@@ -240,14 +331,23 @@ class RunWorkflow:
 
     async def wait_promise(self, name: str, agent: str, activation: str) -> Any:
         if name not in self.promises:
-            self.run["waiting"].append({"name": name, "agent": agent, "activation": activation})
-            await workflow.wait_condition(lambda: name in self.promises)
+            entry = {"name": name, "agent": agent, "activation": activation}
+            self.run["waiting"].append(entry)
+            try:
+                await self.wait(activation, lambda: name in self.promises, None)
+            finally:
+                if entry in self.run["waiting"]:
+                    self.run["waiting"].remove(entry)
         return self.promises[name]
 
     def _set_promise(self, name: str, value: Any) -> None:
         self.promises[name] = value
         self.run["promises"][name] = value
         self.run["waiting"] = [w for w in self.run["waiting"] if w["name"] != name]
+        for aid, approval in list(self.approvals.items()):
+            if approval == name:
+                del self.approvals[aid]
+        self._apply(PromiseResolved(name, value))
 
     @workflow.update(name=RESOLVE)
     def resolve(self, req: dict[str, Any]) -> dict[str, Any]:
