@@ -1,9 +1,11 @@
 """The worker side of steps: one dynamic activity runs every step of every agent.
 
 A step's function is found again in the worker from a reference the workflow sends (the agent's
-function engine, a method of the agent's engine, or an importable function) and its arguments
-travel as JSON. A function that cannot be named that way (a lambda, a closure) runs as a
-*local* activity: in the process whose workflow code holds it, found through :data:`LOCAL`.
+function engine, a method of the agent's engine, an importable function, or a function of the
+app's own file, also when that file ran as ``__main__``) and its arguments travel as JSON. A
+function that cannot be named that way (a lambda, a closure) runs as a *local* activity: in the
+process whose workflow code holds it, found through :data:`LOCAL`, with a weaker guarantee (its
+result reaches the history only when the workflow task completes).
 """
 
 from __future__ import annotations
@@ -13,6 +15,8 @@ import contextlib
 import importlib
 import inspect
 import json
+import os
+import sys
 import time
 import typing
 from collections.abc import Callable, Sequence
@@ -54,6 +58,22 @@ def find_app(task_queue: str, name: str) -> CompiledApp:
     return app
 
 
+APP_FILES: dict[str, str] = {}
+"""app name -> the source file that built it (``App`` records it), for the apps of this process."""
+
+
+def _lookup(module: Any, qualname: str) -> Any:
+    found = module
+    for part in qualname.split("."):
+        found = getattr(found, part)
+    return found
+
+
+def _same_file(module: Any, path: str | None) -> bool:
+    file = getattr(module, "__file__", None)
+    return bool(file and path and os.path.realpath(file) == os.path.realpath(path))
+
+
 def step_ref(app: CompiledApp, agent: str, fn: Callable[..., Any]) -> dict[str, str] | None:
     """How a worker finds ``fn`` again, or None when only this process can (run it locally)."""
     engine = app.specs[agent].engine
@@ -63,16 +83,38 @@ def step_ref(app: CompiledApp, agent: str, fn: Callable[..., Any]) -> dict[str, 
     if owner is engine and owner is not None and hasattr(fn, "__name__"):
         return {"kind": "method", "name": fn.__name__}
     module, qualname = getattr(fn, "__module__", None), getattr(fn, "__qualname__", "")
-    if module and qualname and "<" not in qualname and module != "__main__":
+    if not module or not qualname or "<" in qualname:
+        return None
+    if module == "__main__":
+        # A function of the script that was run: every worker finds it again in the app's file
+        # (a worker started with 'roost serve FILE' has loaded that file under another name).
+        path = APP_FILES.get(app.name)
         try:
-            found: Any = importlib.import_module(module)
-            for part in qualname.split("."):
-                found = getattr(found, part)
-        except (ImportError, AttributeError):
+            found: Any = _lookup(sys.modules["__main__"], qualname)
+        except (KeyError, AttributeError):
             return None
-        if found is fn:
-            return {"kind": "import", "module": module, "qualname": qualname}
+        if path and found is fn and _same_file(sys.modules["__main__"], path):
+            return {"kind": "script", "qualname": qualname, "file": path}
+        return None
+    try:
+        found = _lookup(importlib.import_module(module), qualname)
+    except (ImportError, AttributeError):
+        return None
+    if found is fn:
+        return {"kind": "import", "module": module, "qualname": qualname}
     return None
+
+
+def _script_module(app: CompiledApp, ref: dict[str, str]) -> Any:
+    """The module of the app's own file in this process: ``__main__`` when this process ran it,
+    else the module a worker loaded it as ('roost serve FILE')."""
+    path = APP_FILES.get(app.name) or ref.get("file")
+    candidates = [sys.modules.get("__main__"), *list(sys.modules.values())]
+    for module in candidates:
+        if module is not None and _same_file(module, path):
+            return module
+    raise ConfigError(f"step function {ref['qualname']!r} of app {app.name!r} lives in {path}, which this worker has "
+                      "not loaded: start workers with 'roost serve FILE' for that file")
 
 
 def resolve_ref(app: CompiledApp, agent: str, ref: dict[str, str]) -> Callable[..., Any]:
@@ -85,10 +127,9 @@ def resolve_ref(app: CompiledApp, agent: str, ref: dict[str, str]) -> Callable[.
     if ref["kind"] == "method":
         method: Callable[..., Any] = getattr(spec.engine, ref["name"])
         return method
-    found: Any = importlib.import_module(ref["module"])
-    for part in ref["qualname"].split("."):
-        found = getattr(found, part)
-    return found  # type: ignore[no-any-return]
+    if ref["kind"] == "script":
+        return _lookup(_script_module(app, ref), ref["qualname"])  # type: ignore[no-any-return]
+    return _lookup(importlib.import_module(ref["module"]), ref["qualname"])  # type: ignore[no-any-return]
 
 
 def _param_types(fn: Callable[..., Any]) -> tuple[list[Any], dict[str, Any]]:

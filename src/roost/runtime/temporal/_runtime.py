@@ -28,7 +28,7 @@ from ..._graph import CompiledApp
 from ...errors import BackendError, ConfigError, PromiseError, RoostError, RunConflictError, RunNotFoundError
 from ...result import ActivationRecord, RunRecord, StepRecord
 from .._base import DurableRuntime, RunSummary, Submission
-from ._activities import APPS, run_step
+from ._activities import APP_FILES, APPS, run_step
 from ._names import AWAIT_WAITING, RECORD_QUERY, RESOLVE, RESOLVE_SIGNAL, default_task_queue, run_workflow
 from ._workflow import EntityWorkflow, RunWorkflow
 
@@ -66,6 +66,8 @@ class TemporalRuntime(DurableRuntime):
 
     def register(self, app: CompiledApp, app_ref: str | None = None) -> None:
         self.apps[app.name] = app
+        if app_ref:
+            APP_FILES[app.name] = app_ref
 
     def task_queue(self, app: str) -> str:
         return self.settings.task_queue or default_task_queue(app)
