@@ -2,14 +2,26 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from datetime import timedelta
 
-from ..errors import RetryableError, TerminalError
+from ..errors import RetryableError, TerminalError, UsageError
 
 
 def seconds(value: float | timedelta) -> float:
     return value.total_seconds() if isinstance(value, timedelta) else float(value)
+
+
+def checked_seconds(value: float | timedelta, *, what: str) -> float:
+    """Seconds, refusing NaN, infinite and negative durations with a clear error."""
+    try:
+        secs = seconds(value)
+    except (TypeError, ValueError) as exc:
+        raise UsageError(f"{what} must be a number of seconds or a timedelta, got {value!r}") from exc
+    if math.isnan(secs) or math.isinf(secs) or secs < 0:
+        raise UsageError(f"{what} must be a finite number of seconds >= 0, got {value!r}")
+    return secs
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import concurrent.futures
 import json
-import math
 import threading
 import time
 from collections.abc import Awaitable, Callable
@@ -20,10 +19,10 @@ from ..._activation import message_body
 from ..._codec import dumps, revive
 from ..._engine import Activation, MessageSent
 from ...engines.function import FunctionEngine
-from ...errors import CallCycleError, CallFailedError, NonDeterminismError, UsageError
+from ...errors import CallCycleError, CallFailedError, NonDeterminismError
 from .._base import DurableContext, RunAborted, State, StepInfo
 from .._branches import internal, position
-from .._retry import RetryPolicy, seconds
+from .._retry import RetryPolicy, checked_seconds
 from .._steps import Detached, return_type, run_with_retry
 from ._journal import Journal
 
@@ -32,17 +31,6 @@ if TYPE_CHECKING:
 
 T = TypeVar("T")
 Entry = tuple[str, str, str, str | None, int]
-
-
-def checked_seconds(value: float | timedelta, *, what: str) -> float:
-    """Seconds, refusing NaN, infinite and negative durations with a clear error."""
-    try:
-        secs = seconds(value)
-    except (TypeError, ValueError) as exc:
-        raise UsageError(f"{what} must be a number of seconds or a timedelta, got {value!r}") from exc
-    if math.isnan(secs) or math.isinf(secs) or secs < 0:
-        raise UsageError(f"{what} must be a finite number of seconds >= 0, got {value!r}")
-    return secs
 
 
 class LocalState(State):

@@ -31,10 +31,9 @@ from ..._engine import Activation, ActivationFinished, ErrorInfo, MessageSent, R
 from ...errors import CallCycleError, CallFailedError, SerializationError, StepFailedError
 from .._base import DurableContext, RunAborted, State, StepInfo
 from .._branches import internal, position, root
-from .._engine_context import remote_error
-from .._retry import RetryPolicy
+from .._remote import remote_error
+from .._retry import RetryPolicy, checked_seconds
 from .._steps import return_type, run_with_retry
-from ..local._context import checked_seconds
 
 if TYPE_CHECKING:
     from ._driver import Driver, Key

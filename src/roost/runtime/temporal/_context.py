@@ -26,10 +26,9 @@ from ..._graph import CompiledApp
 from ...errors import CallCycleError, CallFailedError, SerializationError, StepFailedError
 from .._base import DurableContext, RunAborted, State
 from .._branches import internal, position
-from .._engine_context import RemoteStepError, remote_error
-from .._retry import RetryPolicy
+from .._remote import RemoteStepError, remote_error
+from .._retry import RetryPolicy, checked_seconds
 from .._steps import return_type
-from ..local._context import checked_seconds
 from ._activities import LOCAL, LOCAL_KEY, step_ref
 from ._names import activity_type
 
