@@ -46,28 +46,6 @@ class AgentSpec:
         return self.input_type[slot]
 
 
-@dataclass(frozen=True)
-class Route:
-    """One message an output produces."""
-
-    target: str
-    kind: Literal["edge", "contribution"]
-    payload: Any
-    meta: dict[str, Any]
-    id_suffix: str
-
-
-def message_id(target: str, *parts: object) -> str:
-    digest = hashlib.blake2b("|".join(map(str, parts)).encode(), digest_size=8).hexdigest()
-    return f"{target}:{digest}"
-
-
-def entity_key(run_id: str, meta: dict[str, Any]) -> str:
-    """Default entity key: the run, plus the item path when inside an ``each`` fan-out."""
-    batch = meta.get("batch") or []
-    return run_id + "".join(f"/{b[0][-6:]}.{b[1]}" for b in batch)
-
-
 class CompiledApp:
     """A validated set of agents and edges."""
 
@@ -310,33 +288,3 @@ class CompiledApp:
         parts += [f"{e.source}>{e.target}#{e.group}:{int(e.each)}" for e in self.edges]
         return hashlib.blake2b("\n".join(sorted(parts)).encode(), digest_size=8).hexdigest()
 
-    # -- routing ----------------------------------------------------------------------------
-
-    def routes(self, source: str, output: Any, meta: dict[str, Any], *, rejected: bool = False) -> list[Route]:
-        """The messages ``source``'s output produces. ``meta`` is the activation's own message meta.
-
-        A rejected (not approved) output produces only the 'skip' contributions that let
-        gathers downstream complete."""
-        batch: list[list[Any]] = list(meta.get("batch") or [])
-        out: list[Route] = []
-        for ei, e in enumerate(self.out_edges[source]):
-            target = self.specs[e.target]
-            values = list(output) if e.each and not rejected else [output]
-            for i, value in enumerate(values):
-                item_batch = batch + [[meta.get("_activation", ""), i, len(values)]] if e.each else batch
-                passes = not rejected and (e.when is None or bool(e.when(value)))
-                payload = e.map(value) if (passes and e.map is not None) else value
-                suffix = f"{ei}.{i}"
-                if target.kind == "gather":
-                    top = item_batch[-1] if item_batch else ["", 0, 1]
-                    out.append(Route(e.target, "contribution", payload if passes else None,
-                                     {"from": source, "batch": item_batch[:-1], "index": top[1],
-                                      "total": top[2], "skip": not passes}, suffix))
-                elif not passes:
-                    continue
-                elif target.kind == "converge":
-                    out.append(Route(e.target, "contribution", payload,
-                                     {"from": source, "batch": item_batch, "slot": target.slots[source]}, suffix))
-                else:
-                    out.append(Route(e.target, "edge", payload, {"from": source, "batch": item_batch}, suffix))
-        return out

@@ -27,10 +27,11 @@ from temporalio import activity
 from temporalio.common import RawValue
 from temporalio.exceptions import ApplicationError
 
-from ..._codec import dumps, revive
+from ..._codec import dumps, jsonable, revive
 from ..._graph import CompiledApp
 from ...errors import ConfigError, RetryableError, SerializationError, TerminalError
 from .._base import StepInfo
+from .._retry import RetryPolicy
 from .._steps import call_step
 
 HEARTBEAT_EVERY = 0.5
@@ -161,10 +162,82 @@ async def _heartbeat() -> None:
         activity.heartbeat()
 
 
+BATCH_SIZE = 100
+"""Most steps one batch activity runs (see ``run_batch``)."""
+
+
+def _function(app: CompiledApp, req: dict[str, Any]) -> tuple[Callable[..., Any], tuple[Any, ...], dict[str, Any]]:
+    """A step's function and its arguments, revived to the types it annotates."""
+    fn = resolve_ref(app, req["agent"], req["ref"])
+    if req["ref"]["kind"] == "engine":  # the agent's own function: its inputs have the contract's types
+        spec = app.specs[req["agent"]]
+        fargs = tuple(revive(a, spec.slot_type(i) if spec.kind == "converge" else spec.input_type)
+                      for i, a in enumerate(req["args"]))
+        return fn, fargs, req["kwargs"]
+    fargs, fkwargs = revive_args(fn, req["args"], req["kwargs"])
+    return fn, fargs, fkwargs
+
+
+async def run_batch(req: dict[str, Any]) -> dict[str, Any]:
+    """Many steps of one kind (the items of a fan-out) in one activity. Each step is retried here
+    per its policy and ends with its own outcome (value or failure); the outcomes reached so far
+    travel with the heartbeats, so a batch retried after its worker died runs only the steps
+    whose outcome no heartbeat had carried yet (at most about a second's worth)."""
+    info = activity.info()
+    app = find_app(info.task_queue, req["app"])
+    policy = RetryPolicy(**req["policy"])
+    done: dict[str, Any] = {}
+    if info.heartbeat_details:
+        earlier = info.heartbeat_details[0]
+        if isinstance(earlier, dict):
+            done.update(earlier)
+
+    async def one(i: int, item: dict[str, Any]) -> None:
+        if str(i) in done:
+            return
+        t0 = time.time()
+        attempt = info.attempt  # a batch retried after its worker died goes on counting
+        first = attempt
+        where = f"run {item['run_id']!r}, agent {item['agent']!r}, step {item['step']!r}"
+        while True:
+            step = StepInfo(item["run_id"], item["agent"], item["step"], attempt, item["key"])
+            try:
+                fn, fargs, fkwargs = _function(app, item)
+                result = await call_step(fn, fargs, fkwargs, step)
+                done[str(i)] = {"v": jsonable(result, what=where), "t0": t0, "t1": time.time(), "n": attempt}
+                return
+            except SerializationError as exc:
+                done[str(i)] = {"s": str(exc), "t0": t0, "t1": time.time(), "n": attempt}
+                return
+            except Exception as exc:
+                if _non_retryable(exc, item.get("non_retryable", [])) or attempt - first + 1 >= policy.max_attempts:
+                    kind = getattr(exc, "kind", None) or type(exc).__name__
+                    done[str(i)] = {"e": [kind, str(exc)], "t0": t0, "t1": time.time(), "n": attempt}
+                    return
+                await asyncio.sleep(policy.delay(attempt - first + 1, exc))
+                attempt += 1
+
+    async def beat() -> None:
+        while True:
+            await asyncio.sleep(HEARTBEAT_EVERY)
+            activity.heartbeat(dict(done))
+
+    beats = asyncio.create_task(beat())
+    try:
+        await asyncio.gather(*(one(i, item) for i, item in enumerate(req["batch"])))
+    finally:
+        beats.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await beats
+    return {"results": [done[str(i)] for i in range(len(req["batch"]))]}
+
+
 @activity.defn(dynamic=True)
 async def run_step(args: Sequence[RawValue]) -> dict[str, Any]:
     """Every step: find the function, call it once, return its JSON result with its timings."""
     req: dict[str, Any] = activity.payload_converter().from_payload(args[0].payload, dict)
+    if "batch" in req:
+        return await run_batch(req)
     info = activity.info()
     attempt = info.attempt
     step = StepInfo(req["run_id"], req["agent"], req["step"], attempt, req["key"])
@@ -175,15 +248,7 @@ async def run_step(args: Sequence[RawValue]) -> dict[str, Any]:
                                    type="BackendError")
         fn, fargs, fkwargs = found
     else:
-        app = find_app(info.task_queue, req["app"])
-        fn = resolve_ref(app, req["agent"], req["ref"])
-        if req["ref"]["kind"] == "engine":  # the agent's own function: its inputs have the contract's types
-            spec = app.specs[req["agent"]]
-            fargs = tuple(revive(a, spec.slot_type(i) if spec.kind == "converge" else spec.input_type)
-                          for i, a in enumerate(req["args"]))
-            fkwargs = req["kwargs"]
-        else:
-            fargs, fkwargs = revive_args(fn, req["args"], req["kwargs"])
+        fn, fargs, fkwargs = _function(find_app(info.task_queue, req["app"]), req)
     beats = None if info.is_local else asyncio.create_task(_heartbeat())
     t0 = time.time()
     try:

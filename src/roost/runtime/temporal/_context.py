@@ -122,9 +122,16 @@ class TemporalContext(DurableContext):
             LOCAL[token] = (fn, args, kwargs)
         try:
             if token is None:
-                done = await workflow.execute_activity(
-                    activity_type(self.agent, name), req, result_type=dict, start_to_close_timeout=STEP_TIMEOUT,
-                    heartbeat_timeout=HEARTBEAT_TIMEOUT, retry_policy=temporal_retry(policy))
+                # Steps of one kind requested together (the items of a fan-out) share activities.
+                done = await self._run.step(activity_type(self.agent, name), policy, req)
+                if "e" in done:
+                    kind, message = done["e"]
+                    self.attempts = max(self.attempts, int(done.get("n", 1)))
+                    raise StepFailedError(run_id=self.run_id, agent=self.agent, step=name, attempts=int(done["n"]),
+                                          cause=remote_error(kind)(kind, message))
+                if "s" in done:
+                    raise StepFailedError(run_id=self.run_id, agent=self.agent, step=name, attempts=int(done["n"]),
+                                          cause=SerializationError(done["s"]))
             else:
                 done = await workflow.execute_local_activity(
                     activity_type(self.agent, name), req, result_type=dict, start_to_close_timeout=LOCAL_STEP_TIMEOUT,

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import json
 import logging
 import time
+import zlib
 from datetime import timedelta
 from typing import Any
 
@@ -175,13 +177,26 @@ class TemporalRuntime(DurableRuntime):
         except WorkflowFailureError as exc:
             cause = exc.cause
             if isinstance(cause, ApplicationError) and cause.details and isinstance(cause.details[0], dict):
-                return _record(cause.details[0])
+                return _record(await self._rest(handle, cause.details[0]))
             raise BackendError(f"run {run_id!r} ended on Temporal without a roost record: {exc}: {cause}") from exc
         except RPCError as exc:
             if exc.status == RPCStatusCode.NOT_FOUND:
                 raise self._not_found(run_id) from None
             raise BackendError(f"talking to Temporal failed: {exc}") from exc
-        return _record(run)
+        return _record(await self._rest(handle, run))
+
+    async def _rest(self, handle: Any, run: dict[str, Any]) -> dict[str, Any]:
+        """The activations a large run's record did not carry, read page by page with the query."""
+        if "packed" in run:
+            run["activations"] = json.loads(zlib.decompress(base64.b64decode(run.pop("packed"))))
+        total = int(run.get("total", len(run["activations"])))
+        while len(run["activations"]) < total:
+            page = await handle.query(RECORD_QUERY, {"offset": len(run["activations"]), "limit": 1000},
+                                      result_type=dict, rpc_timeout=QUERY_TIMEOUT)
+            if not page["activations"]:
+                break
+            run["activations"].update(page["activations"])
+        return run
 
     async def get(self, run_id: str) -> RunRecord:
         handle = self._handle(run_id)
@@ -194,7 +209,7 @@ class TemporalRuntime(DurableRuntime):
         if desc.status != WorkflowExecutionStatus.RUNNING:
             return await self._outcome(run_id)
         try:
-            run = await handle.query(RECORD_QUERY, result_type=dict, rpc_timeout=QUERY_TIMEOUT)
+            run = await self._rest(handle, await handle.query(RECORD_QUERY, result_type=dict, rpc_timeout=QUERY_TIMEOUT))
         except RPCError as exc:  # no worker answers: what Temporal itself knows
             _log.info("no worker answered the record query of run %r: %s", run_id, exc)
             memo = await desc.memo()

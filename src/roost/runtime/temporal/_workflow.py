@@ -16,13 +16,18 @@ fail the run instead of retrying its workflow task for ever.
 from __future__ import annotations
 
 import asyncio
+import base64
 import collections
+import json
+import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from datetime import timedelta
 from typing import Any
 
 from temporalio import workflow
 from temporalio.common import RawValue, WorkflowIDReusePolicy
+from temporalio.common import RetryPolicy as TemporalRetryPolicy
 from temporalio.exceptions import ApplicationError, WorkflowAlreadyStartedError
 
 from ..._activation import key_of, perform
@@ -46,8 +51,9 @@ from ..._graph import CompiledApp
 from ...errors import RoostError, StepFailedError
 from .._base import RunAborted
 from .._branches import fork_on_create, root
-from ._activities import find_app
-from ._context import TemporalContext
+from .._retry import RetryPolicy
+from ._activities import BATCH_SIZE, find_app
+from ._context import HEARTBEAT_TIMEOUT, STEP_TIMEOUT, TemporalContext, temporal_retry
 from ._names import (
     ACQUIRE_SIGNAL,
     AWAIT_WAITING,
@@ -73,6 +79,17 @@ class _Entity:
     state: dict[str, Any] = field(default_factory=dict)
 
 
+BATCH_RETRY = TemporalRetryPolicy(initial_interval=timedelta(seconds=0.2), backoff_coefficient=2.0,
+                                  maximum_interval=timedelta(seconds=5), maximum_attempts=10)
+"""A batch activity's own retries: only when its worker died or failed (each step in it is
+retried inside the activity per its policy)."""
+BATCH_MIN = 8
+"""Fewest steps of one kind, from different activations in the same turn, that share activities."""
+RECORDS_IN_RESULT = 1000
+"""Activation records in the workflow's result, and per page of the ``record`` query: about 0.5 MB,
+well under Temporal's 2 MB payload limit; a larger run's record is read in pages."""
+PACKED_LIMIT = 1_500_000
+"""Largest compressed activation records the result carries (bytes of base64)."""
 MAX_RUNNING = 256
 """Activations executing at once in one run (more wait in order; one waiting on a timer, a
 promise or a reply does not count): it bounds the activities pending at once (Temporal allows
@@ -97,6 +114,8 @@ class RunWorkflow:
         self.running = 0
         self.approvals: dict[str, str] = {}
         self.broken: dict[str, Any] | None = None
+        self.steps: dict[tuple[str, RetryPolicy], list[tuple[dict[str, Any], asyncio.Future[dict[str, Any]]]]] = {}
+        self.flush_scheduled = False
 
     # -- the run -----------------------------------------------------------------------------
 
@@ -120,10 +139,29 @@ class RunWorkflow:
         run["error"] = error
         run["waiting"] = []
         run["finished_at"] = max([a.get("finished") or 0 for a in run["activations"].values()] + [run["created_at"]])
+        final = self._final()
         if run["status"] == "failed" and error:
             raise ApplicationError(f"run {run['run_id']!r} failed at agent {error['agent']!r}: {error['error_type']}: "
-                                   f"{error['error_message']}", run, type=error["error_type"], non_retryable=True)
-        return run
+                                   f"{error['error_message']}", final, type=error["error_type"], non_retryable=True)
+        return final
+
+    def _final(self) -> dict[str, Any]:
+        """The run's record as the workflow's result. Temporal caps a payload at 2 MB: a large run's
+        activations go compressed, and past that the client reads them in pages (``record``)."""
+        acts = self.run["activations"]
+        if len(acts) <= RECORDS_IN_RESULT:
+            return self._page(0, RECORDS_IN_RESULT)
+        packed = base64.b64encode(zlib.compress(json.dumps(acts).encode(), 6)).decode()
+        if len(packed) <= PACKED_LIMIT:
+            return {**self.run, "activations": {}, "packed": packed, "total": len(acts), "offset": 0}
+        return self._page(0, RECORDS_IN_RESULT)
+
+    def _page(self, offset: int, limit: int) -> dict[str, Any]:
+        """The run's record with the activations ``offset`` to ``offset + limit`` (in start order);
+        ``total`` says how many there are."""
+        acts = self.run["activations"]
+        keys = list(acts)[offset:offset + limit] if offset or len(acts) > limit else list(acts)
+        return {**self.run, "activations": {k: acts[k] for k in keys}, "total": len(acts), "offset": offset}
 
     def _apply(self, event: Event) -> None:
         """Hand ``event`` to the run engine and carry out its commands (workflow code: deterministic)."""
@@ -269,6 +307,70 @@ class RunWorkflow:
                           finished=ctx.finished or workflow.now().timestamp(), steps=ctx.steps)
         return event
 
+    # -- steps ------------------------------------------------------------------------------
+
+    def step(self, atype: str, policy: RetryPolicy, req: dict[str, Any]) -> asyncio.Future[dict[str, Any]]:
+        """Run a step as an activity; the steps of one kind requested in the same turn of the
+        workflow (the items of a fan-out) go together, up to BATCH_SIZE per activity."""
+        fut: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        self.steps.setdefault((atype, policy), []).append((req, fut))
+        if not self.flush_scheduled:
+            self.flush_scheduled = True
+            asyncio.get_running_loop().call_soon(self._flush_steps)
+        return fut
+
+    def _flush_steps(self) -> None:
+        self.flush_scheduled = False
+        pending, self.steps = self.steps, {}
+        loop = asyncio.get_running_loop()
+        for (atype, policy), items in pending.items():
+            # Only steps of different activations share an activity (the items of a fan-out); the
+            # branches of one activation keep an activity each, so none waits for another.
+            pool: list[tuple[dict[str, Any], asyncio.Future[dict[str, Any]]]] = []
+            singles: list[tuple[dict[str, Any], asyncio.Future[dict[str, Any]]]] = []
+            seen: set[str] = set()
+            for item in items:
+                activation = item[0]["key"].rsplit("/", 1)[0]
+                (singles if activation in seen else pool).append(item)
+                seen.add(activation)
+            if len(pool) < BATCH_MIN:
+                singles, pool = singles + pool, []
+            for item in singles:
+                loop.create_task(self._run_steps(atype, policy, [item]))
+            for i in range(0, len(pool), BATCH_SIZE):
+                loop.create_task(self._run_steps(atype, policy, pool[i:i + BATCH_SIZE]))
+
+    async def _run_steps(self, atype: str, policy: RetryPolicy,
+                         items: list[tuple[dict[str, Any], asyncio.Future[dict[str, Any]]]]) -> None:
+        if len(items) == 1:  # one step: one activity, retried by Temporal per the step's policy
+            req, fut = items[0]
+            try:
+                done = await workflow.execute_activity(
+                    atype, req, result_type=dict, start_to_close_timeout=STEP_TIMEOUT,
+                    heartbeat_timeout=HEARTBEAT_TIMEOUT, retry_policy=temporal_retry(policy))
+            except BaseException as exc:  # ActivityError (mapped by the context), or the workflow ending
+                if not fut.done():
+                    fut.set_exception(exc)
+                return
+            if not fut.done():
+                fut.set_result(done)
+            return
+        batch = {"app": items[0][0]["app"], "batch": [req for req, _ in items],
+                 "policy": {"max_attempts": policy.max_attempts, "initial_interval": policy.initial_interval,
+                            "backoff": policy.backoff, "max_interval": policy.max_interval}}
+        try:
+            out = await workflow.execute_activity(
+                atype, batch, result_type=dict, start_to_close_timeout=STEP_TIMEOUT,
+                heartbeat_timeout=HEARTBEAT_TIMEOUT, retry_policy=BATCH_RETRY)
+        except BaseException as exc:
+            for _, fut in items:
+                if not fut.done():
+                    fut.set_exception(exc)
+            return
+        for (_, fut), done in zip(items, out["results"], strict=True):
+            if not fut.done():
+                fut.set_result(done)
+
     # -- what activations ask for ------------------------------------------------------------
 
     def aborted_(self, activation: str) -> bool:
@@ -374,8 +476,10 @@ class RunWorkflow:
         return [] if self.closed else [w["name"] for w in self.run["waiting"]]
 
     @workflow.query(name=RECORD_QUERY)
-    def record(self) -> dict[str, Any]:
-        return self.run
+    def record(self, page: dict[str, Any] | None = None) -> dict[str, Any]:
+        """The run's record; a large run's activations come in pages (``{"offset", "limit"}``)."""
+        page = page or {}
+        return self._page(int(page.get("offset", 0)), int(page.get("limit", RECORDS_IN_RESULT)))
 
 
 @workflow.defn(name=ENTITY_WORKFLOW, sandboxed=False, failure_exception_types=[RoostError])
