@@ -41,6 +41,7 @@ from typing import Any
 
 import _common
 import _demo
+import _fanout_side
 import _report
 import httpx
 import restate
@@ -671,47 +672,13 @@ async def m_demo(b: Bench) -> None:
 # 5. each=True fan-out + gather: roost on Restate against roost's embedded runtime, same app
 
 
-FANOUT_RATIO = 10.0  # 1,000 items on Restate within 10x of the embedded runtime
-FANOUT_SCALING = 12.0  # 10x the items costs at most 12x the time
-
-
 async def m_fanout(b: Bench) -> None:
-    import bench_fanout as bf  # the same models and functions as bench/bench_fanout.py
-
-    def agents() -> list[Agent]:
-        s = agent("split").contracts(input=bf.Job, output=list[bf.Item]).engine(bf.split)
-        w = agent("worker").contracts(input=bf.Item, output=bf.Done).engine(bf.work).reacts_to(s, each=True)
-        j = agent("join").contracts(input=list[bf.Done], output=bf.Summary).engine(bf.join).reacts_to(w)
-        return [s, w, j]
-
     sizes = (100, 1_000) if b.quick else (1_000, 10_000)
-    on_restate = b.roost_app(agents(), "fanout", max_activations=4 * max(sizes) + 100)
-    await on_restate.runtime()
-    await b.until_ok("roost fan-out", lambda k: on_restate.arun(bf.Job(n=1), run_id=f"probe-f-{k}", timeout=30))
-    embedded = App(agents(), name="fanout", journal=b.tmp / "fanout.db", max_activations=4 * max(sizes) + 100)
-    await embedded.runtime("local")
-    times: dict[str, dict[int, float]] = {"restate": {}, "local": {}}
-    try:
-        for n in sizes:
-            for side, app in (("local", embedded), ("restate", on_restate)):
-                t0 = time.perf_counter()
-                res = await app.arun(bf.Job(n=n), run_id=f"fanout-{side}-{n}", timeout=900)
-                times[side][n] = time.perf_counter() - t0
-                bf.check(f"roost on {side}", n, res["join"])
-    finally:
-        await embedded.aclose()
-    small, large = sizes
-    b.rows.append(Row("fanout_small", f"each=True fan-out + gather, {small:,} items (vs the embedded runtime)", "ms",
-                      times["restate"][small] * 1e3, times["local"][small] * 1e3,
-                      FANOUT_RATIO if small == 1_000 else None,
-                      note="comparison column: the same app on roost's embedded runtime (SQLite), same process"))
-    b.rows.append(Row("fanout_large", f"each=True fan-out + gather, {large:,} items (vs the embedded runtime)", "ms",
-                      times["restate"][large] * 1e3, times["local"][large] * 1e3,
-                      note="comparison column: the same app on roost's embedded runtime (SQLite), same process"))
-    scaling = times["restate"][large] / times["restate"][small]
-    b.rows.append(Row("fanout_scaling", f"Restate: time({large:,}) / time({small:,})", "x", scaling, None,
-                      note=f"target ≤ {FANOUT_SCALING:g}: {'pass' if scaling <= FANOUT_SCALING else 'MISS'}",
-                      extra={"seconds": times}))
+    app = b.roost_app(_fanout_side.agents(), "fanout", max_activations=4 * max(sizes) + 100)
+    await app.runtime()
+    await b.until_ok("roost fan-out", lambda k: app.arun(_fanout_side.bf.Job(n=1), run_id=f"probe-f-{k}", timeout=30))
+    rows, _ = await _fanout_side.measure("restate", app, b.tmp, sizes, Row)
+    b.rows += rows
 
 
 async def _served_by(b: Bench, uri: str) -> bool:

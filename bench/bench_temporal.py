@@ -9,7 +9,7 @@ next to the venv's python, on PATH, or in $ROOST_TEMPORAL_CLI):
     .venv/bin/python bench/bench_temporal.py --native-only --quick # the native side alone (no roost adapter needed)
     .venv/bin/python bench/bench_temporal.py --stock-server --only latency --out /tmp/stock.json  # dev server defaults
 
-Measurements (``--only`` names): anatomy, latency, throughput, demo.
+Measurements (``--only`` names): anatomy, latency, throughput, fanout, demo.
 
 One Temporal dev server (``temporal server start-dev`` on 127.0.0.1, a free port, in memory
 unless ``--db-file``, with roost's DEV_DYNAMIC_CONFIG: transfer and timer queues polled 1000
@@ -42,6 +42,7 @@ from typing import Any
 
 import _common
 import _demo
+import _fanout_side
 import _report
 import temporalio.service
 from _common import bounded, pct, proc_cpu  # bench/ is on sys.path when run as a script
@@ -131,11 +132,11 @@ class Bench:
         if not self.native_only:
             await self.until_ok("roost", lambda k: self.roost_once(f"probe-r-{k}"))
 
-    def roost_app(self, agents: list[Agent], name: str) -> App:
+    def roost_app(self, agents: list[Agent], name: str, **options: Any) -> App:
         from roost.runtime.temporal import TemporalRuntime  # the adapter (the temporal extra)
 
         runtime = TemporalRuntime(address=self.address, namespace="default", serve=True)
-        app = App(agents, name=name, runtime=runtime)
+        app = App(agents, name=name, runtime=runtime, **options)
         self.apps.append(app)
         return app
 
@@ -436,9 +437,22 @@ async def m_demo(b: Bench) -> None:
 
 
 # --------------------------------------------------------------------------------------------
+# each=True fan-out + gather: roost on Temporal against roost's embedded runtime, same app
+
+
+async def m_fanout(b: Bench) -> None:
+    sizes = (100, 1_000) if b.quick else (1_000, 10_000)
+    app = b.roost_app(_fanout_side.agents(), "fanout", max_activations=4 * max(sizes) + 100)
+    await app.runtime()
+    await b.until_ok("roost fan-out", lambda k: app.arun(_fanout_side.bf.Job(n=1), run_id=f"probe-f-{k}", timeout=30))
+    rows, _ = await _fanout_side.measure("temporal", app, b.tmp, sizes, Row)
+    b.rows += rows
+
+
+# --------------------------------------------------------------------------------------------
 
 MEASUREMENTS: dict[str, Callable[[Bench], Awaitable[None]]] = {
-    "anatomy": m_anatomy, "latency": m_latency, "throughput": m_throughput, "demo": m_demo,
+    "anatomy": m_anatomy, "latency": m_latency, "throughput": m_throughput, "fanout": m_fanout, "demo": m_demo,
 }
 
 
