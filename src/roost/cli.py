@@ -317,9 +317,10 @@ def _endpoint_uri(endpoint: str, version: str) -> str:
 async def _served_at(app: App, settings: Settings) -> str | None:
     """The URI where this version of the app is already served at the configured endpoint (by
     ``roost serve``), or None."""
-    import httpx
+    from .runtime.restate._endpoint import code_version  # MissingExtraError (the pip command) without restate
 
-    from .runtime.restate._endpoint import code_version
+    # isort: split
+    import httpx  # part of the restate extra
 
     uri = _endpoint_uri(settings.restate.endpoint, code_version(app.compiled, app.app_ref))
     try:
@@ -892,8 +893,11 @@ def _on_signal(loop: asyncio.AbstractEventLoop, sig: int, callback: Callable[[],
     itself when it serves its first request (asyncio keeps one handler per signal), so a handler
     set with ``loop.add_signal_handler`` would be lost: register with the SDK's shutdown hooks,
     which it calls together with its own."""
-    import restate.server
-
+    try:
+        import restate.server
+    except ImportError:  # no restate extra: nothing takes the loop's handler over
+        loop.add_signal_handler(sig, callback)
+        return
     install = getattr(restate.server, "install_shutdown_hook", None)
     if install is not None:
         install(loop, callback, sig)

@@ -226,20 +226,13 @@ def test_extra_installs_and_works_alone(extra: str, venv_with: Callable[[str], P
     assert "about owls" in done.stdout, _shown(done)
 
 
-_RUN_PROD_NEEDS_RESTATE = pytest.mark.xfail(
-    strict=True,
-    reason="cli.py: 'roost run --prod' on Restate imports restate.server (_on_signal) and httpx (_served_at) before "
-           "the backend, so a missing restate extra is a ModuleNotFoundError traceback, not MissingExtraError")
-
-
 def _cli_cases() -> Iterator[Any]:
     for extra in ("", *EXTRAS):
         for backend in ("restate", "temporal"):
             if backend == extra:
                 continue
             for command in CLI_COMMANDS:
-                marks = [_RUN_PROD_NEEDS_RESTATE] if backend == "restate" and command[0] == "run" else []
-                yield pytest.param(extra, backend, command, marks=marks,
+                yield pytest.param(extra, backend, command,
                                    id=f"{extra or 'core'}-{backend}-{' '.join(command[:2])}")
 
 
