@@ -124,8 +124,7 @@ def assert_waits_for_editor(env: dict[str, str], run_id: str, runtime: str, app:
     assert record["waiting_on"] == ["editor"], record
     acts = {a["agent"]: a for a in record["activations"]}
     assert acts["writer"]["status"] == "completed" and acts["writer"]["output"] == {"text": "about owls"}, acts
-    # On the run engine an output held for approval is 'waiting' (Temporal reaches it in issue 11).
-    assert acts["editor"]["status"] == ("pending" if runtime == "temporal" else "waiting"), acts
+    assert acts["editor"]["status"] == "waiting", acts  # its output is held for the approval
 
 
 def approve_and_finish(env: dict[str, str], run_id: str, runtime: str, running: subprocess.Popen[bytes],

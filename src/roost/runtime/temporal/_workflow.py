@@ -203,6 +203,10 @@ class RunWorkflow:
             record = self.run["activations"].get(c.activation)
             if record is not None:
                 record["status"] = "waiting"
+                # Its approval, as a step of its own (as on every runtime).
+                record["steps"] = [*(record.get("steps") or []), {
+                    "position": "approval", "kind": "promise", "name": c.name, "status": "waiting", "attempts": 0,
+                    "value": None}]
         elif isinstance(c, DeliverReply):
             waiter = self.replies.pop(c.key, None)
             if waiter is not None and not waiter.done():
@@ -449,6 +453,9 @@ class RunWorkflow:
         for aid, approval in list(self.approvals.items()):
             if approval == name:
                 del self.approvals[aid]
+                for step in self.run["activations"].get(aid, {}).get("steps") or []:
+                    if step.get("position") == "approval":
+                        step.update(status="done", value=value)
         self._apply(PromiseResolved(name, value))
 
     @workflow.update(name=RESOLVE)
