@@ -34,6 +34,7 @@ from ._model import (
     encode,
     encode_activation,
     entity_key,
+    failed_activation,
 )
 
 __all__ = [
@@ -65,5 +66,6 @@ __all__ = [
     "encode",
     "encode_activation",
     "entity_key",
+    "failed_activation",
     "is_approved",
 ]

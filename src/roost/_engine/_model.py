@@ -121,6 +121,14 @@ class CancelRequested:
 
 Event = RunStarted | ActivationFinished | MessageSent | PromiseResolved | CancelRequested
 
+def failed_activation(spec: Activation, step: str | None, attempts: int, exc: BaseException) -> ActivationFinished:
+    """``spec`` failed with ``exc`` (at ``step``, after ``attempts``): the event naming agent, step
+    and cause. A step that failed inside another engine carries its original type name (``kind``)."""
+    kind = getattr(exc, "kind", None) or type(exc).__name__
+    return ActivationFinished(spec.id, "failed", error=ErrorInfo(spec.agent, step, max(1, attempts), str(kind),
+                                                                 str(exc) or repr(exc)))
+
+
 # -- commands -------------------------------------------------------------------------------
 
 

@@ -39,6 +39,7 @@ from ..._engine import (
     StartActivation,
     decode,
     encode,
+    failed_activation,
 )
 from ..._graph import CompiledApp
 from ...errors import (
@@ -587,7 +588,7 @@ class LocalRuntime(DurableRuntime):
         try:
             key = key_of(live.app, spec, live.run_id)
         except Exception as exc:  # a keyed_by function failed: the activation fails, naming it
-            await self.apply(live, _failed(spec, None, 1, exc))
+            await self.apply(live, failed_activation(spec, None, 1, exc))
             return
         ekey = (spec.agent, key)
         lock = self._lock(ekey)
@@ -652,16 +653,16 @@ class LocalRuntime(DurableRuntime):
         except RunAborted:
             return ActivationFinished(spec.id, "cancelled")
         except StepFailedError as exc:
-            return _failed(spec, exc.step, exc.attempts, exc.cause)
+            return failed_activation(spec, exc.step, exc.attempts, exc.cause)
         except (KeyboardInterrupt, SystemExit):
             raise
         except asyncio.CancelledError as exc:
             task = asyncio.current_task()
             if task is not None and task.cancelling():
                 raise  # the runtime is closing: the activation stays unfinished in the journal
-            return _failed(spec, None, ctx.attempts, exc)
+            return failed_activation(spec, None, ctx.attempts, exc)
         except BaseException as exc:
-            return _failed(spec, None, ctx.attempts, exc)
+            return failed_activation(spec, None, ctx.attempts, exc)
 
 
 class _Queue:
@@ -707,12 +708,6 @@ def _agent_of(live: _LiveRun, event: Event) -> str | None:
 
 def _op(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Op:
     return lambda db: fn(db, *args, **kwargs)
-
-
-def _failed(spec: Activation, step: str | None, attempts: int, exc: BaseException) -> ActivationFinished:
-    message = str(exc) or repr(exc)
-    agent = spec.agent
-    return ActivationFinished(spec.id, "failed", error=ErrorInfo(agent, step, max(1, attempts), type(exc).__name__, message))
 
 
 def _position(value: Any) -> int | str:

@@ -27,7 +27,7 @@ from restate.server_context import DisconnectedException
 
 from ..._activation import message_body, perform
 from ..._codec import dumps, jsonable, revive
-from ..._engine import Activation, ActivationFinished, ErrorInfo, MessageSent, Reply
+from ..._engine import Activation, ActivationFinished, MessageSent, Reply, failed_activation
 from ...errors import CallCycleError, CallFailedError, SerializationError, StepFailedError
 from .._base import DurableContext, RunAborted, State, StepInfo
 from .._branches import internal, position, root
@@ -326,21 +326,15 @@ async def run_activation(ctx: RunContext, spec: Activation) -> ActivationFinishe
     except RunAborted:
         return ActivationFinished(spec.id, "cancelled")
     except StepFailedError as exc:
-        return failed(spec, exc.step, exc.attempts, exc.cause)
+        return failed_activation(spec, exc.step, exc.attempts, exc.cause)
     except (KeyboardInterrupt, SystemExit):
         raise
     except asyncio.CancelledError as exc:
         task = asyncio.current_task()
         if task is not None and task.cancelling():
             raise  # the invocation is ending (suspended, or its connection lost): Restate retries it
-        return failed(spec, None, ctx.attempts, exc)
+        return failed_activation(spec, None, ctx.attempts, exc)
     except BaseException as exc:
         if is_internal_exception(exc):
             raise
-        return failed(spec, None, ctx.attempts, exc)
-
-
-def failed(spec: Activation, step: str | None, attempts: int, exc: BaseException) -> ActivationFinished:
-    kind = getattr(exc, "kind", None) or type(exc).__name__
-    return ActivationFinished(spec.id, "failed", error=ErrorInfo(spec.agent, step, max(1, attempts), kind,
-                                                                 str(exc) or repr(exc)))
+        return failed_activation(spec, None, ctx.attempts, exc)

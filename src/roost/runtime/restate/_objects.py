@@ -14,11 +14,11 @@ from typing import Any
 
 import restate
 
-from ..._engine import Activation, MessageSent, Reply, decode_activation
+from ..._engine import Activation, MessageSent, Reply, decode_activation, failed_activation
 from ..._graph import CompiledApp
 from ...errors import UsageError
 from .._branches import detached
-from ._context import Host, ObjectState, RunContext, failed, restate_signal, run_activation
+from ._context import Host, ObjectState, RunContext, restate_signal, run_activation
 from ._driver import Driver
 from ._names import ACTIVATE, agent_service, run_service
 from ._retry import RETRY
@@ -58,7 +58,7 @@ class ObjectRun(Host):
         except Exception as exc:
             if restate_signal(exc):
                 raise  # the connection to Restate is gone: this attempt ends, Restate retries the invocation
-            event = failed(spec, None, 1, exc)  # roost's own code failed: the run learns why, never a retry loop
+            event = failed_activation(spec, None, 1, exc)  # roost's own code failed: the run learns why, never a retry loop
             assert event.error is not None
             return {"status": "failed", "output": None, "error": event.error.to_json(), "sent": [], "attempts": 1,
                     "started": None, "finished": None, "steps": []}
@@ -78,7 +78,7 @@ class ObjectRun(Host):
         try:
             event = task.result()
         except Exception as exc:  # roost's own code failed around the activation
-            event = failed(spec, None, ctx.attempts, exc)
+            event = failed_activation(spec, None, ctx.attempts, exc)
         state = ctx.state
         if event.status == "completed" and isinstance(state, ObjectState):
             for key, raw in state.writes.items():

@@ -39,11 +39,12 @@ from ..._engine import (
     RunStarted,
     StartActivation,
     encode_activation,
+    failed_activation,
 )
 from ..._graph import CompiledApp
 from .._base import RunAborted
 from .._branches import detached
-from ._context import JSON, Host, MemoryState, RunContext, failed, restate_signal, run_activation
+from ._context import JSON, Host, MemoryState, RunContext, restate_signal, run_activation
 from ._driver import Cancelled, Driver
 from ._names import ACTIVATE, CHANGED, agent_service, run_service
 from ._retry import RETRY
@@ -205,7 +206,7 @@ class WorkflowRun(Host):
         except RunAborted:
             event = ActivationFinished(spec.id, "cancelled")
         except Exception as exc:  # roost's own code around the activation failed: the run learns why
-            event = failed(spec, None, 1, exc)
+            event = failed_activation(spec, None, 1, exc)
         finally:
             self._release_slot()
         info = self._info.get(spec.id)
@@ -218,7 +219,7 @@ class WorkflowRun(Host):
         try:
             key = key_of(self.app, spec, self.run_id)
         except Exception as exc:  # a keyed_by function failed: the activation fails, naming it
-            return failed(spec, None, 1, exc)
+            return failed_activation(spec, None, 1, exc)
         if spec.not_before is not None:
             now = float(await self._ask(spec.id, "~t", lambda: self.ctx.time()))
             if spec.not_before > now:
@@ -264,7 +265,7 @@ class WorkflowRun(Host):
         try:
             raw = await self._ask(spec.id, "~object", lambda: self.ctx.generic_call(service, ACTIVATE, body, key=key))
         except restate.TerminalError as exc:
-            return failed(spec, None, 1, RuntimeError(f"the invocation of {service!r} failed: {exc.message}"))
+            return failed_activation(spec, None, 1, RuntimeError(f"the invocation of {service!r} failed: {exc.message}"))
         result: dict[str, Any] = json.loads(raw)
         self._note(spec.id, result.get("started"), result.get("finished"), int(result.get("attempts", 1)),
                    result.get("steps", []))

@@ -38,7 +38,6 @@ from ..._engine import (
     AwaitApproval,
     Command,
     DeliverReply,
-    ErrorInfo,
     Event,
     MessageSent,
     PromiseResolved,
@@ -46,6 +45,7 @@ from ..._engine import (
     RunEngine,
     RunStarted,
     StartActivation,
+    failed_activation,
 )
 from ..._graph import CompiledApp
 from ...errors import RoostError, StepFailedError
@@ -65,12 +65,6 @@ from ._names import (
     RESOLVE_SIGNAL,
     entity_workflow_id,
 )
-
-
-def _failed(spec: Activation, step: str | None, attempts: int, exc: BaseException) -> ActivationFinished:
-    kind = getattr(exc, "kind", None) or type(exc).__name__
-    return ActivationFinished(spec.id, "failed", error=ErrorInfo(spec.agent, step, max(1, attempts), kind,
-                                                                 str(exc) or repr(exc)))
 
 
 @dataclass
@@ -250,7 +244,7 @@ class RunWorkflow:
         except RunAborted:
             event = ActivationFinished(spec.id, "cancelled")
         except Exception as exc:  # roost's own code around the activation failed: the run learns why
-            event = _failed(spec, None, 1, exc)
+            event = failed_activation(spec, None, 1, exc)
         finally:
             self._release_slot()
         record = self.run["activations"].get(spec.id)
@@ -273,7 +267,7 @@ class RunWorkflow:
         try:
             key = key_of(app, spec, self.run["run_id"])
         except Exception as exc:  # a keyed_by function failed: the activation fails, naming it
-            return _failed(spec, None, 1, exc)
+            return failed_activation(spec, None, 1, exc)
         if self.aborted_(spec.id):
             return ActivationFinished(spec.id, "cancelled")
         cross_run = app.specs[agent].key_fn is not None and spec.kind not in ("converge", "gather")
@@ -296,9 +290,9 @@ class RunWorkflow:
         except RunAborted:
             event = ActivationFinished(spec.id, "cancelled")
         except StepFailedError as exc:
-            event = _failed(spec, exc.step, exc.attempts, exc.cause)
+            event = failed_activation(spec, exc.step, exc.attempts, exc.cause)
         except Exception as exc:  # a roost or user error: the activation fails, naming it
-            event = _failed(spec, None, ctx.attempts, exc)
+            event = failed_activation(spec, None, ctx.attempts, exc)
         finally:
             if local is not None:
                 if new_state is not None:
