@@ -204,7 +204,7 @@ def _interrupted(run_id: str, journal: Path, runtime: str = "local", signum: int
 
 def _run_async(coro: Coroutine[Any, Any, T], run_id: str | None, journal: Path, runtime: str = "local") -> T:
     try:
-        return asyncio.run(_stopped_by_signals(coro) if runtime == "restate" else coro)
+        return asyncio.run(coro if runtime == "local" else _stopped_by_signals(coro, runtime))
     except KeyboardInterrupt:
         if run_id is None:
             raise click.Abort() from None
@@ -215,14 +215,16 @@ def _run_async(coro: Coroutine[Any, Any, T], run_id: str | None, journal: Path, 
         raise _interrupted(run_id, journal, runtime, stopped.signum) from None
 
 
-async def _stopped_by_signals(coro: Awaitable[T]) -> T:
+async def _stopped_by_signals(coro: Awaitable[T], runtime: str = "restate") -> T:
     """``coro``, cancelled by the first SIGINT or SIGTERM; then, once it has wound down (closing
     what it opened), :class:`_Stopped`.
 
-    SIGTERM would do nothing otherwise: once the Restate SDK has served a request, the loop's
-    SIGTERM handler is its own (handlers join it through ``_on_signal``). The handlers stay until
+    Otherwise SIGTERM would do nothing on Restate (once its SDK has served a request, the loop's
+    SIGTERM handler is its own; handlers join it through ``_on_signal``), and would kill the
+    process on the spot on Temporal (no word, its worker never shut down). The handlers stay until
     asyncio.run closes the loop, so that a second signal is ignored while ``coro`` winds down
-    (which is bounded: see ``serve_asgi``) instead of raising KeyboardInterrupt into it."""
+    (which is bounded: see ``serve_asgi``, ``TemporalRuntime.close``) instead of raising
+    KeyboardInterrupt into it."""
     loop = asyncio.get_running_loop()
     task = asyncio.current_task()
     assert task is not None
@@ -233,7 +235,10 @@ async def _stopped_by_signals(coro: Awaitable[T]) -> T:
             received.append(signum)
             task.cancel()
 
-    _on_signal(loop, signal.SIGTERM, lambda: on_signal(signal.SIGTERM))
+    if runtime == "restate":
+        _on_signal(loop, signal.SIGTERM, lambda: on_signal(signal.SIGTERM))
+    else:
+        loop.add_signal_handler(signal.SIGTERM, on_signal, signal.SIGTERM)
     loop.add_signal_handler(signal.SIGINT, on_signal, signal.SIGINT)
     try:
         return await coro

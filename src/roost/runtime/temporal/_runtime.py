@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import atexit
 import base64
+import concurrent.futures
 import contextlib
+import gc
 import json
 import logging
+import threading
 import time
+import weakref
 import zlib
 from datetime import timedelta
 from typing import Any
@@ -22,6 +27,7 @@ from temporalio.client import (
 )
 from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
 from temporalio.exceptions import ApplicationError, WorkflowAlreadyStartedError
+from temporalio.runtime import Runtime, TelemetryConfig
 from temporalio.service import RPCError, RPCStatusCode
 from temporalio.worker import UnsandboxedWorkflowRunner, Worker
 
@@ -64,7 +70,8 @@ class TemporalRuntime(DurableRuntime):
         )
         self.apps: dict[str, CompiledApp] = {}
         self._client: Client | None = None
-        self._workers: list[tuple[Worker, asyncio.Task[None]]] = []
+        self._workers: list[tuple[Worker, concurrent.futures.Future[None]]] = []
+        self._host: _WorkerHost | None = None
 
     def register(self, app: CompiledApp, app_ref: str | None = None) -> None:
         self.apps[app.name] = app
@@ -84,16 +91,18 @@ class TemporalRuntime(DurableRuntime):
         if self._client is not None:
             return
         try:
-            self._client = await Client.connect(self.settings.address, namespace=self.settings.namespace)
+            self._client = await Client.connect(self.settings.address, namespace=self.settings.namespace,
+                                                runtime=_sdk_runtime())
         except RuntimeError as exc:  # the SDK reports connection failures as RuntimeError
             raise BackendError(
                 f"cannot reach Temporal at {self.settings.address} (namespace {self.settings.namespace!r}): {exc}. "
                 "Start a local dev server with 'roost dev temporal', or set ROOST_TEMPORAL_ADDRESS") from exc
+        _open.add(self)
         if self.settings.serve:
             await self.serve()
 
     async def serve(self) -> None:
-        """Start one worker per task queue of the registered apps, in this event loop."""
+        """Start one worker per task queue of the registered apps (in a thread of their own: see _WorkerHost)."""
         queues: dict[str, list[CompiledApp]] = {}
         for app in self.apps.values():
             queues.setdefault(self.task_queue(app.name), []).append(app)
@@ -109,22 +118,38 @@ class TemporalRuntime(DurableRuntime):
                 max_heartbeat_throttle_interval=timedelta(seconds=1), graceful_shutdown_timeout=timedelta(seconds=1),
                 workflow_failure_exception_types=[RoostError],
             )
-            self._workers.append((worker, asyncio.get_running_loop().create_task(worker.run())))
+            if self._host is None:
+                self._host = _WorkerHost()
+            self._workers.append((worker, self._host.start(worker)))
 
     async def run_workers(self) -> None:
-        """Serve until cancelled (what ``roost serve`` does)."""
+        """Serve until the workers stop (``close``), fail, or this is cancelled (what ``roost serve`` does)."""
         await self.serve()
-        await asyncio.gather(*(task for _, task in self._workers))
+        running = asyncio.gather(*(asyncio.wrap_future(run) for _, run in self._workers))
+        try:
+            await asyncio.shield(running)
+        except asyncio.CancelledError:
+            await asyncio.shield(self._stop_workers())
+            if running.done() and not running.cancelled():
+                running.exception()  # retrieved: it is the cancellation that is reported
+            raise
 
     async def close(self) -> None:
-        for worker, task in self._workers:
-            if not task.done():
-                with contextlib.suppress(Exception):
-                    await worker.shutdown()
-            with contextlib.suppress(BaseException):
-                await task
-        self._workers.clear()
+        await self._stop_workers()
         self._client = None
+        _open.discard(self)
+
+    async def _stop_workers(self) -> None:
+        """Shut the workers down: activities in flight get ``graceful_shutdown_timeout``, then are
+        cancelled. Past CLOSE_WAIT, they are left to their daemon thread (and to the exit hook)."""
+        host, self._host = self._host, None
+        self._workers.clear()
+        if host is None:
+            return
+        try:
+            await asyncio.wait_for(asyncio.shield(asyncio.wrap_future(host.stop())), CLOSE_WAIT)
+        except TimeoutError:
+            _log.warning("the Temporal workers did not shut down within %.0f s; left to stop at exit", CLOSE_WAIT)
 
     # -- runs -------------------------------------------------------------------------------
 
@@ -305,3 +330,100 @@ def _record(run: dict[str, Any]) -> RunRecord:
     return RunRecord(run_id=run["run_id"], app=run["app"], status=status, runtime="temporal", input=run.get("input"),
                      created_at=run["created_at"], finished_at=run.get("finished_at"), error=run.get("error"),
                      activations=acts, waiting_on=[w["name"] for w in run.get("waiting", [])])
+
+
+# -- the SDK's threads: workers that outlive the caller's loop, and a clean exit ---------------------
+
+CLOSE_WAIT = 10.0
+"""Seconds ``close`` (and the exit hook) waits for the workers to shut down."""
+
+_sdk: Runtime | None = None
+_open: weakref.WeakSet[TemporalRuntime] = weakref.WeakSet()
+_hosts: set[_WorkerHost] = set()
+
+
+def _sdk_runtime() -> Runtime:
+    """The SDK runtime of roost's clients and workers (the SDK's Rust core and its Tokio threads),
+    made on first use and released at exit (:func:`_stop_workers_at_exit`, :func:`_release_sdk`)."""
+    global _sdk
+    if _sdk is None:
+        _sdk = Runtime(telemetry=TelemetryConfig())
+        # Run before concurrent.futures refuses new work at exit (registered before this): a
+        # worker shutting down hands its workflow evictions to an executor.
+        threading._register_atexit(_stop_workers_at_exit)  # type: ignore[attr-defined]
+        atexit.register(_release_sdk)
+    return _sdk
+
+
+def _stop_workers_at_exit() -> None:
+    """Shut down the workers of runtimes never closed (an App a script did not close)."""
+    for runtime in list(_open):
+        runtime._host = None
+        runtime._workers.clear()
+    for host in list(_hosts):
+        host.join(CLOSE_WAIT)
+
+
+def _release_sdk() -> None:
+    """At exit, while the interpreter is whole, drop every reference roost holds to the SDK's
+    core, which stops its Tokio threads.
+
+    Left to interpreter finalization, a Tokio thread still finishing a call (completing or
+    dropping its Python future) takes the GIL there; CPython ends such a thread in the middle of
+    Rust code, and the process dies with "Fatal Python error: PyGILState_Release" or a segfault
+    after the script's work is done (temporalio 1.35: one exit in 6 to 20, more under load). Freeing
+    the core here waits for those threads with the GIL released (the SDK's own drop does that)."""
+    global _sdk
+    for runtime in list(_open):
+        runtime._client = None
+    _sdk = None
+    gc.collect()  # the core goes with its last reference; some sit in cycles (tasks, tracebacks)
+
+
+class _WorkerHost:
+    """An event loop in a daemon thread, where a TemporalRuntime's workers run.
+
+    Workers live as long as their runtime, not as long as the loop that opened it: when its main
+    coroutine returns, ``asyncio.run`` cancels every task of its loop at once, and a worker
+    cancelled that way (rather than shut down) can wait forever for its workflow cache to empty
+    ("continually retrying eviction", temporalio 1.35): a script that never closed its App hung
+    at exit. The client is shared: the SDK lets a connected client serve any loop."""
+
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self._workers: list[Worker] = []
+        self._stopped: concurrent.futures.Future[None] | None = None
+        self._thread = threading.Thread(target=self._serve, name="roost-temporal-workers", daemon=True)
+        _hosts.add(self)
+        self._thread.start()
+
+    def _serve(self) -> None:
+        asyncio.set_event_loop(self.loop)
+        try:
+            self.loop.run_forever()
+        finally:
+            self.loop.close()
+            _hosts.discard(self)
+
+    def start(self, worker: Worker) -> concurrent.futures.Future[None]:
+        """Run ``worker`` here: the future ends when it does (with what stopped it)."""
+        self._workers.append(worker)
+        return asyncio.run_coroutine_threadsafe(worker.run(), self.loop)
+
+    def stop(self) -> concurrent.futures.Future[None]:
+        """Shut the workers down, then end the thread; done once they are down (idempotent)."""
+        if self._stopped is None:
+            workers, self._workers = self._workers, []
+
+            async def shutdown() -> None:
+                await asyncio.gather(*(worker.shutdown() for worker in workers), return_exceptions=True)
+
+            self._stopped = asyncio.run_coroutine_threadsafe(shutdown(), self.loop)
+            self._stopped.add_done_callback(lambda _: self.loop.call_soon_threadsafe(self.loop.stop))
+        return self._stopped
+
+    def join(self, timeout: float) -> None:
+        """``stop``, and wait up to ``timeout`` seconds for the thread to end."""
+        with contextlib.suppress(concurrent.futures.TimeoutError, concurrent.futures.CancelledError):
+            self.stop().result(timeout)
+        self._thread.join(timeout)

@@ -346,6 +346,8 @@ class RunWorkflow:
                 done = await workflow.execute_activity(
                     atype, req, result_type=dict, start_to_close_timeout=STEP_TIMEOUT,
                     heartbeat_timeout=HEARTBEAT_TIMEOUT, retry_policy=temporal_retry(policy))
+            except GeneratorExit:
+                raise  # an evicted workflow's coroutines are being closed
             except BaseException as exc:  # ActivityError (mapped by the context), or the workflow ending
                 if not fut.done():
                     fut.set_exception(exc)
@@ -360,6 +362,8 @@ class RunWorkflow:
             out = await workflow.execute_activity(
                 atype, batch, result_type=dict, start_to_close_timeout=STEP_TIMEOUT,
                 heartbeat_timeout=HEARTBEAT_TIMEOUT, retry_policy=BATCH_RETRY)
+        except GeneratorExit:
+            raise
         except BaseException as exc:
             for _, fut in items:
                 if not fut.done():
