@@ -40,14 +40,16 @@ class WorkerHarness:
         self.procs: list[subprocess.Popen[bytes]] = []
         self.logs: dict[int, tuple[Path, Path]] = {}
 
-    def spawn(self, argv: list[str], name: str, *, block: bool) -> subprocess.Popen[bytes]:
+    def spawn(self, argv: list[str], name: str, *, block: bool,
+              extra_env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
         """Start ``python argv...`` from the repository root with roost on the path, no ROOST_*
-        settings of this process, and ROOST_CRASH_BLOCK for the pipeline; markers of a killed
-        process are removed first."""
+        settings of this process but ``extra_env``, and ROOST_CRASH_BLOCK for the pipeline;
+        markers of a killed process are removed first."""
         for old in self.counter_dir.glob("at-*"):
             old.unlink()
         env = {k: v for k, v in os.environ.items() if not k.startswith("ROOST_")}
         env["ROOST_CRASH_BLOCK"] = "1" if block else "0"
+        env.update(extra_env or {})
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO / "src"), env.get("PYTHONPATH")]))
         n = len(self.procs)
         out, err = self.root / f"proc{n}-{name}.out", self.root / f"proc{n}-{name}.err"

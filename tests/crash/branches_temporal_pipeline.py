@@ -19,6 +19,10 @@ one of ``DELAYS``, ``mixed`` by default), so the branches' steps finish in an in
 that depends on the profile. Every step appends a fsync'ed JSON line to ``COUNTER_DIR/<tag><i>.log``
 when it starts and when it is done (outside Temporal's history).
 
+With ``ROOST_CRASH_STEP_STYLE=closure`` in the environment, each step calls ``work`` through a
+lambda instead: a function only this process holds, which roost runs as a real activity on this
+process's own task queue (and schedules again on the new process's queue after a kill).
+
 SCENARIO ``last``: each branch's last step writes ``at-last-<tag>`` and holds (in its worker
 thread, up to an hour) until the process is killed or ``COUNTER_DIR/release`` exists; a process
 spawned with ``ROOST_CRASH_BLOCK=0`` does not hold. ``none``: no hold.
@@ -97,8 +101,13 @@ def work(tag: str, i: int, seen: list[str]) -> str:  # sync: runs in a worker th
 
 async def chain(tag: str, ctx: DurableContext) -> list[str]:
     out: list[str] = []
+    closure = os.environ.get("ROOST_CRASH_STEP_STYLE") == "closure"
     for i in range(3):
-        out.append(await ctx.step("work", work, tag, i, [o.split("<")[0] for o in out]))
+        seen = [o.split("<")[0] for o in out]
+        if closure:
+            out.append(await ctx.step("work", lambda i=i, seen=seen: work(tag, i, seen)))  # type: ignore[misc]
+        else:
+            out.append(await ctx.step("work", work, tag, i, seen))
     return out
 
 

@@ -72,11 +72,13 @@ class Harness(WorkerHarness):
         self.task_queue = f"branches-{name}-{suffix}"
         self.spawned_at: dict[int, float] = {}
 
-    def start(self, scenario: str, *, block: bool = True, profile: str = "mixed") -> subprocess.Popen[bytes]:
-        """Run the script (client and worker) for this test's run id and task queue."""
+    def start(self, scenario: str, *, block: bool = True, profile: str = "mixed",
+              style: str = "script") -> subprocess.Popen[bytes]:
+        """Run the script (client and worker) for this test's run id and task queue; ``style``
+        ``closure`` makes its steps lambdas."""
         spawned = time.time()
         proc = self.spawn([str(SCRIPT), self.server.address, self.task_queue, self.run_id, str(self.counter_dir),
-                           scenario, profile], scenario, block=block)
+                           scenario, profile], scenario, block=block, extra_env={"ROOST_CRASH_STEP_STYLE": style})
         self.spawned_at[proc.pid] = spawned
         self.wait_marker(proc, "started")
         return proc
@@ -268,3 +270,74 @@ def test_kill_with_both_branches_in_their_last_step(harness: Harness, profile: s
     assert len({events[0]["key"] for events in counters.values()}) == len(STEPS)
     h.check_history(retried=tuple(LAST))
 
+
+
+def closure_activities(h: Harness) -> dict[str, list[dict[str, Any]]]:
+    """Per step tag, from the history: the activities it was scheduled in, each with its task
+    queue, whether it carried a function reference, the attempts it was started on, its outcome
+    (value or timeout) — for steps that are lambdas, whose requests carry no arguments (the tag is
+    read from the value of the step's completion, per idempotency key)."""
+    from temporalio.api.enums.v1 import EventType
+
+    by_event: dict[int, dict[str, Any]] = {}
+    for e in h.history():
+        if e.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED:
+            attrs = e.activity_task_scheduled_event_attributes
+            req = json.loads(attrs.input.payloads[0].data)
+            by_event[e.event_id] = {"key": req["key"], "queue": attrs.task_queue.name, "ref": req.get("ref"),
+                                    "local": "local" in req, "started": [], "outcome": None}
+        elif e.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_STARTED:
+            by_event[e.activity_task_started_event_attributes.scheduled_event_id]["started"].append(
+                e.activity_task_started_event_attributes.attempt)
+        elif e.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_COMPLETED:
+            attrs = e.activity_task_completed_event_attributes
+            by_event[attrs.scheduled_event_id]["outcome"] = json.loads(attrs.result.payloads[0].data)["v"]
+        elif e.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_TIMED_OUT:
+            by_event[e.activity_task_timed_out_event_attributes.scheduled_event_id]["outcome"] = "timed out"
+        elif e.event_type == EventType.EVENT_TYPE_MARKER_RECORDED:
+            raise AssertionError("a marker (local activity) is in the run's history")
+    per_key: dict[str, list[dict[str, Any]]] = {}
+    for activity in by_event.values():
+        per_key.setdefault(activity["key"], []).append(activity)
+    out: dict[str, list[dict[str, Any]]] = {}
+    for activities in per_key.values():
+        values = [a["outcome"] for a in activities if a["outcome"] not in (None, "timed out")]
+        assert len(values) == 1, f"one step completed {len(values)} times: {activities}"
+        out[values[0].split("<")[0]] = activities
+    return out
+
+
+def test_kill_with_closure_steps(harness: Harness) -> None:
+    """The same kill with the steps lambdas (functions only the killed process held): they are
+    real activities on that process's own task queue, so the steps it finished are in the history
+    and never run again; the two it was running are scheduled again on the new process's queue
+    (after PICKUP_TIMEOUT) and run there once."""
+    h = harness
+    proc = h.start("last", style="closure")
+    h.wait_marker(proc, "last-A", "last-B")
+    killed_at = h.kill(proc)
+    before = h.counters()
+    new = h.start("none", block=False, style="closure")
+    final = h.result(new)
+    assert final == {"status": "completed", "outputs": {"fork": EXPECTED}}, "each branch got its own results"
+    counters, starts, dones = h.counters(), h.counts("start"), h.counts("done")
+    assert sorted(counters) == STEPS
+    for name in FIRST_TWO:  # finished before the kill: never run again
+        assert counters[name] == before[name], f"{name} ran again after it had finished: {counters[name]}"
+        assert starts[name] == dones[name] == 1 and {e["pid"] for e in counters[name]} == {proc.pid}
+    for name in LAST:  # running at the kill: run again once, by the new process
+        assert [(e["event"], e["pid"]) for e in counters[name]] == [
+            ("start", proc.pid), ("start", new.pid), ("done", new.pid)], counters[name]
+    first = h.first_start(killed_at, new.pid)
+    assert first is not None
+    LATENCIES["kill, closure steps in their last step"] = {"kill_to_next_step": first["at"] - killed_at}
+    seen = closure_activities(h)
+    assert sorted(seen) == STEPS
+    for tag, activities in seen.items():
+        assert all(a["local"] and a["ref"] is None for a in activities), activities
+        if tag in FIRST_TWO:
+            assert len(activities) == 1 and activities[0]["started"] == [1], (tag, activities)
+        else:  # the killed process's queue, then (timed out there) the new process's queue
+            assert [a["outcome"] == "timed out" for a in activities] == [True, False], (tag, activities)
+            assert activities[0]["queue"] != activities[1]["queue"], (tag, activities)
+            assert all(a["queue"].startswith(f"{h.task_queue}@") for a in activities), activities

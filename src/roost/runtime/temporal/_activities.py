@@ -3,9 +3,11 @@
 A step's function is found again in the worker from a reference the workflow sends (the agent's
 function engine, a method of the agent's engine, an importable function, or a function of the
 app's own file, also when that file ran as ``__main__``) and its arguments travel as JSON. A
-function that cannot be named that way (a lambda, a closure) runs as a *local* activity: in the
-process whose workflow code holds it, found through :data:`LOCAL`, with a weaker guarantee (its
-result reaches the history only when the workflow task completes).
+function that cannot be named that way (a lambda, a closure) is still a real activity, whose
+outcome is in the history once it finished: it runs on the task queue of the process whose
+workflow code holds it (:data:`PROCESS_QUEUES`), found there through :data:`LOCAL`. If that process
+is gone, the workflow schedules it again on its own process's queue (see ``TemporalContext.step``).
+roost never uses local activities.
 """
 
 from __future__ import annotations
@@ -42,9 +44,15 @@ APPS: dict[tuple[str, str], CompiledApp] = {}
 """(task queue, app name) -> the app, for the workers of this process."""
 
 LOCAL: dict[str, tuple[Callable[..., Any], tuple[Any, ...], dict[str, Any]]] = {}
-"""token -> (function, args, kwargs) of steps run as local activities in this process."""
+"""token -> (function, args, kwargs) of the steps whose function only this process holds."""
 LOCAL_KEY = "local"
 """The step request's field holding that token (absent for steps found by reference)."""
+PROCESS_QUEUES: dict[str, str] = {}
+"""A task queue this process serves -> the task queue of its own activity worker (unique to the
+process), where the steps of :data:`LOCAL` run."""
+MOVED = "StepMoved"
+"""The failure type of a step whose function is not in the process that took it (the workflow
+moved to another process meanwhile): the workflow schedules the step again where it is now."""
 
 
 def find_app(task_queue: str, name: str) -> CompiledApp:
@@ -243,13 +251,13 @@ async def run_step(args: Sequence[RawValue]) -> dict[str, Any]:
     step = StepInfo(req["run_id"], req["agent"], req["step"], attempt, req["key"])
     if LOCAL_KEY in req:
         found = LOCAL.get(req[LOCAL_KEY])
-        if found is None:  # only if the workflow moved processes between scheduling and running
-            raise ApplicationError(f"step {req['step']!r} of agent {req['agent']!r} is not registered in this process",
-                                   type="BackendError")
+        if found is None:  # the workflow moved to another process between scheduling and running
+            raise ApplicationError(f"step {req['step']!r} of agent {req['agent']!r} is not held by this process",
+                                   type=MOVED, non_retryable=True)
         fn, fargs, fkwargs = found
     else:
         fn, fargs, fkwargs = _function(find_app(info.task_queue, req["app"]), req)
-    beats = None if info.is_local else asyncio.create_task(_heartbeat())
+    beats = asyncio.create_task(_heartbeat())
     t0 = time.time()
     try:
         result = await call_step(fn, fargs, fkwargs, step)

@@ -1,6 +1,6 @@
 """DurableContext on Temporal: runs inside roost's workflow, so every call is workflow code.
 
-Steps become activities (or local activities, see ``_activities``), sleeps become workflow
+Steps become activities (see ``_activities``), sleeps become workflow
 timers, promises wait on values set by the run's ``resolve`` update, and messages are events of
 the run engine, which the run workflow drives.
 """
@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from temporalio import workflow
 from temporalio.common import RetryPolicy as TemporalRetryPolicy
-from temporalio.exceptions import ActivityError, ApplicationError
+from temporalio.exceptions import ActivityError, ApplicationError, TimeoutType
 from temporalio.exceptions import TimeoutError as TemporalTimeoutError
 
 from ..._activation import message_body
@@ -29,7 +29,7 @@ from .._branches import internal, position
 from .._remote import RemoteStepError, remote_error
 from .._retry import RetryPolicy, checked_seconds
 from .._steps import return_type
-from ._activities import LOCAL, LOCAL_KEY, step_ref
+from ._activities import LOCAL, LOCAL_KEY, MOVED, PROCESS_QUEUES, step_ref
 from ._names import activity_type
 
 if TYPE_CHECKING:
@@ -41,7 +41,12 @@ STEP_TIMEOUT = timedelta(hours=1)
 """Longest a single attempt of a step may run (its start-to-close timeout)."""
 HEARTBEAT_TIMEOUT = timedelta(seconds=2)
 """A step whose worker stopped heartbeating this long ago is tried again (on any worker)."""
-LOCAL_STEP_TIMEOUT = timedelta(minutes=10)
+PICKUP_TIMEOUT = timedelta(seconds=10)
+"""How long a step whose function only one process holds (a lambda, a closure) waits on that
+process's task queue before the workflow schedules it again on its own process's queue: the time
+roost takes to notice that the process holding it is gone."""
+MOVES = 20
+"""Times such a step is scheduled again before it fails (each time, a process that held it was gone)."""
 
 
 def temporal_retry(policy: RetryPolicy) -> TemporalRetryPolicy:
@@ -133,9 +138,7 @@ class TemporalContext(DurableContext):
                     raise StepFailedError(run_id=self.run_id, agent=self.agent, step=name, attempts=int(done["n"]),
                                           cause=SerializationError(done["s"]))
             else:
-                done = await workflow.execute_local_activity(
-                    activity_type(self.agent, name), req, result_type=dict, start_to_close_timeout=LOCAL_STEP_TIMEOUT,
-                    retry_policy=temporal_retry(policy))
+                done = await self._held(activity_type(self.agent, name), policy, req)
         except ActivityError as exc:
             raise self._failed(name, policy, exc) from None
         finally:
@@ -149,6 +152,29 @@ class TemporalContext(DurableContext):
                            "value": done["v"]})
         with internal():
             return revive(done["v"], return_type(fn))  # type: ignore[no-any-return]
+
+    async def _held(self, atype: str, policy: RetryPolicy, req: dict[str, Any]) -> dict[str, Any]:
+        """A step whose function only this process holds: a real activity on this process's own
+        task queue (its outcome is in the history once it finished, as for any activity). If the
+        process that held it is gone (the step waited past PICKUP_TIMEOUT, or a process without it
+        took it), it is scheduled again on the queue of the process running the workflow now."""
+        moves = 0
+        while True:
+            # Temporal's replay checks an activity's id and type, not its task queue.
+            queue = PROCESS_QUEUES.get(workflow.info().task_queue, workflow.info().task_queue)
+            try:
+                done: dict[str, Any] = await workflow.execute_activity(
+                    atype, req, result_type=dict, task_queue=queue, start_to_close_timeout=STEP_TIMEOUT,
+                    schedule_to_start_timeout=PICKUP_TIMEOUT, heartbeat_timeout=HEARTBEAT_TIMEOUT,
+                    retry_policy=temporal_retry(policy))
+                return done
+            except ActivityError as exc:
+                cause = exc.cause
+                moved = (isinstance(cause, TemporalTimeoutError) and cause.type == TimeoutType.SCHEDULE_TO_START) or (
+                    isinstance(cause, ApplicationError) and cause.type == MOVED)
+                moves += 1
+                if not moved or moves > MOVES:
+                    raise
 
     def _failed(self, name: str, policy: RetryPolicy, exc: ActivityError) -> StepFailedError:
         cause = exc.cause

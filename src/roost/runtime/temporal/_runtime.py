@@ -12,6 +12,7 @@ import json
 import logging
 import threading
 import time
+import uuid
 import weakref
 import zlib
 from datetime import timedelta
@@ -36,7 +37,7 @@ from ..._graph import CompiledApp
 from ...errors import BackendError, ConfigError, PromiseError, RoostError, RunConflictError, RunNotFoundError
 from ...result import ActivationRecord, RunRecord, StepRecord
 from .._base import DurableRuntime, RunSummary, Submission
-from ._activities import APP_FILES, APPS, run_step
+from ._activities import APP_FILES, APPS, PROCESS_QUEUES, run_step
 from ._names import AWAIT_WAITING, RECORD_QUERY, RESOLVE, RESOLVE_SIGNAL, default_task_queue, run_workflow
 from ._workflow import EntityWorkflow, RunWorkflow
 
@@ -102,7 +103,9 @@ class TemporalRuntime(DurableRuntime):
             await self.serve()
 
     async def serve(self) -> None:
-        """Start one worker per task queue of the registered apps (in a thread of their own: see _WorkerHost)."""
+        """Start one worker per task queue of the registered apps (in a thread of their own: see
+        _WorkerHost), and beside each an activity worker on a task queue of this process alone, for
+        the steps whose function only this process holds (lambdas, closures)."""
         queues: dict[str, list[CompiledApp]] = {}
         for app in self.apps.values():
             queues.setdefault(self.task_queue(app.name), []).append(app)
@@ -118,9 +121,16 @@ class TemporalRuntime(DurableRuntime):
                 max_heartbeat_throttle_interval=timedelta(seconds=1), graceful_shutdown_timeout=timedelta(seconds=1),
                 workflow_failure_exception_types=[RoostError],
             )
+            own = PROCESS_QUEUES.setdefault(queue, f"{queue}@{PROCESS_ID}")
+            # Started steps heartbeat, so only one never started can wait past PICKUP_TIMEOUT:
+            # a high limit keeps a busy process's queue from looking like a dead one's.
+            steps = Worker(self.client, task_queue=own, activities=[run_step], max_concurrent_activities=1000,
+                           max_heartbeat_throttle_interval=timedelta(seconds=1),
+                           graceful_shutdown_timeout=timedelta(seconds=1))
             if self._host is None:
                 self._host = _WorkerHost()
             self._workers.append((worker, self._host.start(worker)))
+            self._workers.append((steps, self._host.start(steps)))
 
     async def run_workers(self) -> None:
         """Serve until the workers stop (``close``), fail, or this is cancelled (what ``roost serve`` does)."""
@@ -337,6 +347,8 @@ def _record(run: dict[str, Any]) -> RunRecord:
 CLOSE_WAIT = 10.0
 """Seconds ``close`` (and the exit hook) waits for the workers to shut down."""
 
+PROCESS_ID = uuid.uuid4().hex[:16]
+"""Names this process's own activity task queues (see ``PROCESS_QUEUES``)."""
 _sdk: Runtime | None = None
 _open: weakref.WeakSet[TemporalRuntime] = weakref.WeakSet()
 _hosts: set[_WorkerHost] = set()
