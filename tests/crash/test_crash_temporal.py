@@ -57,6 +57,8 @@ class Harness(PipelineHarness):
         self.server = server
         self.task_queue = f"crash-{name}-{suffix}"
         self.serving_at: dict[int, float] = {}
+        self.history_limit: int | None = None
+        """Set: the run continues as new every that many history events (TemporalRuntime(history_limit=))."""
 
     def start(self, scenario: str, *, block: bool = True) -> subprocess.Popen[bytes]:
         """Start a worker and wait until it polls the run's task queue."""
@@ -69,18 +71,23 @@ class Harness(PipelineHarness):
     # -- the client (this process) ----------------------------------------------------------------
 
     def client_runtime(self) -> DurableRuntime:
-        return TemporalRuntime(address=self.server.address, task_queue=self.task_queue, serve=False, resolve_wait=1.0)
+        return TemporalRuntime(address=self.server.address, task_queue=self.task_queue, serve=False, resolve_wait=1.0,
+                               history_limit=self.history_limit)
 
     def completed_steps(self) -> set[str]:
         """Activity types ('agent.step') whose completion Temporal has recorded in the run's history."""
 
         async def go(app: App) -> set[str]:
-            runtime = await app.runtime()
-            history = await runtime.client.get_workflow_handle(self.run_id).fetch_history()  # type: ignore[attr-defined]
-            types = {e.event_id: e.activity_task_scheduled_event_attributes.activity_type.name
-                     for e in history.events if e.HasField("activity_task_scheduled_event_attributes")}
-            return {types[e.activity_task_completed_event_attributes.scheduled_event_id]
-                    for e in history.events if e.HasField("activity_task_completed_event_attributes")}
+            client = (await app.runtime()).client  # type: ignore[attr-defined]
+            done: set[str] = set()
+            # Every workflow run of the run (more than one when it continued as new).
+            async for wf in client.list_workflows(f"WorkflowId = '{self.run_id}'"):
+                history = await client.get_workflow_handle(self.run_id, run_id=wf.run_id).fetch_history()
+                types = {e.event_id: e.activity_task_scheduled_event_attributes.activity_type.name
+                         for e in history.events if e.HasField("activity_task_scheduled_event_attributes")}
+                done |= {types[e.activity_task_completed_event_attributes.scheduled_event_id]
+                         for e in history.events if e.HasField("activity_task_completed_event_attributes")}
+            return done
 
         return self.client(go)
 
@@ -218,6 +225,31 @@ def test_kill_worker_mid_fan_out(harness: Harness, baseline: dict[str, Any]) -> 
                                             "after_worker_up": restart["at"] - serving}
     h.approve_when_waiting(again)
     check_recovery(h, baseline, before, completed, h.finish())
+
+
+def test_kill_worker_mid_fan_out_of_a_run_that_continues_as_new(harness: Harness, baseline: dict[str, Any]) -> None:
+    """The fan-out kill in a run that continues as new every few dozen history events: the
+    steps it finished before (in earlier workflow runs, or in the current one) never run again."""
+    h = harness
+    h.history_limit = 24
+    proc = h.start("fanout")
+    h.submit()
+    h.wait_until(proc, "fact inside its step", lambda: h.marker("fanout"))
+    h.wait_until(proc, "style finished", lambda: "style" in h.completed_steps().__str__())
+    before, completed = h.counters(), h.completed_steps()
+    assert "style.style" in completed and "fact.fact" not in completed
+    killed = h.kill(proc)
+    again = h.start("none", block=False)
+    h.wait_until(again, "fact started again", lambda: h.first_start(killed), timeout=LIVENESS + 5)
+    h.approve_when_waiting(again)
+    check_recovery(h, baseline, before, completed, h.finish())
+    runs = h.client(lambda app: _statuses(app, h.run_id))
+    assert runs.count("CONTINUED_AS_NEW") >= 1 and runs.count("COMPLETED") == 1, runs
+
+
+async def _statuses(app: App, run_id: str) -> list[str]:
+    client = (await app.runtime()).client  # type: ignore[attr-defined]
+    return [wf.status.name async for wf in client.list_workflows(f"WorkflowId = '{run_id}'") if wf.status]
 
 
 def test_kill_worker_waiting_for_approval_resolved_while_down(harness: Harness, baseline: dict[str, Any]) -> None:

@@ -21,9 +21,9 @@ from temporalio.exceptions import TimeoutError as TemporalTimeoutError
 
 from ..._activation import message_body
 from ..._codec import dumps, revive
-from ..._engine import Activation, MessageSent, Reply
+from ..._engine import Activation, ErrorInfo, MessageSent, Reply
 from ..._graph import CompiledApp
-from ...errors import CallCycleError, CallFailedError, SerializationError, StepFailedError
+from ...errors import CallCycleError, CallFailedError, NonDeterminismError, SerializationError, StepFailedError
 from .._base import DurableContext, RunAborted, State
 from .._branches import internal, position
 from .._remote import RemoteStepError, remote_error
@@ -91,6 +91,8 @@ class TemporalContext(DurableContext):
         self.key = key
         self._state = TemporalState(state)
         self.steps: list[dict[str, Any]] = []
+        self.journal: dict[str, dict[str, Any]] = run.journal(spec.id)
+        """What this activation's ctx calls returned, by position, for a run continued as new."""
         self.attempts = 1
         self.started: float | None = None
         self.finished: float | None = None
@@ -111,6 +113,43 @@ class TemporalContext(DurableContext):
                    retry: RetryPolicy | None = None, **kwargs: Any) -> T:
         self._check()
         pos = self._next()
+        entry = self._replay(pos, "step", name)
+        if entry is None:
+            try:
+                done = await self._run_step(pos, name, fn, args, kwargs, retry)
+            except StepFailedError as exc:
+                self.journal[pos] = {"op": "step", "name": name, "failed": [
+                    type(exc.cause).__name__, str(exc.cause), exc.attempts, isinstance(exc.cause, SerializationError)]}
+                raise
+            self.journal[pos] = entry = {"op": "step", "name": name, "done": done}
+        elif "failed" in entry:
+            kind, message, attempts, serialization = entry["failed"]
+            self.attempts = max(self.attempts, int(attempts))
+            cause = SerializationError(message) if serialization else remote_error(kind)(kind, message)
+            raise StepFailedError(run_id=self.run_id, agent=self.agent, step=name, attempts=int(attempts), cause=cause)
+        done = entry["done"]
+        self.attempts = max(self.attempts, int(done.get("n", 1)))
+        self.started = done["t0"] if self.started is None else self.started
+        self.finished = done["t1"]
+        self.steps.append({"position": pos, "kind": "step", "name": name, "status": "done",
+                           "attempts": int(done.get("n", 1)), "started": done["t0"], "finished": done["t1"],
+                           "value": done["v"]})
+        with internal():
+            return revive(done["v"], return_type(fn))  # type: ignore[no-any-return]
+
+    def _replay(self, pos: str, op: str, name: str | None = None) -> dict[str, Any] | None:
+        """What the run before a continue-as-new journaled at ``pos`` (see ``_continue``), checked
+        to be the same call: None when it had not got that far."""
+        entry = self.journal.get(pos)
+        if entry is not None and (entry["op"], entry.get("name")) != (op, name):
+            raise NonDeterminismError(run_id=self.run_id, agent=self.agent, position=pos,
+                                      recorded=f"{entry['op']} {entry.get('name') or ''}".strip(),
+                                      requested=f"{op} {name or ''}".strip())
+        return entry
+
+    async def _run_step(self, pos: str, name: str, fn: Callable[..., Any], args: tuple[Any, ...],
+                        kwargs: dict[str, Any], retry: RetryPolicy | None) -> dict[str, Any]:
+        """Run a step as an activity: its outcome (value and timings), or StepFailedError."""
         policy = retry or self._app.specs[self.agent].retry
         key = f"{self.run_id}/{self.activation_id}/{pos}"
         req: dict[str, Any] = {
@@ -144,14 +183,7 @@ class TemporalContext(DurableContext):
         finally:
             if token is not None:
                 LOCAL.pop(token, None)
-        self.attempts = max(self.attempts, int(done.get("n", 1)))
-        self.started = done["t0"] if self.started is None else self.started
-        self.finished = done["t1"]
-        self.steps.append({"position": pos, "kind": "step", "name": name, "status": "done",
-                           "attempts": int(done.get("n", 1)), "started": done["t0"], "finished": done["t1"],
-                           "value": done["v"]})
-        with internal():
-            return revive(done["v"], return_type(fn))  # type: ignore[no-any-return]
+        return done
 
     async def _held(self, atype: str, policy: RetryPolicy, req: dict[str, Any]) -> dict[str, Any]:
         """A step whose function only this process holds: a real activity on this process's own
@@ -163,10 +195,11 @@ class TemporalContext(DurableContext):
             # Temporal's replay checks an activity's id and type, not its task queue.
             queue = PROCESS_QUEUES.get(workflow.info().task_queue, workflow.info().task_queue)
             try:
-                done: dict[str, Any] = await workflow.execute_activity(
-                    atype, req, result_type=dict, task_queue=queue, start_to_close_timeout=STEP_TIMEOUT,
-                    schedule_to_start_timeout=PICKUP_TIMEOUT, heartbeat_timeout=HEARTBEAT_TIMEOUT,
-                    retry_policy=temporal_retry(policy))
+                async with self._run.io():
+                    done: dict[str, Any] = await workflow.execute_activity(
+                        atype, req, result_type=dict, task_queue=queue, start_to_close_timeout=STEP_TIMEOUT,
+                        schedule_to_start_timeout=PICKUP_TIMEOUT, heartbeat_timeout=HEARTBEAT_TIMEOUT,
+                        retry_policy=temporal_retry(policy))
                 return done
             except ActivityError as exc:
                 cause = exc.cause
@@ -196,25 +229,44 @@ class TemporalContext(DurableContext):
     async def sleep(self, duration: float | timedelta) -> None:
         secs = checked_seconds(duration, what=f"run {self.run_id!r}, agent {self.agent!r}: ctx.sleep duration")
         self._check()
-        self._next("sleep")
-        await self._run.wait(self.activation_id, None, max(secs, 0.001))
+        pos = self._next("sleep")
+        entry = self._replay(pos, "sleep")
+        if entry is None:  # journaled when it starts: a run continued as new sleeps what is left
+            self.journal[pos] = {"op": "sleep", "until": workflow.now().timestamp() + secs}
+            await self._run.wait(self.activation_id, None, max(secs, 0.001))
+            return
+        left = float(entry["until"]) - workflow.now().timestamp()
+        if left > 0:
+            await self._run.wait(self.activation_id, None, left)
 
     async def now(self) -> datetime:
-        self._next("now")
-        return workflow.now()
+        pos = self._next("now")
+        entry = self._replay(pos, "now")
+        if entry is None:
+            now = workflow.now()
+            self.journal[pos] = {"op": "now", "at": now.timestamp()}
+            return now
+        return datetime.fromtimestamp(float(entry["at"]), tz=workflow.now().tzinfo)
 
     async def promise(self, name: str) -> Any:
         self._check()
-        self._next("promise")
-        return await self._run.wait_promise(name, self.agent, self.activation_id)
+        pos = self._next("promise")
+        entry = self._replay(pos, "promise", name)
+        if entry is None:
+            value = await self._run.wait_promise(name, self.agent, self.activation_id)
+            self.journal[pos] = entry = {"op": "promise", "name": name, "value": value}
+        return entry["value"]
 
     async def send(self, agent: str, payload: Any, *, delay: float | timedelta | None = None) -> None:
         secs = None if delay is None else checked_seconds(delay, what=f"run {self.run_id!r}: ctx.send delay to {agent!r}")
         self._check()
         pos = self._next("send")
         body = message_body(self._app, self, agent, payload)
+        if self._replay(pos, "send", agent) is not None:
+            return  # the run before a continue-as-new sent it
         deliver_at = workflow.now().timestamp() + secs if secs else None
         self._run.sent(MessageSent(self.activation_id, pos, agent, "send", body, deliver_at))
+        self.journal[pos] = {"op": "send", "name": agent}
 
     async def call(self, agent: str, payload: Any) -> Any:
         chain = (*self.spec.call_chain, self.agent)
@@ -225,13 +277,21 @@ class TemporalContext(DurableContext):
         self._check()
         pos = self._next("call")
         body = message_body(self._app, self, agent, payload)
-        waiter = self._run.sent(MessageSent(self.activation_id, pos, agent, "call", body))
-        assert waiter is not None
-        self._run.pause(True)
-        try:
-            reply: Reply = await waiter
-        finally:
-            self._run.pause(False)
+        entry = self._replay(pos, "call", agent)
+        if entry is not None:
+            error = entry["error"]
+            reply = Reply(entry["status"], entry["output"], ErrorInfo.from_json(error) if error else None, agent)
+        else:
+            # Sent again by a run continued as new while the callee runs: the engine knows the call.
+            waiter = self._run.sent(MessageSent(self.activation_id, pos, agent, "call", body))
+            assert waiter is not None
+            self._run.pause(True)
+            try:
+                reply = await waiter
+            finally:
+                self._run.pause(False)
+            self.journal[pos] = {"op": "call", "name": agent, "status": reply.status, "output": reply.output,
+                                 "error": reply.error.to_json() if reply.error else None}
         if reply.status == "cancelled":
             raise RunAborted()
         if reply.status != "completed":

@@ -39,7 +39,7 @@ from ...result import ActivationRecord, RunRecord, StepRecord
 from .._base import DurableRuntime, RunSummary, Submission
 from ._activities import APP_FILES, APPS, PROCESS_QUEUES, run_step
 from ._names import AWAIT_WAITING, RECORD_QUERY, RESOLVE, RESOLVE_SIGNAL, default_task_queue, run_workflow
-from ._workflow import EntityWorkflow, RunWorkflow
+from ._workflow import CONTINUED, EntityWorkflow, RunWorkflow
 
 _log = logging.getLogger("roost.temporal")
 
@@ -53,6 +53,8 @@ a worker killed in the middle of one is noticed after this."""
 RESOLVE_WAIT = 10.0
 """Seconds to wait for a worker to accept a resolution before sending it as a signal instead."""
 QUERY_TIMEOUT = timedelta(seconds=5)
+AWAIT_TRIES = 200
+"""Times ``await_waiting`` asks again when its update was cut short by a continue-as-new."""
 
 
 class TemporalRuntime(DurableRuntime):
@@ -62,9 +64,14 @@ class TemporalRuntime(DurableRuntime):
     name = "temporal"
 
     def __init__(self, *, address: str | None = None, namespace: str | None = None, task_queue: str | None = None,
-                 serve: bool | None = None, resolve_wait: float = RESOLVE_WAIT) -> None:
+                 serve: bool | None = None, resolve_wait: float = RESOLVE_WAIT, history_limit: int | None = None) -> None:
         base = load_settings().temporal
         self.resolve_wait = resolve_wait
+        if history_limit is not None and (isinstance(history_limit, bool) or not isinstance(history_limit, int)
+                                          or history_limit < 20):
+            raise ConfigError(f"TemporalRuntime(history_limit={history_limit!r}): give a whole number of history "
+                              "events of at least 20 (or None: continue as new when Temporal suggests it)")
+        self.history_limit = history_limit
         self.settings = TemporalSettings(
             address=address or base.address, namespace=namespace or base.namespace,
             task_queue=task_queue or base.task_queue, serve=base.serve if serve is None else serve,
@@ -177,6 +184,8 @@ class TemporalRuntime(DurableRuntime):
             "created_at": time.time(), "max_activations": app.max_activations,
             "entries": [{"agent": agent, "payload": payload} for agent, payload in submission.entries],
         }
+        if self.history_limit is not None:
+            body["history_limit"] = self.history_limit
         try:
             await self.client.start_workflow(
                 run_workflow(app.name), body, id=run_id, task_queue=self.task_queue(app.name),
@@ -208,7 +217,7 @@ class TemporalRuntime(DurableRuntime):
         """Wait for the workflow to close; its result (or failure details) is the final record."""
         handle = self._handle(run_id)
         try:
-            run = await handle.result(follow_runs=False)
+            run = await handle.result()  # follows the run's continue-as-new chain
         except WorkflowFailureError as exc:
             cause = exc.cause
             if isinstance(cause, ApplicationError) and cause.details and isinstance(cause.details[0], dict):
@@ -254,9 +263,13 @@ class TemporalRuntime(DurableRuntime):
 
     async def list_runs(self, limit: int = 50) -> list[RunSummary]:
         out: list[RunSummary] = []
+        seen: set[str] = set()
         async for wf in self.client.list_workflows(limit=limit * 4):
-            if not wf.workflow_type.startswith("roost.") or wf.workflow_type == "roost.entity":
+            if not wf.workflow_type.startswith("roost.") or wf.workflow_type == "roost.entity" or wf.id in seen:
                 continue
+            if wf.status == WorkflowExecutionStatus.CONTINUED_AS_NEW:
+                continue  # an earlier part of a run that continued as new (its latest part is listed)
+            seen.add(wf.id)
             memo = await wf.memo()
             status = wf.status.name.lower() if wf.status else "running"
             status = {"timed_out": "failed", "terminated": "failed", "canceled": "failed"}.get(status, status)
@@ -291,16 +304,31 @@ class TemporalRuntime(DurableRuntime):
 
     async def await_waiting(self, run_id: str) -> list[str] | None:
         """A blocking update on the run workflow: no polling (see RunHandle.approval)."""
-        try:
-            names: list[str] = await self._handle(run_id).execute_update(AWAIT_WAITING, result_type=list)
-        except (WorkflowUpdateFailedError, RPCError) as exc:
-            if isinstance(exc, RPCError) and exc.status == RPCStatusCode.NOT_FOUND and not await self._exists(run_id):
-                raise self._not_found(run_id) from None
-            return []  # the run finished (an update cannot reach a closed workflow)
-        return names
+        for _ in range(AWAIT_TRIES):
+            try:
+                names: list[str] = await self._handle(run_id).execute_update(AWAIT_WAITING, result_type=list)
+            except (WorkflowUpdateFailedError, RPCError) as exc:
+                if isinstance(exc, WorkflowUpdateFailedError) and isinstance(exc.cause, ApplicationError) and (
+                        exc.cause.type == CONTINUED):
+                    continue  # the run continued as new: ask the new run
+                if isinstance(exc, RPCError) and exc.status == RPCStatusCode.NOT_FOUND and not await self._exists(run_id):
+                    raise self._not_found(run_id) from None
+                if await self._running(run_id):
+                    await asyncio.sleep(0.05)  # it reached the run between its continue-as-new and the new run
+                    continue
+                return []  # the run finished (an update cannot reach a closed workflow)
+            return names
+        return None  # the caller falls back to reading the run's record
 
     def _not_found(self, run_id: str) -> RunNotFoundError:
         return RunNotFoundError(run_id, f"on Temporal at {self.settings.address} (namespace {self.settings.namespace!r})")
+
+    async def _running(self, run_id: str) -> bool:
+        try:
+            desc = await self._handle(run_id).describe()
+        except RPCError:
+            return False
+        return desc.status == WorkflowExecutionStatus.RUNNING
 
     async def _exists(self, run_id: str) -> bool:
         try:

@@ -18,9 +18,10 @@ from __future__ import annotations
 import asyncio
 import base64
 import collections
+import contextlib
 import json
 import zlib
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
@@ -45,6 +46,8 @@ from ..._engine import (
     RunEngine,
     RunStarted,
     StartActivation,
+    decode,
+    encode,
     failed_activation,
 )
 from ..._graph import CompiledApp
@@ -54,6 +57,7 @@ from .._branches import fork_on_create, root
 from .._retry import RetryPolicy
 from ._activities import BATCH_SIZE, find_app
 from ._context import HEARTBEAT_TIMEOUT, STEP_TIMEOUT, TemporalContext, temporal_retry
+from ._continue import CARRY_LIMIT, due, pack, unpack
 from ._names import (
     ACQUIRE_SIGNAL,
     AWAIT_WAITING,
@@ -65,6 +69,9 @@ from ._names import (
     RESOLVE_SIGNAL,
     entity_workflow_id,
 )
+
+CONTINUED = "RoostContinued"
+"""The failure type of an ``await-waiting`` update cut short by a continue-as-new."""
 
 
 @dataclass
@@ -110,6 +117,15 @@ class RunWorkflow:
         self.broken: dict[str, Any] | None = None
         self.steps: dict[tuple[str, RetryPolicy], list[tuple[dict[str, Any], asyncio.Future[dict[str, Any]]]]] = {}
         self.flush_scheduled = False
+        self.log: list[dict[str, Any]] = []
+        """The engine's events, in order (carried when the run continues as new)."""
+        self.journals: dict[str, dict[str, dict[str, Any]]] = {}
+        """Running activation -> what its ctx calls returned, by position (see ``_continue``)."""
+        self.draining = False
+        """The run is about to continue as new: no new activity starts."""
+        self.inflight = 0
+        """Activities and signals to other workflows in flight."""
+        self.carry_too_large = False
 
     # -- the run -----------------------------------------------------------------------------
 
@@ -117,14 +133,20 @@ class RunWorkflow:
     async def main(self, args: Sequence[RawValue]) -> dict[str, Any]:
         sub: dict[str, Any] = workflow.payload_converter().from_payload(args[0].payload, dict)
         self.app = app = find_app(workflow.info().task_queue, sub["app"])
+        carried = sub.pop("carry", None)
         self.run.update({k: v for k, v in sub.items() if k != "entries"})
         self.run.update(status="running", finished_at=None)
         self.engine = engine = RunEngine(app, self.run["run_id"])
         fork_on_create(asyncio.get_running_loop())  # branch positions inside activations
-        self._apply(RunStarted(tuple((e["agent"], e["payload"]) for e in sub["entries"])))
+        if carried is not None:
+            self._restore(unpack(carried))
+        else:
+            self._apply(RunStarted(tuple((e["agent"], e["payload"]) for e in sub["entries"])))
         for name, value in list(self.promises.items()):  # resolved before the run started
             self._apply(PromiseResolved(name, value))
-        await workflow.wait_condition(lambda: engine.finished or self.broken is not None)
+        while not await self._until_finished_or_due():
+            if await self._continue_as_new(sub):
+                break
         self.closed = True
         await workflow.wait_condition(workflow.all_handlers_finished)  # await-waiting callers get []
         run = self.run
@@ -138,6 +160,76 @@ class RunWorkflow:
             raise ApplicationError(f"run {run['run_id']!r} failed at agent {error['agent']!r}: {error['error_type']}: "
                                    f"{error['error_message']}", final, type=error["error_type"], non_retryable=True)
         return final
+
+    # -- continue-as-new (see _continue) -------------------------------------------------------
+
+    def _ended(self) -> bool:
+        return self.broken is not None or (self.engine is not None and self.engine.finished)
+
+    async def _until_finished_or_due(self) -> bool:
+        """Wait until the run ends (True) or its history is long enough to continue as new (False)."""
+        await workflow.wait_condition(lambda: self._ended() or (not self.carry_too_large and due(self.run.get("history_limit"))))
+        return self._ended()
+
+    async def _continue_as_new(self, sub: dict[str, Any]) -> bool:
+        """Carry the run into a new run of this workflow once the activities in flight are done.
+        False (the run goes on here) when the carried state would be too large; True when the run
+        ended meanwhile."""
+        size = len(pack(self._carry()))
+        if size > CARRY_LIMIT:
+            self.carry_too_large = True
+            workflow.logger.warning(
+                "run %r: its history is long, but its state (%d bytes compressed) is too large to continue as new; "
+                "it goes on in this history (Temporal fails a workflow past 51,200 events)", self.run.get("run_id"), size)
+            return False
+        self.draining = True
+        await workflow.wait_condition(
+            lambda: self._ended() or (self.inflight == 0 and workflow.all_handlers_finished()))
+        if self._ended():
+            return True
+        workflow.continue_as_new({**sub, "carry": pack(self._carry())}, memo=dict(workflow.memo()),
+                                 task_timeout=workflow.info().task_timeout)
+
+    def _carry(self) -> dict[str, Any]:
+        return {"log": self.log, "run": self.run, "promises": self.promises, "approvals": self.approvals,
+                "entities": {k: e.state for k, e in self.entities.items()}, "journals": self.journals,
+                "grants": self.grants, "started_entities": sorted(self.started_entities),
+                "aborted": sorted(self.aborted)}
+
+    def _restore(self, carried: dict[str, Any]) -> None:
+        """The run as the workflow before a continue-as-new left it: the engine rebuilt from its
+        events, and the activations it was running started again with their journals."""
+        engine = self.engine
+        assert engine is not None
+        for data in carried["log"]:
+            event = decode(data)
+            engine.handle(event)  # its commands were carried out before
+            self.log.append(data)
+        self.run.update(carried["run"])
+        self.promises.update(carried["promises"])
+        self.approvals.update(carried["approvals"])
+        self.entities.update({k: _Entity(state=v) for k, v in carried["entities"].items()})
+        self.journals.update(carried["journals"])
+        self.grants.update(carried["grants"])
+        self.started_entities.update(carried["started_entities"])
+        self.aborted.update(carried["aborted"])
+        for spec in engine.pending():
+            self._admit(spec)
+
+    def journal(self, activation: str) -> dict[str, dict[str, Any]]:
+        return self.journals.setdefault(activation, {})
+
+    @contextlib.asynccontextmanager
+    async def io(self) -> AsyncIterator[None]:
+        """Around an activity or a signal to another workflow: none starts once the run is about
+        to continue as new (the new run starts it), and that waits for those in flight."""
+        if self.draining:
+            await workflow.wait_condition(lambda: not self.draining)
+        self.inflight += 1
+        try:
+            yield
+        finally:
+            self.inflight -= 1
 
     def _final(self) -> dict[str, Any]:
         """The run's record as the workflow's result. Temporal caps a payload at 2 MB: a large run's
@@ -163,6 +255,7 @@ class RunWorkflow:
         if engine is None or self.broken is not None:
             return
         try:
+            self.log.append(encode(event))
             commands = engine.handle(event)
             self._note(engine)
             for c in commands:
@@ -247,6 +340,7 @@ class RunWorkflow:
             event = failed_activation(spec, None, 1, exc)
         finally:
             self._release_slot()
+        self.journals.pop(spec.id, None)
         record = self.run["activations"].get(spec.id)
         if record is not None:
             record["output"] = event.output
@@ -343,9 +437,10 @@ class RunWorkflow:
         if len(items) == 1:  # one step: one activity, retried by Temporal per the step's policy
             req, fut = items[0]
             try:
-                done = await workflow.execute_activity(
-                    atype, req, result_type=dict, start_to_close_timeout=STEP_TIMEOUT,
-                    heartbeat_timeout=HEARTBEAT_TIMEOUT, retry_policy=temporal_retry(policy))
+                async with self.io():
+                    done = await workflow.execute_activity(
+                        atype, req, result_type=dict, start_to_close_timeout=STEP_TIMEOUT,
+                        heartbeat_timeout=HEARTBEAT_TIMEOUT, retry_policy=temporal_retry(policy))
             except GeneratorExit:
                 raise  # an evicted workflow's coroutines are being closed
             except BaseException as exc:  # ActivityError (mapped by the context), or the workflow ending
@@ -359,9 +454,10 @@ class RunWorkflow:
                  "policy": {"max_attempts": policy.max_attempts, "initial_interval": policy.initial_interval,
                             "backoff": policy.backoff, "max_interval": policy.max_interval}}
         try:
-            out = await workflow.execute_activity(
-                atype, batch, result_type=dict, start_to_close_timeout=STEP_TIMEOUT,
-                heartbeat_timeout=HEARTBEAT_TIMEOUT, retry_policy=BATCH_RETRY)
+            async with self.io():
+                out = await workflow.execute_activity(
+                    atype, batch, result_type=dict, start_to_close_timeout=STEP_TIMEOUT,
+                    heartbeat_timeout=HEARTBEAT_TIMEOUT, retry_policy=BATCH_RETRY)
         except GeneratorExit:
             raise
         except BaseException as exc:
@@ -407,25 +503,35 @@ class RunWorkflow:
         assert self.app is not None
         eid = entity_workflow_id(self.app.name, agent, key)
         token = f"{self.run['run_id']}/{activation}"
-        if eid not in self.started_entities:
-            self.started_entities.add(eid)
-            try:
-                await workflow.start_child_workflow(
-                    ENTITY_WORKFLOW, {"state": {}, "queue": []}, id=eid,
-                    parent_close_policy=workflow.ParentClosePolicy.ABANDON,
-                    id_reuse_policy=WorkflowIDReusePolicy.ALLOW_DUPLICATE)
-            except WorkflowAlreadyStartedError:
-                pass
-        await workflow.get_external_workflow_handle(eid).signal(
-            ACQUIRE_SIGNAL, {"workflow_id": workflow.info().workflow_id, "token": token})
+        journal = self.journal(activation)
+        held = journal.get("acquire")
+        if held is not None:  # held since before a continue-as-new
+            return held["state"]  # type: ignore[no-any-return]
+        if token not in self.grants:
+            async with self.io():
+                if eid not in self.started_entities:
+                    self.started_entities.add(eid)
+                    try:
+                        await workflow.start_child_workflow(
+                            ENTITY_WORKFLOW, {"state": {}, "queue": []}, id=eid,
+                            parent_close_policy=workflow.ParentClosePolicy.ABANDON,
+                            id_reuse_policy=WorkflowIDReusePolicy.ALLOW_DUPLICATE)
+                    except WorkflowAlreadyStartedError:
+                        pass
+                # Sent again by a run continued as new: the entity ignores a token it knows.
+                await workflow.get_external_workflow_handle(eid).signal(
+                    ACQUIRE_SIGNAL, {"workflow_id": workflow.info().workflow_id, "token": token})
         await workflow.wait_condition(lambda: token in self.grants)
-        return self.grants.pop(token)["state"]  # type: ignore[no-any-return]
+        state: dict[str, Any] = self.grants.pop(token)["state"]
+        journal["acquire"] = {"op": "acquire", "state": state}
+        return state
 
     async def _release(self, agent: str, key: str, activation: str, state: dict[str, Any] | None) -> None:
         assert self.app is not None
         eid = entity_workflow_id(self.app.name, agent, key)
-        await workflow.get_external_workflow_handle(eid).signal(
-            RELEASE_SIGNAL, {"token": f"{self.run['run_id']}/{activation}", "state": state})
+        async with self.io():
+            await workflow.get_external_workflow_handle(eid).signal(
+                RELEASE_SIGNAL, {"token": f"{self.run['run_id']}/{activation}", "state": state})
 
     @workflow.signal(name=GRANTED_SIGNAL)
     def granted(self, grant: dict[str, Any]) -> None:
@@ -476,8 +582,11 @@ class RunWorkflow:
 
     @workflow.update(name=AWAIT_WAITING)
     async def await_waiting(self) -> list[str]:
-        """Answers once the run waits on a promise, or with [] once it has finished."""
-        await workflow.wait_condition(lambda: bool(self.run["waiting"]) or self.closed)
+        """Answers once the run waits on a promise, or with [] once it has finished; fails with
+        CONTINUED when the run continues as new (the caller asks the new run)."""
+        await workflow.wait_condition(lambda: bool(self.run["waiting"]) or self.closed or self.draining)
+        if self.draining and not self.closed and not self.run["waiting"]:
+            raise ApplicationError("the run continues as new: ask again", type=CONTINUED)
         return [] if self.closed else [w["name"] for w in self.run["waiting"]]
 
     @workflow.query(name=RECORD_QUERY)
@@ -495,6 +604,7 @@ class EntityWorkflow:
         self.state: dict[str, Any] = {}
         self.queue: list[dict[str, Any]] = []
         self.released: dict[str, dict[str, Any] | None] = {}
+        self.holder: str | None = None
 
     @workflow.run
     async def main(self, init: dict[str, Any]) -> None:
@@ -503,7 +613,7 @@ class EntityWorkflow:
         while True:
             await workflow.wait_condition(lambda: bool(self.queue))
             req = self.queue.pop(0)
-            token = req["token"]
+            token = self.holder = req["token"]
             try:
                 await workflow.get_external_workflow_handle(req["workflow_id"]).signal(
                     GRANTED_SIGNAL, {"token": token, "state": self.state})
@@ -511,6 +621,7 @@ class EntityWorkflow:
                 continue  # the run is gone
             await workflow.wait_condition(lambda t=token: t in self.released)  # type: ignore[misc]
             new = self.released.pop(token)
+            self.holder = None
             if new is not None:
                 self.state = new
             if not self.queue and workflow.info().get_current_history_length() > 2000:
@@ -518,7 +629,9 @@ class EntityWorkflow:
 
     @workflow.signal(name=ACQUIRE_SIGNAL)
     def acquire(self, req: dict[str, Any]) -> None:
-        self.queue.append(req)
+        # A run continued as new asks again for what it asked (or holds) before.
+        if req["token"] != self.holder and all(q["token"] != req["token"] for q in self.queue):
+            self.queue.append(req)
 
     @workflow.signal(name=RELEASE_SIGNAL)
     def release(self, req: dict[str, Any]) -> None:
