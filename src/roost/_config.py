@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ._redact import redact_url
 from .errors import ConfigError
 
 PROD_RUNTIMES = ("restate", "temporal")
@@ -38,6 +39,11 @@ class RestateSettings:
     endpoint: str = "http://127.0.0.1:9080"
     serve: bool = True
     identity_keys: list[str] = field(default_factory=list)
+
+    def __repr__(self) -> str:  # the URLs may carry credentials (user:password@, ?token=)
+        return (f"RestateSettings(ingress={redact_url(self.ingress)!r}, admin={redact_url(self.admin)!r}, "
+                f"endpoint={redact_url(self.endpoint)!r}, serve={self.serve!r}, "
+                f"identity_keys=[{len(self.identity_keys)} key(s)])")
 
 
 @dataclass
@@ -55,7 +61,7 @@ class Settings:
     restate: RestateSettings = field(default_factory=RestateSettings)
     temporal: TemporalSettings = field(default_factory=TemporalSettings)
     source: str = "defaults"
-    raw: dict[str, Any] = field(default_factory=dict)
+    raw: dict[str, Any] = field(default_factory=dict, repr=False)  # may hold URLs with credentials
 
 
 def _read(root: Path) -> tuple[dict[str, Any], str]:

@@ -7,7 +7,6 @@ import hashlib
 import inspect
 import json
 import os
-import uuid
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -18,10 +17,12 @@ from pydantic import BaseModel
 from ._codec import adapter, fits, type_name
 from ._config import load_settings
 from ._graph import CompiledApp
+from ._ids import checked_run_id, run_id_or_new
 from .agent import Agent
-from .errors import ConfigError, InputValidationError, RunFailedError
+from .errors import ConfigError, InputValidationError, RunFailedError, UsageError
 from .result import FINISHED, RunRecord, RunResult
 from .runtime import DurableRuntime, Submission, get_runtime
+from .runtime._retry import checked_timeout
 
 Listener = Callable[[dict[str, Any]], None]
 _APPROVAL_POLL = 0.05  # seconds; runtimes without in-process events (prod) are polled this often
@@ -31,9 +32,10 @@ class RunHandle:
     """A started run: ``await handle.result()``; ``await handle.approval()`` for what it waits on."""
 
     def __init__(self, app: App, runtime: DurableRuntime, run_id: str) -> None:
-        self.app, self._runtime, self.run_id = app, runtime, run_id
+        self.app, self._runtime, self.run_id = app, runtime, checked_run_id(run_id)
 
     async def result(self, timeout: float | None = None, *, raise_on_failure: bool = True) -> RunResult:
+        timeout = checked_timeout(timeout, what=f"run {self.run_id!r}: handle.result timeout")
         record = await self._runtime.wait(self.run_id, timeout)
         return self.app._result(record, raise_on_failure)
 
@@ -43,6 +45,7 @@ class RunHandle:
     async def approval(self, timeout: float | None = 30.0) -> str | None:
         """Wait until the run waits for an approval or promise and return its name (None if the
         run finished first)."""
+        timeout = checked_timeout(timeout, what=f"run {self.run_id!r}: handle.approval timeout")
         event = asyncio.Event()
 
         def listener(data: dict[str, Any]) -> None:
@@ -169,7 +172,10 @@ class App:
     # -- input ------------------------------------------------------------------------------
 
     def submission(self, input: Any, run_id: str | None = None) -> Submission:  # noqa: A002
-        """Validate ``input`` against the entry agents (InputValidationError if none accepts it)."""
+        """Validate ``input`` against the entry agents (InputValidationError if none accepts it).
+
+        ``run_id`` None means a new id; an empty or blank one is refused (UsageError)."""
+        run_id = run_id_or_new(run_id)
         if isinstance(input, (str, bytes)):
             try:
                 input = json.loads(input)
@@ -199,7 +205,7 @@ class App:
         canonical = json.dumps(entries, sort_keys=True, separators=(",", ":"))
         return Submission(
             app=self.compiled,
-            run_id=run_id or f"run-{uuid.uuid4().hex[:12]}",
+            run_id=run_id,
             input_json=json.dumps(pydantic_core.to_jsonable_python(input)),
             input_hash=hashlib.blake2b(canonical.encode(), digest_size=16).hexdigest(),
             entries=entries,
@@ -217,6 +223,7 @@ class App:
     async def arun(self, input: Any, run_id: str | None = None, *, mode: str | None = None,  # noqa: A002
                    timeout: float | None = None) -> RunResult:
         """Run to the end and return the result; with a known run id, return its recorded result."""
+        checked_timeout(timeout, what="app.arun timeout")  # before the run starts, not after
         handle = await self.start(input, run_id, mode=mode)
         return await handle.result(timeout)
 
@@ -224,6 +231,9 @@ class App:
             timeout: float | None = None) -> RunResult:
         """Blocking ``arun``; opens the runtime for this call and closes it after."""
         self._no_running_loop("run", "arun")
+        if run_id is not None:  # a bad run id or timeout fails here, before a runtime opens
+            checked_run_id(run_id, new_ok=True)
+        checked_timeout(timeout, what="app.run timeout")
 
         async def once() -> RunResult:
             try:
@@ -237,11 +247,19 @@ class App:
         return asyncio.run(once())
 
     async def aresolve(self, run_id: str, name: str, value: Any, *, mode: str | None = None) -> None:
-        """Answer an approval (``value`` True/False) or resolve a durable promise by name."""
+        """Answer an approval (``value`` True/False) or resolve a durable promise by name.
+
+        PromiseError if the run cannot take it: finished, resolved already, a name the run does
+        not wait on and cannot wait on later, or an approval answered with something other than
+        a yes or a no (see docs/runtime.md, "Promises and approvals")."""
+        run_id = checked_run_id(run_id)
+        if not isinstance(name, str) or not name.strip():
+            raise UsageError(f"run {run_id!r}: a promise name must be a non-empty string, got {name!r}")
         await (await self.runtime(mode)).resolve(run_id, name, value)
 
     def resolve(self, run_id: str, name: str, value: Any, *, mode: str | None = None) -> None:
         self._no_running_loop("resolve", "aresolve")
+        checked_run_id(run_id)
 
         async def once() -> None:
             try:
@@ -254,9 +272,12 @@ class App:
 
     async def aget(self, run_id: str, *, mode: str | None = None) -> RunResult:
         """The run's result as it is now (status may be running or waiting)."""
+        run_id = checked_run_id(run_id)
         return self._result(await (await self.runtime(mode)).get(run_id), raise_on_failure=False)
 
     async def aresume(self, run_id: str, *, mode: str | None = None, timeout: float | None = None) -> RunResult:
+        run_id = checked_run_id(run_id)
+        timeout = checked_timeout(timeout, what=f"run {run_id!r}: app.aresume timeout")
         runtime = await self.runtime(mode)
         await runtime.resume(self.compiled, run_id)
         return self._result(await runtime.wait(run_id, timeout), raise_on_failure=True)

@@ -33,9 +33,11 @@ from rich.text import Text
 from . import __version__
 from ._cli_view import CliError, ProgressView, run_detail, runs_table
 from ._config import Settings, load_settings
+from ._ids import checked_run_id
 from ._loader import load_app, load_apps, split_ref
+from ._redact import redact_text, redact_url
 from .app import App
-from .errors import InputValidationError, RoostError, RunFailedError, RunNotFoundError
+from .errors import InputValidationError, RoostError, RunFailedError, RunNotFoundError, UsageError
 from .result import FINISHED, RunRecord, RunResult
 from .runtime import DurableRuntime, RunSummary, get_runtime
 from .runtime.local import DEFAULT_PATH, LocalRuntime
@@ -102,6 +104,14 @@ class _Group(click.Group):
             raise BadInputError(str(exc)) from None
         except RoostError as exc:
             raise CliError(str(exc)) from None
+
+
+def _run_id(ctx: click.Context, param: click.Parameter, value: str) -> str:  # noqa: ARG001 - click's signature
+    """A RUN_ID argument: an empty or blank id is a usage error, never a lookup or a new run."""
+    try:
+        return checked_run_id(value, what="the run id")
+    except UsageError as exc:
+        raise click.BadParameter(str(exc)) from None
 
 
 def journal_option(fn: F) -> F:
@@ -289,7 +299,7 @@ def _where(rt: DurableRuntime) -> str:
     """Which server a prod runtime talks to, for messages."""
     settings: Any = getattr(rt, "settings", None)
     if rt.name == "restate" and settings is not None:
-        return f"Restate (admin {settings.admin})"
+        return f"Restate (admin {redact_url(settings.admin)})"
     if rt.name == "temporal" and settings is not None:
         return f"Temporal at {settings.address} (namespace {settings.namespace})"
     return _title(rt.name)
@@ -305,7 +315,7 @@ async def _answer(rt: DurableRuntime, awaitable: Awaitable[T], what: str) -> T:
         if rt.name == "restate":
             ingress = getattr(getattr(rt, "settings", None), "ingress", "?")
             raise CliError(
-                f"Restate (ingress {ingress}) did not answer {what} within {PROD_TIMEOUT:.0f} s: "
+                f"Restate (ingress {redact_url(ingress)}) did not answer {what} within {PROD_TIMEOUT:.0f} s: "
                 "runs are read and resolved by roost's services, which run where the app is served, and none "
                 "seems to serve them: start one with 'roost serve FILE' (the request stays queued at Restate "
                 "and is carried out once one does)") from None
@@ -393,7 +403,7 @@ async def _open_runtime(app: App, mode: str, runtime_name: str) -> DurableRuntim
         return await app.runtime(mode, resume=False)
     except OSError as exc:
         raise CliError(
-            f"cannot serve the app at {settings.restate.endpoint}: {exc.strerror or exc}. If 'roost serve' serves "
+            f"cannot serve the app at {redact_url(settings.restate.endpoint)}: {exc.strerror or exc}. If 'roost serve' serves "
             "another version of it there, restart it with this code, or set ROOST_RESTATE_SERVE=false so that "
             "this process only starts the run") from None
 
@@ -459,6 +469,15 @@ def _app_for_run(run_id: str, row: dict[str, Any], app_ref: str | None) -> App |
     return app
 
 
+def _app_if_loadable(run_id: str, row: dict[str, Any], app_ref: str | None) -> App | None:
+    """The run's app when its file loads, else None: checks that need the app are a help for
+    resolving, never a reason to refuse it (the file may have moved, or not import here)."""
+    try:
+        return _app_for_run(run_id, row, app_ref)
+    except Exception:  # noqa: BLE001 - any failure of the user's file means: no app here
+        return None
+
+
 async def _run_row(journal: Path, run_id: str) -> dict[str, Any]:
     async with (rt := LocalRuntime(journal, resume=False)):
         row = rt.journal.run_row(run_id)
@@ -484,7 +503,8 @@ def cli() -> None:
 @click.argument("app_ref", metavar="FILE[:ATTR]")
 @click.option("--input", "-i", "input_", required=True, metavar="JSON",
               help="The run input as JSON ('@file.json' reads a file, '-' reads stdin).")
-@click.option("--run-id", help="Id of the run (default: a new one). An existing id attaches to that run.")
+@click.option("--run-id", callback=lambda c, p, v: None if v is None else _run_id(c, p, v),
+              help="Id of the run (default: a new one). An existing id attaches to that run.")
 @click.option("--mode", type=click.Choice(["local", "prod"]), default=None,
               help="local: the SQLite runtime and --journal; prod: the configured prod runtime "
                    "(ROOST_RUNTIME / [tool.roost] runtime, default restate). Default: $ROOST_MODE, else local.")
@@ -573,7 +593,7 @@ def runs_list(limit: int, runtime_name: str | None, journal: Path) -> None:
 
 
 @runs.command("show")
-@click.argument("run_id")
+@click.argument("run_id", callback=_run_id)
 @click.option("--json", "as_json", is_flag=True, help="Print the run record as JSON.")
 @runtime_option
 @journal_option
@@ -607,7 +627,7 @@ def runs_show(run_id: str, as_json: bool, runtime_name: str | None, journal: Pat
 
 
 @runs.command("resume")
-@click.argument("run_id")
+@click.argument("run_id", callback=_run_id)
 @app_option
 @runtime_option
 @journal_option
@@ -671,7 +691,7 @@ def _parse_value(value: str) -> Any:
 
 
 @cli.command()
-@click.argument("run_id")
+@click.argument("run_id", callback=_run_id)
 @click.argument("name")
 @click.argument("value")
 @app_option
@@ -693,8 +713,15 @@ def resolve(run_id: str, name: str, value: str, app_ref: str | None, runtime_nam
         return
     _existing(journal)
 
+    loaded: list[App] = []
+
     async def answer() -> dict[str, Any]:
         async with (rt := LocalRuntime(journal, resume=False)):
+            known = rt.journal.run_row(run_id)
+            app = _app_if_loadable(run_id, dict(known), app_ref) if known is not None else None
+            if app is not None:  # lets the runtime refuse a name no run of the app can wait on
+                rt.register(app.compiled, app.app_ref)
+                loaded.append(app)
             await rt.resolve(run_id, name, parsed)
             row = rt.journal.run_row(run_id)
             assert row is not None
@@ -712,7 +739,7 @@ def resolve(run_id: str, name: str, value: str, app_ref: str | None, runtime_nam
         return
     hint = f"roost runs resume {run_id} --app FILE[:ATTR]" + ("" if _journal_hint(journal) is None else f" --journal {journal}")
     try:
-        app = _app_for_run(run_id, row, app_ref)
+        app = loaded[0] if loaded else _app_for_run(run_id, row, app_ref)
     except CliError as exc:
         raise CliError(f"no process runs it, and it cannot be resumed here: {exc.message}; continue it with {hint}") from None
     if app is None:
@@ -807,7 +834,7 @@ def serve(app_ref: str, runtime_name: str | None, endpoint: str | None, admin: s
     console = _stdout()
     hint = f"start runs from another shell with: roost run {app_ref} --prod --input JSON"
     if _endpoint_uri(endpoint, "") != _endpoint_uri(settings.restate.endpoint, ""):
-        hint += f" (with ROOST_RESTATE_ENDPOINT={endpoint}, so that it finds this endpoint instead of serving the app)"
+        hint += f" (with ROOST_RESTATE_ENDPOINT={redact_url(endpoint)}, so that it finds this endpoint instead of serving the app)"
     asyncio.run(_serve(app, app_file, endpoint, admin, settings.restate.identity_keys, console, hint))
 
 
@@ -830,16 +857,16 @@ async def _serve(app: App, app_file: str, endpoint: str, admin: str, identity_ke
             server, uri = await serve_app(app.compiled, endpoint=endpoint, admin=admin, app_ref=app_file,
                                           identity_keys=identity_keys, register=False)
         except OSError as exc:
-            raise CliError(f"cannot serve at {endpoint}: {exc.strerror or exc}; choose another --endpoint") from None
+            raise CliError(f"cannot serve at {redact_url(endpoint)}: {exc.strerror or exc}; choose another --endpoint") from None
         try:
             await aregister_deployment(admin, uri)
         except httpx.TransportError as exc:
             raise CliError(
-                f"cannot reach Restate's admin API at {admin} ({type(exc).__name__}: {exc}): is restate-server "
+                f"cannot reach Restate's admin API at {redact_url(admin)} ({type(exc).__name__}: {redact_text(str(exc))}): is restate-server "
                 "running? Start a local one with 'roost dev restate', or point --admin / ROOST_RESTATE_ADMIN at "
                 "yours") from None
-        console.print(Text.assemble("registered ", (uri, "bold"), f" with Restate (admin {admin})"), soft_wrap=True)
-        console.print(Text.assemble("serving app ", (app.name, "bold"), f" ({', '.join(app.agents)}) at {uri}; "
+        console.print(Text.assemble("registered ", (redact_url(uri), "bold"), f" with Restate (admin {redact_url(admin)})"), soft_wrap=True)
+        console.print(Text.assemble("serving app ", (app.name, "bold"), f" ({', '.join(app.agents)}) at {redact_url(uri)}; "
                                     "Ctrl-C stops"), soft_wrap=True)
         console.print(hint, soft_wrap=True, style="dim")
         sys.stdout.flush()  # when piped, say it now rather than at exit
@@ -851,7 +878,7 @@ async def _serve(app: App, app_file: str, endpoint: str, admin: str, identity_ke
             waiter.cancel()
             assert serving is not None
             error = None if serving.cancelled() else serving.exception()
-            raise CliError(f"the endpoint server at {endpoint} stopped: {error or 'no reason given'}")
+            raise CliError(f"the endpoint server at {redact_url(endpoint)} stopped: {error or 'no reason given'}")
         console.print("stopping: Restate keeps the runs in flight and resumes them when the app is served again",
                       soft_wrap=True)
         sys.stdout.flush()

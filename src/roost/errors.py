@@ -17,11 +17,11 @@
     │   ├── RunFailedError         an agent failed for good; carries agent, step, attempts, cause
     │   ├── StepFailedError        a step failed after its retry policy (seen inside orchestration code)
     │   ├── ActivationLimitError   a loop went past the per-run activation limit
-    │   ├── PromiseError           resolving something that is not waiting / already resolved
+    │   ├── PromiseError           resolving a finished run, a resolved or unknown name, an approval with no yes/no
     │   ├── RunTimeoutError        a run did not finish within the time a caller waited (it goes on)
     │   ├── CallFailedError        ctx.call: the callee failed, was rejected or was cancelled
     │   └── CallCycleError         ctx.call to an agent already waiting up the call chain
-    ├── UsageError                 a roost call got an invalid argument (NaN duration, ...)
+    ├── UsageError                 a roost call got an invalid argument (blank run id, NaN duration, ...)
     ├── TerminalError              raise it in a step to fail at once, never retried
     │   ├── ContractViolationError an engine's output does not fit the output contract
     │   └── SerializationError     a step result or payload cannot be journaled as JSON
@@ -33,6 +33,7 @@ Control-flow signals used internally (suspension, cancellation) derive from
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 __all__ = [
@@ -248,5 +249,10 @@ class RetryableError(RoostError):
     """Asks for the step to be retried, after ``retry_after`` seconds if given."""
 
     def __init__(self, message: str = "", *, retry_after: float | None = None) -> None:
+        if retry_after is not None and (isinstance(retry_after, bool) or not isinstance(retry_after, int | float)
+                                        or not math.isfinite(retry_after) or retry_after < 0):
+            # A NaN or infinite wait would stall the step for ever instead of retrying it.
+            raise UsageError(f"RetryableError.retry_after must be a finite number of seconds >= 0 or None, "
+                             f"got {retry_after!r}")
         super().__init__(message)
         self.retry_after = retry_after

@@ -164,6 +164,20 @@ async def test_bad_sleep_durations_are_refused(make_app: MakeApp, value: float) 
     assert info.value.error_type == "UsageError"
 
 
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), -1.0])
+async def test_bad_send_delays_are_refused(make_app: MakeApp, value: float) -> None:
+    async def sender(c: Count, ctx: DurableContext) -> Count:
+        await ctx.send("sink", c, delay=value)
+        return c
+
+    s = agent("s").contracts(input=Count, output=Count).engine(sender)
+    sink = agent("sink").contracts(input=Count, output=Count).engine(lambda c: c)
+    app = make_app([s, sink], entry=[s])
+    with pytest.raises(RunFailedError, match="ctx.send delay to 'sink' must be a finite number") as info:
+        await app.arun(Count(n=1), timeout=20)
+    assert info.value.error_type == "UsageError" and info.value.agent == "s"
+
+
 async def test_parallel_branches_get_their_own_results(make_app: MakeApp) -> None:
     def work(tag: str, i: int) -> str:
         return f"{tag}{i}"

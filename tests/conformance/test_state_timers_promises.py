@@ -7,8 +7,8 @@ from collections.abc import Callable
 
 import pytest
 
-from roost import DurableContext, RunFailedError, agent
-from roost.errors import PromiseError
+from roost import App, DurableContext, RunFailedError, agent
+from roost.errors import PromiseError, UsageError
 
 from .conftest import MakeApp
 from .models import Count, Done, Draft, Idea, Verdict
@@ -132,6 +132,46 @@ async def test_approval_holds_output_until_resolved(make_app: MakeApp, approve: 
     assert result.status == "completed"
     assert result.agent_status["editor"] == ("completed" if approve else "rejected")
     assert published == (["t"] if approve else [])
+
+
+def _approval_app(make_app: MakeApp) -> App:
+    w = agent("writer").contracts(input=Idea, output=Draft).engine(lambda i: Draft(title=i.topic, body="b"))
+    e = agent("editor").contracts(input=Draft, output=Verdict).engine(lambda d: Verdict(publish=True, title=d.title))
+    e.needs_approval().reacts_to(w)
+    return make_app([w, e])
+
+
+async def test_an_approval_takes_only_a_yes_or_a_no(make_app: MakeApp, uid: Callable[[str], str]) -> None:
+    app = _approval_app(make_app)
+    handle = await app.start(Idea(topic="t"), run_id=uid("r-a"))
+    assert await handle.approval(timeout=10) == "editor"
+    for bad in ([False], [0], 1, "maybe"):
+        with pytest.raises(PromiseError, match="'editor' is an approval: answer it with true or false"):
+            await app.aresolve(uid("r-a"), "editor", bad)
+    assert (await handle.record()).status == "waiting", "a refused value decides nothing"
+    await app.aresolve(uid("r-a"), "editor", {"approved": False, "reason": "too short"})
+    result = await handle.result(timeout=10)
+    assert result.agent_status["editor"] == "rejected"
+
+
+async def test_an_unknown_promise_name_is_refused_listing_what_the_run_waits_on(
+        make_app: MakeApp, uid: Callable[[str], str]) -> None:
+    app = _approval_app(make_app)  # no orchestration code: the run can only ever wait on 'editor'
+    handle = await app.start(Idea(topic="t"), run_id=uid("r-u"))
+    assert await handle.approval(timeout=10) == "editor"
+    with pytest.raises(PromiseError, match="no promise named 'editr' is awaited.*the run waits on 'editor'"):
+        await app.aresolve(uid("r-u"), "editr", True)
+    await app.aresolve(uid("r-u"), "editor", True)
+    assert (await handle.result(timeout=10)).agent_status["editor"] == "completed"
+
+
+async def test_an_empty_run_id_is_refused(make_app: MakeApp) -> None:
+    app = make_app([agent("w").contracts(input=Idea, output=Done).engine(lambda i: Done(value=i.topic))])
+    for bad in ("", "  "):
+        with pytest.raises(UsageError, match="run_id must not be empty or blank"):
+            await app.start(Idea(topic="x"), run_id=bad)
+        with pytest.raises(UsageError, match="run_id must not be empty or blank"):
+            await app.aresolve(bad, "w", True)
 
 
 async def test_now_uuid_random_are_journaled_per_activation(make_app: MakeApp) -> None:

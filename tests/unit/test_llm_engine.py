@@ -348,7 +348,8 @@ def test_retry_after_forms_and_redaction() -> None:
     assert retry_after({}) is None and retry_after({"retry-after": "soon"}) is None
     later = format_datetime(datetime.now().astimezone() + timedelta(seconds=30), usegmt=False)
     assert 25 < (retry_after({"retry-after": later}) or 0) <= 31
-    assert redact("key sk-1234 here", "sk-1234") == "key *** here"
+    assert redact("key sk-1234 here", Endpoint("http://x/v1", "sk-1234", 3.0, 1)) == "key *** here"
+    assert retry_after({"retry-after": "inf"}) is None and retry_after({"retry-after-ms": "nan"}) is None
 
 
 # -- the optional extra ---------------------------------------------------------------------------

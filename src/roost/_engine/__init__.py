@@ -3,10 +3,11 @@
 Events in (``RunStarted``, ``ActivationFinished``, ``MessageSent``, ``PromiseResolved``,
 ``CancelRequested``), commands out (``StartActivation``, ``AwaitApproval``, ``DeliverReply``,
 ``AbortActivations``, ``FinishRun``). ``_model`` holds the data that crosses the seam, ``_plan``
-what is precomputed from the wiring, ``_engine`` the state machine.
+what is precomputed from the wiring, ``_engine`` the state machine, ``_promises`` which
+resolutions a run takes (approval values, promise names).
 """
 
-from ._engine import RouteError, RunEngine, is_approved
+from ._engine import RouteError, RunEngine
 from ._model import (
     AbortActivations,
     Activation,
@@ -36,6 +37,7 @@ from ._model import (
     entity_key,
     failed_activation,
 )
+from ._promises import approval_decision, is_approved, resolution_problem
 
 __all__ = [
     "AbortActivations",
@@ -60,6 +62,7 @@ __all__ = [
     "RunStatus",
     "StartActivation",
     "activation_id",
+    "approval_decision",
     "batch_label",
     "decode",
     "decode_activation",
@@ -68,4 +71,5 @@ __all__ = [
     "entity_key",
     "failed_activation",
     "is_approved",
+    "resolution_problem",
 ]

@@ -43,6 +43,7 @@ from ._model import (
     batch_label,
 )
 from ._plan import closers
+from ._promises import is_approved
 
 _PLANS: weakref.WeakKeyDictionary[CompiledApp, dict[str, tuple[str, ...]]] = weakref.WeakKeyDictionary()
 
@@ -52,15 +53,6 @@ def _closers(app: CompiledApp) -> dict[str, tuple[str, ...]]:
     if plan is None:
         plan = _PLANS[app] = closers(app)
     return plan
-
-
-def is_approved(value: Any) -> bool:
-    """How an approval's value is read: a bool, or ``{"approved": bool}``, or yes/no words."""
-    if isinstance(value, dict):
-        value = value.get("approved", value.get("approve"))
-    if isinstance(value, str):
-        return value.strip().lower() in ("true", "yes", "y", "1", "approve", "approved")
-    return bool(value)
 
 
 @dataclass(slots=True)

@@ -11,6 +11,11 @@ if TYPE_CHECKING:
 class Engine(ABC):
     """Produces an agent's output. ``args`` holds one value per input (several when converging)."""
 
+    awaits_promises: bool = True
+    """Whether ``run`` may call ``ctx.promise`` (orchestration code may, with any name). An engine
+    that only runs steps says False, so that resolving a promise no run of its app can wait on
+    is refused instead of kept for ever."""
+
     def check(self, spec: AgentSpec) -> None:  # noqa: B027 - optional hook
         """Raise DefinitionError if this engine cannot serve ``spec``; called when App is built."""
 

@@ -27,6 +27,7 @@ class FunctionEngine(Engine):
         except (TypeError, ValueError):
             params = {}  # type: ignore[assignment]
         self.takes_ctx = "ctx" in params
+        self.awaits_promises = self.takes_ctx
         if self.takes_ctx and not inspect.iscoroutinefunction(fn):
             raise DefinitionError(
                 f"agent {agent!r}: engine {getattr(fn, '__name__', fn)!r} takes ctx, so it is orchestration "

@@ -71,6 +71,8 @@ class MockEngine(Engine):
 
     ``fixed`` overrides fields (``MockEngine(score=9)``)."""
 
+    awaits_promises = False
+
     def __init__(self, **fixed: Any) -> None:
         self.fixed = fixed
         self._types: dict[str, Any] = {}

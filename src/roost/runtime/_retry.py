@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -13,15 +14,22 @@ def seconds(value: float | timedelta) -> float:
     return value.total_seconds() if isinstance(value, timedelta) else float(value)
 
 
-def checked_seconds(value: float | timedelta, *, what: str) -> float:
-    """Seconds, refusing NaN, infinite and negative durations with a clear error."""
-    try:
-        secs = seconds(value)
-    except (TypeError, ValueError) as exc:
-        raise UsageError(f"{what} must be a number of seconds or a timedelta, got {value!r}") from exc
+def checked_seconds(value: float | timedelta, *, what: str, allow_timedelta: bool = True) -> float:
+    """Seconds, refusing NaN, infinite and negative durations (and bools) with a clear error."""
+    unit = " of seconds" if allow_timedelta else ""
+    if isinstance(value, bool) or not isinstance(value, (numbers.Real, timedelta)) \
+            or (isinstance(value, timedelta) and not allow_timedelta):
+        kinds = "a number of seconds or a timedelta" if allow_timedelta else "a number"
+        raise UsageError(f"{what} must be {kinds}, got {value!r}")
+    secs = seconds(value)
     if math.isnan(secs) or math.isinf(secs) or secs < 0:
-        raise UsageError(f"{what} must be a finite number of seconds >= 0, got {value!r}")
+        raise UsageError(f"{what} must be a finite number{unit} >= 0, got {value!r}")
     return secs
+
+
+def checked_timeout(value: float | timedelta | None, *, what: str) -> float | None:
+    """A caller's wait limit: None (no limit) or a finite number of seconds >= 0."""
+    return None if value is None else checked_seconds(value, what=what)
 
 
 @dataclass(frozen=True)
@@ -41,10 +49,25 @@ class RetryPolicy:
     non_retryable: tuple[type[BaseException], ...] = ()
 
     def __post_init__(self) -> None:
-        if self.max_attempts < 1:
-            raise ValueError("RetryPolicy.max_attempts must be at least 1")
-        if self.initial_interval < 0 or self.max_interval < 0 or self.backoff < 1:
-            raise ValueError("RetryPolicy intervals must be >= 0 and backoff >= 1")
+        # Checked here, not when a step fails: a NaN interval or a fractional attempt count would
+        # otherwise surface (or hang) only on the first failure, far from the line that set it.
+        attempts = self.max_attempts
+        if isinstance(attempts, bool) or not isinstance(attempts, numbers.Integral) or attempts < 1:
+            raise UsageError(f"RetryPolicy.max_attempts must be an integer >= 1, got {attempts!r}")
+        object.__setattr__(self, "max_attempts", int(attempts))  # the policy travels as JSON (Temporal)
+        for name in ("initial_interval", "max_interval", "backoff"):
+            value = getattr(self, name)
+            checked_seconds(value, what=f"RetryPolicy.{name}", allow_timedelta=False)
+        if self.backoff < 1:
+            raise UsageError(f"RetryPolicy.backoff must be >= 1 (1 keeps the interval constant), got {self.backoff!r}")
+        types = self.non_retryable
+        if isinstance(types, type):
+            types = (types,)
+        elif isinstance(types, list):
+            types = tuple(types)
+        if not isinstance(types, tuple) or not all(isinstance(t, type) and issubclass(t, BaseException) for t in types):
+            raise UsageError(f"RetryPolicy.non_retryable must be exception types, got {self.non_retryable!r}")
+        object.__setattr__(self, "non_retryable", types)
 
     def is_retryable(self, exc: BaseException) -> bool:
         if isinstance(exc, TerminalError):

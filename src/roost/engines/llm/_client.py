@@ -16,12 +16,14 @@ from __future__ import annotations
 import asyncio
 import email.utils
 import logging
+import math
 import time
 import weakref
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..._redact import redact_text
 from ...errors import MissingExtraError, RetryableError, TerminalError
 from ._settings import Endpoint
 
@@ -91,10 +93,9 @@ async def limit_for(endpoint: Endpoint, model: str) -> asyncio.Semaphore:
     return sem
 
 
-def redact(text: str, secret: str | None) -> str:
-    if secret and len(secret) >= 4:
-        text = text.replace(secret, "***")
-    return text
+def redact(text: str, endpoint: Endpoint) -> str:
+    """``text`` without the endpoint's key, nor the credentials of any URL in it."""
+    return redact_text(text, endpoint.secrets)
 
 
 def retry_after(headers: Any) -> float | None:
@@ -104,14 +105,14 @@ def retry_after(headers: Any) -> float | None:
     raw_ms = headers.get("retry-after-ms")
     if raw_ms:
         try:
-            return max(0.0, float(raw_ms) / 1000)
+            return _finite(float(raw_ms) / 1000)
         except ValueError:
             pass
     raw = headers.get("retry-after")
     if not raw:
         return None
     try:
-        return max(0.0, float(raw))
+        return _finite(float(raw))
     except ValueError:
         pass
     try:
@@ -119,6 +120,11 @@ def retry_after(headers: Any) -> float | None:
     except (TypeError, ValueError):
         return None
     return max(0.0, when.timestamp() - time.time())
+
+
+def _finite(secs: float) -> float | None:
+    """A header's wait, or None for "nan"/"inf" (no server means to be waited on for ever)."""
+    return max(0.0, secs) if math.isfinite(secs) else None
 
 
 def provider_message(exc: Any) -> str:
@@ -135,21 +141,25 @@ def provider_message(exc: Any) -> str:
 
 def translate(exc: Exception, *, model: str, endpoint: Endpoint) -> Exception:
     """The roost error for an SDK exception (the caller raises it ``from None``: the SDK's
-    exception holds the request, headers included)."""
+    exception holds the request, headers included). Another exception whose text would show a
+    secret becomes a TerminalError with the text redacted: it comes from a setting (an invalid
+    URL, say), which a retry does not fix."""
     openai = import_openai()
-    where = f"model {model!r} at {endpoint.base_url}"
-    key = endpoint.api_key
+    where = f"model {model!r} at {endpoint.shown_url}"
     if isinstance(exc, openai.APITimeoutError):
         return RetryableError(f"{where}: no answer within {endpoint.timeout:g} s (timeout)")
     if isinstance(exc, openai.APIConnectionError):
-        return RetryableError(redact(f"{where}: connection failed: {exc}", key))
+        return RetryableError(redact(f"{where}: connection failed: {exc}", endpoint))
     if isinstance(exc, openai.APIStatusError):
         status = exc.status_code
-        message = redact(provider_message(exc), key)[:2000]
+        message = redact(provider_message(exc), endpoint)[:2000]
         text = f"{where}: HTTP {status}: {message}"
         if status in (408, 409, 429) or status >= 500:
             return RetryableError(text, retry_after=retry_after(exc.response.headers))
         return TerminalError(text)
     if isinstance(exc, openai.APIResponseValidationError | openai.APIError):
-        return RetryableError(redact(f"{where}: bad response: {exc}", key))
+        return RetryableError(redact(f"{where}: bad response: {exc}", endpoint))
+    text = str(exc)
+    if redact(text, endpoint) != text:
+        return TerminalError(f"{where}: {type(exc).__name__}: {redact(text, endpoint)}")
     return exc

@@ -41,6 +41,8 @@ class LLMEngine(Engine):
     One engine serves one agent. Settings: see ``ModelSettings``; ``prompt=fn`` renders the
     user message from the inputs (default: each input as JSON under its type's name)."""
 
+    awaits_promises = False  # model calls and tools are steps; neither gets ctx
+
     def __init__(self, model: str, *, agent: str, tools: Sequence[Tool | Callable[..., Any]] = (),
                  prompt: Callable[..., str] | None = None, **settings: Any) -> None:
         import_openai()  # a missing extra fails when the agent is declared, with the pip command
@@ -169,17 +171,17 @@ class LLMEngine(Engine):
         if s.max_tokens is not None:
             body["max_tokens"] = s.max_tokens
         body.update(s.params)
-        client = await client_for(endpoint)
-        async with await limit_for(endpoint, self.ref.name):
-            log.debug("agent %s: model call to %s at %s", self.agent, self.ref.name, endpoint.base_url)
-            try:
+        try:  # making the client can fail on the base URL too: its error goes through translate
+            client = await client_for(endpoint)
+            async with await limit_for(endpoint, self.ref.name):
+                log.debug("agent %s: model call to %s at %s", self.agent, self.ref.name, endpoint.shown_url)
                 response = await client.chat.completions.create(**body, timeout=endpoint.timeout)
-            except Exception as exc:
-                err = translate(exc, model=str(self.ref), endpoint=endpoint)
-                if err is exc:
-                    raise
-                log.debug("agent %s: %s", self.agent, err)
-                raise err from None
+        except Exception as exc:
+            err = translate(exc, model=str(self.ref), endpoint=endpoint)
+            if err is exc:
+                raise
+            log.debug("agent %s: %s", self.agent, err)
+            raise err from None
         return _reply(response)
 
     async def call_tool(self, name: str, arguments: dict[str, Any]) -> str:

@@ -10,7 +10,8 @@ makes it, so a worker's environment is what counts:
   provider's own variable (``OPENAI_BASE_URL``, ...) > the provider's default;
 * API key: ``api_key=`` > the variable named by ``api_key_env=`` (or ``[tool.roost.llm]
   api_key_env``) > ``ROOST_LLM_API_KEY`` > the provider's variable (``OPENAI_API_KEY``, ...).
-  Keys are never stored in a setting's repr, the journal, logs or error messages.
+  Keys, and credentials in a base URL (``user:password@``, ``?api_key=``), are never stored in
+  a setting's repr, the journal, logs or error messages.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from ..._config import _merge, _read
+from ..._redact import redact_url, url_secrets
 from ...errors import ConfigError, DefinitionError, TerminalError
 from ...runtime._retry import RetryPolicy
 
@@ -70,9 +72,12 @@ class Secret:
     __str__ = __repr__
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, repr=False)
 class ModelSettings:
-    """Per-agent settings of the LLM engine: ``.model("openai/gpt-4o-mini", temperature=0.2, ...)``."""
+    """Per-agent settings of the LLM engine: ``.model("openai/gpt-4o-mini", temperature=0.2, ...)``.
+
+    Its repr hides the API key and the credentials of ``base_url`` (``user:password@``,
+    ``?api_key=``)."""
 
     temperature: float | None = None
     max_tokens: int | None = None
@@ -100,6 +105,12 @@ class ModelSettings:
     """Retry policy of model calls (default: the agent's)."""
     params: dict[str, Any] = field(default_factory=dict)
     """Extra request fields passed as they are (``seed``, ``top_p``, ``reasoning_effort``...)."""
+
+    def __repr__(self) -> str:
+        shown = {f.name: getattr(self, f.name) for f in fields(self) if f.repr}
+        if self.base_url is not None:
+            shown["base_url"] = redact_url(self.base_url)
+        return f"ModelSettings({', '.join(f'{k}={v!r}' for k, v in shown.items())})"
 
 
 SETTING_NAMES = tuple(f.name for f in fields(ModelSettings))
@@ -174,10 +185,20 @@ def schema_name(name: str) -> str:
 
 @dataclass(frozen=True)
 class Endpoint:
-    base_url: str
+    base_url: str = field(repr=False)
+    """As given, credentials included (the client needs them); ``shown_url`` is for people."""
     api_key: str = field(repr=False)
     timeout: float
     max_concurrency: int
+    shown_url: str = field(init=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "shown_url", redact_url(self.base_url))
+
+    @property
+    def secrets(self) -> list[str]:
+        """What must never appear in a message: the key and the base URL's credentials."""
+        return [*([self.api_key] if self.api_key != _NO_KEY else []), *url_secrets(self.base_url)]
 
 
 @lru_cache(maxsize=8)

@@ -273,11 +273,13 @@ class Journal:
         cur = self.db.execute("INSERT OR IGNORE INTO promises VALUES(?,?,?,?)", (run_id, name, value_json, time.time()))
         return cur.rowcount == 1
 
-    def waiting_on(self, run_id: str) -> list[str]:
+    def waiting_on(self, run_id: str, *, approvals: bool = False) -> list[str]:
+        """Names of the promises the run waits on (``approvals``: only its approvals)."""
+        only = " AND position='approval'" if approvals else ""
         return [
             r[0] for r in self.db.execute(
-                "SELECT name FROM journal WHERE run_id=? AND kind='promise' AND status='waiting' ORDER BY started_at",
-                (run_id,),
+                "SELECT name FROM journal WHERE run_id=? AND kind='promise' AND status='waiting'" + only
+                + " ORDER BY started_at", (run_id,),
             )
         ]
 

@@ -40,6 +40,7 @@ from ..._engine import (
     decode,
     encode,
     failed_activation,
+    resolution_problem,
 )
 from ..._graph import CompiledApp
 from ...errors import (
@@ -463,11 +464,20 @@ class LocalRuntime(DurableRuntime):
             raise RunNotFoundError(run_id)
         if row["status"] in FINISHED:
             raise PromiseError(f"run {run_id!r} is {row['status']}: nothing waits for {name!r}", run_id=run_id)
+        if name in self.journal.promises(run_id):
+            raise PromiseError(f"{name!r} of run {run_id!r} is resolved already", run_id=run_id)
+        live = self._live.get(run_id)
+        app = live.app if live is not None else self.apps.get(row["app"])
+        if app is not None and app.fingerprint != row["fingerprint"]:
+            app = None  # another version of the app: its agents say nothing about this run
+        problem = resolution_problem(app, name, value, self.journal.waiting_on(run_id),
+                                     self.journal.waiting_on(run_id, approvals=True))
+        if problem is not None:
+            raise PromiseError(f"run {run_id!r}: {problem}", run_id=run_id)
         raw = dumps(value, what=f"value resolving {name!r} of run {run_id!r}")
         if not await self.write(lambda db: db.execute("INSERT OR IGNORE INTO promises VALUES(?,?,?,?)",
                                                       (run_id, name, raw, time.time())).rowcount == 1):
             raise PromiseError(f"{name!r} of run {run_id!r} is resolved already", run_id=run_id)
-        live = self._live.get(run_id)
         if live is not None:  # else the process that runs it picks it up from the journal
             await self.apply(live, PromiseResolved(name, json.loads(raw)))
 

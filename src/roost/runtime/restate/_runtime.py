@@ -13,6 +13,7 @@ import httpx
 
 from ..._config import RestateSettings, load_settings
 from ..._graph import CompiledApp
+from ..._redact import redact_text, redact_url
 from ...errors import BackendError, ConfigError, PromiseError, RunConflictError, RunNotFoundError, RunTimeoutError
 from ...result import FINISHED, ActivationRecord, RunRecord, StepRecord
 from .._base import DurableRuntime, RunSummary, Submission
@@ -85,11 +86,12 @@ class RestateRuntime(DurableRuntime):
             return await awaitable
         except httpx.ConnectError as exc:
             raise BackendError(
-                f"cannot reach Restate (ingress {self.settings.ingress}, admin {self.settings.admin}): {exc}. "
+                f"cannot reach Restate (ingress {redact_url(self.settings.ingress)}, admin {redact_url(self.settings.admin)}): "
+                f"{redact_text(str(exc))}. "
                 "Start a local server with 'roost dev restate', or set ROOST_RESTATE_INGRESS/ROOST_RESTATE_ADMIN"
             ) from exc
         except httpx.HTTPError as exc:
-            raise BackendError(f"talking to Restate failed: {type(exc).__name__}: {exc}") from exc
+            raise BackendError(f"talking to Restate failed: {type(exc).__name__}: {redact_text(str(exc))}") from exc
 
     async def _post(self, path: str, body: Any) -> httpx.Response:
         resp: httpx.Response = await self._guard(self.client.post(f"{self.settings.ingress}/{path}", json=body))
@@ -192,7 +194,7 @@ class RestateRuntime(DurableRuntime):
         if app is None:
             run = await self._run(run_id)
             if run is None:
-                raise RunNotFoundError(run_id, f"on Restate at {self.settings.ingress}")
+                raise RunNotFoundError(run_id, f"on Restate at {redact_url(self.settings.ingress)}")
             app = self._run_apps[run_id] = str(run["app"])
         return app
 
@@ -205,7 +207,7 @@ class RestateRuntime(DurableRuntime):
             raise RunTimeoutError(f"run {run_id!r} did not finish within {timeout} s; it is not cancelled: it goes "
                                   "on in Restate", run_id=run_id) from None
         if resp.status_code == 404:
-            raise RunNotFoundError(run_id, f"on Restate at {self.settings.ingress}")
+            raise RunNotFoundError(run_id, f"on Restate at {redact_url(self.settings.ingress)}")
         final = resp.json() if resp.status_code == 200 and resp.content else None
         if isinstance(final, dict) and "activations" in final:
             return _record(run_id, final)  # small runs return their whole record
@@ -231,7 +233,7 @@ class RestateRuntime(DurableRuntime):
     async def get(self, run_id: str) -> RunRecord:
         data = await self._fetch(run_id)
         if data is None:
-            raise RunNotFoundError(run_id, f"on Restate at {self.settings.ingress}")
+            raise RunNotFoundError(run_id, f"on Restate at {redact_url(self.settings.ingress)}")
         return _record(run_id, data)
 
     async def list_runs(self, limit: int = 50) -> list[RunSummary]:
@@ -259,7 +261,7 @@ class RestateRuntime(DurableRuntime):
             _log.info("no endpoint answered resolving %r of run %r yet; Restate applies it when one does", name, run_id)
             return
         except httpx.HTTPError as exc:
-            raise BackendError(f"talking to Restate failed: {type(exc).__name__}: {exc}") from exc
+            raise BackendError(f"talking to Restate failed: {type(exc).__name__}: {redact_text(str(exc))}") from exc
         answer = resp.json() if resp.status_code == 200 and resp.content else {"error": resp.text}
         error = answer.get("error")
         if error == "resolved":
@@ -267,7 +269,9 @@ class RestateRuntime(DurableRuntime):
         if error == "finished":
             raise PromiseError(f"run {run_id!r} is {answer.get('status')}: nothing waits for {name!r}", run_id=run_id)
         if error == "not_found":
-            raise RunNotFoundError(run_id, f"on Restate at {self.settings.ingress} (app {app!r})")
+            raise RunNotFoundError(run_id, f"on Restate at {redact_url(self.settings.ingress)} (app {app!r})")
+        if error == "refused":
+            raise PromiseError(f"run {run_id!r}: {answer.get('message')}", run_id=run_id)
         if error == "reserved":
             raise PromiseError(f"{name!r} is a name roost keeps for itself, not a promise of run {run_id!r}",
                                run_id=run_id)
@@ -289,7 +293,7 @@ class RestateRuntime(DurableRuntime):
         # Restate resumes invocations by itself once an endpoint serves them again.
         self.register(app, self.app_refs.get(app.name))
         if await self._run(run_id) is None:
-            raise RunNotFoundError(run_id, f"on Restate at {self.settings.ingress}")
+            raise RunNotFoundError(run_id, f"on Restate at {redact_url(self.settings.ingress)}")
 
 
 def _record(run_id: str, data: dict[str, Any]) -> RunRecord:

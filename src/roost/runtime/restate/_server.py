@@ -31,6 +31,7 @@ from typing import Any
 
 import httpx
 
+from ..._redact import redact_text, redact_url
 from ...errors import BackendError, ConfigError
 from .._process import ServerProcess, free_port  # free_port: re-exported, tests and bench import it here
 
@@ -311,7 +312,7 @@ def _checked(response: httpx.Response, what: str) -> Any:
             detail = response.json().get("message", response.text)
         except ValueError:
             detail = response.text
-        raise RestateServerError(f"{what} failed: HTTP {response.status_code}: {detail}")
+        raise RestateServerError(f"{what} failed: HTTP {response.status_code}: {redact_text(str(detail))}")
     return response.json()
 
 
@@ -335,7 +336,7 @@ def register_deployment(admin_url: str, uri: str, *, force: bool = True, use_htt
     """
     with httpx.Client(timeout=timeout) as client:
         response = client.post(f"{admin_url}/deployments", json=_deployment_body(uri, force, use_http_11))
-    return dict(_checked(response, f"registering {uri}"))
+    return dict(_checked(response, f"registering {redact_url(uri)}"))
 
 
 async def aregister_deployment(admin_url: str, uri: str, *, force: bool = True, use_http_11: bool = False,
@@ -343,7 +344,7 @@ async def aregister_deployment(admin_url: str, uri: str, *, force: bool = True, 
     """:func:`register_deployment` without blocking the event loop."""
     async with httpx.AsyncClient(timeout=timeout) as client:
         response = await client.post(f"{admin_url}/deployments", json=_deployment_body(uri, force, use_http_11))
-    return dict(_checked(response, f"registering {uri}"))
+    return dict(_checked(response, f"registering {redact_url(uri)}"))
 
 
 def admin_query(admin_url: str, sql: str, *, timeout: float = 10.0) -> list[dict[str, Any]]:
@@ -387,7 +388,7 @@ def wait_service(admin_url: str, service: str, *, timeout: float = 10.0) -> dict
                 if response.status_code == 200:
                     return dict(response.json())
             if time.monotonic() >= deadline:
-                raise RestateServerError(f"service {service!r} is not registered at {admin_url} after {timeout:.1f} s")
+                raise RestateServerError(f"service {service!r} is not registered at {redact_url(admin_url)} after {timeout:.1f} s")
             time.sleep(_POLL)
 
 

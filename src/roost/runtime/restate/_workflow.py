@@ -40,6 +40,7 @@ from ..._engine import (
     StartActivation,
     encode_activation,
     failed_activation,
+    resolution_problem,
 )
 from ..._graph import CompiledApp
 from .._base import RunAborted
@@ -452,6 +453,9 @@ def run_workflow(app: CompiledApp) -> restate.Workflow:
             return {"error": "finished", "status": run["status"]}
         if name.startswith(CHANGED):
             return {"error": "reserved"}
+        problem = resolution_problem(app, name, req.get("value"), run["waiting"] if run is not None else [])
+        if problem is not None:
+            return {"error": "refused", "message": problem}
         try:
             await ctx.promise(name, type_hint=object).resolve(req.get("value"))
         except restate.TerminalError:

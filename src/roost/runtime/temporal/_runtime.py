@@ -38,7 +38,15 @@ from ...errors import BackendError, ConfigError, PromiseError, RoostError, RunCo
 from ...result import ActivationRecord, RunRecord, StepRecord
 from .._base import DurableRuntime, RunSummary, Submission
 from ._activities import APP_FILES, APPS, PROCESS_QUEUES, run_step
-from ._names import AWAIT_WAITING, RECORD_QUERY, RESOLVE, RESOLVE_SIGNAL, default_task_queue, run_workflow
+from ._names import (
+    AWAIT_WAITING,
+    RECORD_QUERY,
+    RESOLVE,
+    RESOLVE_REFUSED,
+    RESOLVE_SIGNAL,
+    default_task_queue,
+    run_workflow,
+)
 from ._workflow import CONTINUED, EntityWorkflow, RunWorkflow
 
 _log = logging.getLogger("roost.temporal")
@@ -288,6 +296,8 @@ class TemporalRuntime(DurableRuntime):
                                         rpc_timeout=timedelta(seconds=self.resolve_wait))
         except WorkflowUpdateFailedError as exc:
             reason = str(exc.cause) if exc.cause else str(exc)
+            if RESOLVE_REFUSED in reason:  # the SDK puts the exception's type before it
+                raise PromiseError(f"run {run_id!r}: {reason.partition(RESOLVE_REFUSED)[2]}", run_id=run_id) from None
             if "resolved" in reason:
                 raise PromiseError(f"{name!r} of run {run_id!r} is resolved already", run_id=run_id) from None
             raise PromiseError(f"run {run_id!r} is finished: nothing waits for {name!r}", run_id=run_id) from None

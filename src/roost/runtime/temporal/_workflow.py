@@ -49,6 +49,7 @@ from ..._engine import (
     decode,
     encode,
     failed_activation,
+    resolution_problem,
 )
 from ..._graph import CompiledApp
 from ...errors import RoostError, StepFailedError
@@ -66,6 +67,7 @@ from ._names import (
     RECORD_QUERY,
     RELEASE_SIGNAL,
     RESOLVE,
+    RESOLVE_REFUSED,
     RESOLVE_SIGNAL,
     entity_workflow_id,
 )
@@ -573,6 +575,12 @@ class RunWorkflow:
             raise ValueError("finished")
         if req["name"] in self.promises:
             raise ValueError("resolved")
+        # Before main() has run (a resolution sent right after start) the app is not known yet:
+        # only the checks above apply then.
+        problem = resolution_problem(self.app, req["name"], req.get("value"),
+                                     [w["name"] for w in self.run["waiting"]], self.approvals.values())
+        if problem is not None:
+            raise ValueError(f"{RESOLVE_REFUSED}{problem}")
 
     @workflow.signal(name=RESOLVE_SIGNAL)
     def resolve_later(self, req: dict[str, Any]) -> None:
