@@ -12,8 +12,11 @@ from types import TracebackType
 from typing import IO, TYPE_CHECKING, Any
 
 import click
+from rich.cells import cell_len
 from rich.console import Console, Group, RenderableType
 from rich.live import Live
+from rich.measure import Measurement
+from rich.segment import Segments
 from rich.table import Table
 from rich.text import Text
 
@@ -307,21 +310,63 @@ class ProgressView:
 # -- run details ------------------------------------------------------------------------------
 
 
-def runs_table(runs: list[RunSummary], orphaned: set[str]) -> Table:
-    table = Table(title="runs", title_justify="left")
-    table.add_column("run id", no_wrap=True)
-    table.add_column("app", no_wrap=True)
-    table.add_column("status", no_wrap=True)
-    table.add_column("created", no_wrap=True)
-    table.add_column("duration", justify="right", no_wrap=True, min_width=8)
+_NARROWEST = {"app": 8, "status": 10, "created": 10, "duration": 8}
+"""How narrow the columns beside the run id may get (wrapped, or folded) before ``roost runs list``
+grows wider than the terminal instead."""
+
+
+def _shrunk(natural: dict[str, int], budget: int) -> dict[str, int]:
+    """Widths for columns that want ``natural``, within ``budget`` if they can be: the widest
+    gives up a character at a time, none below its ``_NARROWEST``."""
+    widths = dict(natural)
+    while sum(widths.values()) > budget:
+        name = max((n for n in widths if widths[n] > min(_NARROWEST[n], natural[n])), key=widths.__getitem__,
+                   default=None)
+        if name is None:
+            break
+        widths[name] -= 1
+    return widths
+
+
+def runs_table(runs: list[RunSummary], orphaned: set[str], width: int | None = None) -> Table:
+    """The runs, in a table that fits ``width`` columns by wrapping every column but the run id's:
+    a run id is what users copy into other commands, so it is never cut (when even the narrowest
+    columns beside it do not fit, the table is wider than ``width``: print it with
+    :func:`print_uncut`)."""
+    rows: list[tuple[str, str, Text, str, str]] = []
     for r in runs:
         status = status_text(r.status)
         if r.run_id in orphaned:
             status.append(" (orphaned)", style="dim")
         end = r.finished_at if r.finished_at is not None else (time.time() if r.status not in FINISHED else None)
-        table.add_row(r.run_id, r.app, status, fmt_time(r.created_at),
-                      fmt_duration(None if end is None else end - r.created_at))
+        rows.append((r.run_id, r.app, status, fmt_time(r.created_at),
+                     fmt_duration(None if end is None else end - r.created_at)))
+    id_width = max([len("run id"), *(cell_len(row[0]) for row in rows)])
+    natural = {name: max([len(name), *(cell_len(str(row[i + 1])) for row in rows)])
+               for i, name in enumerate(_NARROWEST)}
+    natural["duration"] = max(natural["duration"], 8)
+    # Each of the 5 columns has a space of padding either side and a border after it (one more at the left).
+    widths = natural if width is None else _shrunk(natural, width - id_width - (3 * (len(natural) + 1) + 1))
+    table = Table(title="runs", title_justify="left")
+    table.add_column("run id", no_wrap=True, min_width=id_width)
+    table.add_column("app", overflow="fold", max_width=widths["app"])
+    table.add_column("status", max_width=widths["status"])
+    table.add_column("created", max_width=widths["created"])
+    table.add_column("duration", justify="right", min_width=min(8, widths["duration"]), max_width=widths["duration"])
+    for row in rows:
+        table.add_row(*row)
     return table
+
+
+def print_uncut(console: Console, table: Table) -> None:
+    """Print ``table`` at its own width when the console is narrower (the terminal wraps its
+    lines) rather than let rich cut columns that must stay whole, such as run ids."""
+    need = Measurement.get(console, console.options.update_width(10_000), table).maximum
+    if need <= console.width:
+        console.print(table)
+        return
+    # console.print never renders wider than the console: render at the table's width, print as is.
+    console.print(Segments(console.render(table, console.options.update_width(need))), crop=False)
 
 
 def run_detail(record: RunRecord, app: CompiledApp | None = None, *, orphaned: bool = False,
@@ -361,6 +406,9 @@ def run_detail(record: RunRecord, app: CompiledApp | None = None, *, orphaned: b
             style="red",
         ))
     parts.append(header)
+    if record.error and record.error.get("traceback"):
+        parts.append(Text("\nwhere it was raised (roost's frames left out):", style="bold"))
+        parts.append(Text(str(record.error["traceback"]), style="red"))
 
     acts = Table(title="activations", title_justify="left")
     for name in ("agent", "kind", "status", "cause", "attempts", "duration", "output"):

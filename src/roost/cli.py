@@ -31,7 +31,7 @@ from rich.json import JSON
 from rich.text import Text
 
 from . import __version__
-from ._cli_view import CliError, ProgressView, run_detail, runs_table
+from ._cli_view import CliError, ProgressView, print_uncut, run_detail, runs_table
 from ._config import Settings, load_settings
 from ._ids import checked_run_id
 from ._loader import load_app, load_apps, split_ref
@@ -40,6 +40,7 @@ from .app import App
 from .errors import InputValidationError, RoostError, RunFailedError, RunNotFoundError, UsageError
 from .result import FINISHED, RunRecord, RunResult
 from .runtime import DurableRuntime, RunSummary, get_runtime
+from .runtime._process import ServerProcess, busy_ports
 from .runtime.local import DEFAULT_PATH, LocalRuntime
 from .runtime.local._owner import is_alive
 
@@ -429,6 +430,8 @@ def _report(app: App, record: RunRecord, console: Console) -> None:
     if record.status == "failed":
         error = result.error
         _stderr().print(Text(str(error) if error else f"run {record.run_id} failed", style="bold red"), soft_wrap=True)
+        if error is not None and error.traceback:
+            _stderr().print(Text(error.traceback, style="red"), soft_wrap=True)
         if result.outputs:
             console.print("outputs:")
             console.print(JSON(json.dumps(pydantic_core.to_jsonable_python(result.outputs))), soft_wrap=True)
@@ -569,7 +572,7 @@ def runs_list(limit: int, runtime_name: str | None, journal: Path) -> None:
         if not found:
             console.print(f"no runs on {where}", soft_wrap=True)
             return
-        console.print(runs_table(found, set()))
+        print_uncut(console, runs_table(found, set(), console.width))
         return
     if not journal.exists():
         console.print(f"no runs: there is no journal at {journal} yet", soft_wrap=True)
@@ -589,7 +592,7 @@ def runs_list(limit: int, runtime_name: str | None, journal: Path) -> None:
     if not found:
         console.print(f"no runs in {journal}", soft_wrap=True)
         return
-    console.print(runs_table(found, orphaned))
+    print_uncut(console, runs_table(found, orphaned, console.width))
 
 
 @runs.command("show")
@@ -1031,6 +1034,8 @@ def dev_restate(ingress_port: int, admin_port: int, node_port: int, data: Path, 
     """
     from .runtime.restate._server import RestateServer, binary_version, find_restate_server
 
+    _check_ports({"--ingress-port": ingress_port, "--admin-port": admin_port, "--node-port": node_port},
+                 "a restate-server started earlier (roost dev restate in another shell?)")
     console = _stdout()
     server: RestateServer | None = None
 
@@ -1043,7 +1048,8 @@ def dev_restate(ingress_port: int, admin_port: int, node_port: int, data: Path, 
         server = RestateServer(data, ingress_port=ingress_port, admin_port=admin_port, node_port=node_port,
                                always_replay=always_replay, binary=binary)
         server.start()
-        console.print(Text.assemble(("restate-server ", "bold"), binary_version(binary), f" running (pid {server.pid})",
+        pid = _started_pid(server)
+        console.print(Text.assemble(("restate-server ", "bold"), binary_version(binary), f" running (pid {pid})",
                                     " with always-replay" if always_replay else ""), soft_wrap=True)
         console.print(f"  ingress  {server.ingress_url}", soft_wrap=True)
         console.print(f"  admin    {server.admin_url}", soft_wrap=True)
@@ -1087,9 +1093,7 @@ def dev_temporal(port: int, base_dir: Path, namespaces: tuple[str, ...]) -> None
 
     console = _stdout()
     binary = find_temporal()  # ConfigError with the pip command if missing
-    if not _port_free(port):
-        raise CliError(f"port {port} of 127.0.0.1 is in use (another Temporal server?): stop it, or choose "
-                       "another with --port")
+    _check_ports({"--port": port}, "a Temporal server started earlier (roost dev temporal in another shell?)")
     server = TemporalDevServer(base_dir, port=port, persist=True, namespaces=namespaces, binary=binary)
 
     def on_sigterm(signum: int, frame: Any) -> None:
@@ -1100,8 +1104,9 @@ def dev_temporal(port: int, base_dir: Path, namespaces: tuple[str, ...]) -> None
     try:
         server.start()
         started = True
+        pid = _started_pid(server)
         console.print(Text.assemble(("temporal dev server", "bold"), _temporal_version(binary),
-                                    f" running (pid {server.pid})"), soft_wrap=True)
+                                    f" running (pid {pid})"), soft_wrap=True)
         console.print(f"  address    {server.address}", soft_wrap=True)
         console.print(f"  namespace  {', '.join(('default', *namespaces))}", soft_wrap=True)
         console.print(f"  database   {base_dir / 'temporal.db'}   log {base_dir / 'temporal.log'}", soft_wrap=True)
@@ -1125,18 +1130,26 @@ def dev_temporal(port: int, base_dir: Path, namespaces: tuple[str, ...]) -> None
         signal.signal(signal.SIGTERM, previous)
 
 
-def _port_free(port: int) -> bool:
-    """Whether nothing listens on ``port`` of 127.0.0.1 (a dev server started there would fail, and
-    the other one would be taken for it)."""
-    import socket
+def _check_ports(ports: dict[str, int], likely: str) -> None:
+    """Fail, naming each port in use and its option, before a dev server is started on them: it
+    would not start, and the program already there would answer in its place. ``ports``: option
+    -> port; ``likely``: what probably listens there."""
+    busy = busy_ports(ports)
+    if not busy:
+        return
+    listed = " and ".join(f"{ports[option]} ({option})" for option in busy)
+    several = len(busy) > 1
+    raise CliError(f"port{'s' if several else ''} {listed} of 127.0.0.1 {'are' if several else 'is'} in use, "
+                   f"probably by {likely}: stop it, or choose {'other ports' if several else 'another port'} with "
+                   f"{' '.join(f'{option} PORT' for option in busy)}")
 
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
+
+def _started_pid(server: ServerProcess) -> int:
+    """The pid of a dev server that has just started; an error if it has exited already."""
+    pid = server.pid
+    if pid is None:
+        raise CliError(f"{server.label} exited right after starting: see {server.log_file}")
+    return pid
 
 
 def _temporal_version(binary: Path) -> str:

@@ -14,7 +14,7 @@
     ├── RunError                   about one run (carries run_id)
     │   ├── RunNotFoundError
     │   ├── RunConflictError       same run id, different input or app
-    │   ├── RunFailedError         an agent failed for good; carries agent, step, attempts, cause
+    │   ├── RunFailedError         an agent failed for good; carries agent, step, attempts, cause, traceback
     │   ├── StepFailedError        a step failed after its retry policy (seen inside orchestration code)
     │   ├── ActivationLimitError   a loop went past the per-run activation limit
     │   ├── PromiseError           resolving a finished run, a resolved or unknown name, an approval with no yes/no
@@ -35,6 +35,8 @@ from __future__ import annotations
 
 import math
 from typing import Any
+
+from ._traceback import raised_at
 
 __all__ = [
     "ActivationLimitError",
@@ -143,7 +145,12 @@ class RunFailedError(RunError):
     """An agent failed after its retry policy; the run is failed.
 
     ``agent``, ``step`` and ``attempts`` say where; ``error_type`` and ``error_message``
-    describe the last exception (``__cause__`` holds it when it was raised in this process).
+    describe the last exception. ``attempts`` is how many times the failing step's function was
+    invoked (1 when the agent's code failed outside any step); the activation and step records
+    of the run show the same number. ``traceback`` is the user's traceback of the last exception
+    (formatted where it was raised, also in another process, without roost's frames), or None
+    when no user code raised it; the message names the file and line it was raised at, and the
+    full text is added as a note, so an uncaught error prints it.
     """
 
     def __init__(
@@ -155,10 +162,13 @@ class RunFailedError(RunError):
         attempts: int,
         error_type: str,
         error_message: str,
+        traceback: str | None = None,
     ) -> None:
         where = f"agent {agent!r}" + (f", step {step!r}" if step else "")
+        at = raised_at(traceback)
         super().__init__(
-            f"run {run_id!r} failed: {where} failed after {attempts} attempt(s): {error_type}: {error_message}",
+            f"run {run_id!r} failed: {where} failed after {attempts} attempt(s): {error_type}: {error_message}"
+            + (f" (raised at {at})" if at else ""),
             run_id=run_id,
         )
         self.agent = agent
@@ -166,15 +176,21 @@ class RunFailedError(RunError):
         self.attempts = attempts
         self.error_type = error_type
         self.error_message = error_message
+        self.traceback = traceback
+        if traceback:
+            self.add_note(f"Where it was raised (roost's frames left out):\n{traceback}")
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        data: dict[str, Any] = {
             "agent": self.agent,
             "step": self.step,
             "attempts": self.attempts,
             "error_type": self.error_type,
             "error_message": self.error_message,
         }
+        if self.traceback is not None:
+            data["traceback"] = self.traceback
+        return data
 
     @classmethod
     def from_json(cls, run_id: str, data: dict[str, Any]) -> RunFailedError:
@@ -185,6 +201,7 @@ class RunFailedError(RunError):
             attempts=int(data.get("attempts", 0)),
             error_type=data.get("error_type", "Error"),
             error_message=data.get("error_message", ""),
+            traceback=data.get("traceback"),
         )
 
 

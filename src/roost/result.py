@@ -20,7 +20,7 @@ class StepRecord:
     """The step's place in its activation: 3 at the top level, "1.0:3" in a concurrent branch."""
     kind: str  # step | sleep | promise | now | send | call
     name: str
-    status: str  # done | failed | waiting
+    status: str  # done | retrying | failed | waiting
     attempts: int = 0
     started_at: float | None = None
     finished_at: float | None = None
@@ -38,8 +38,11 @@ class ActivationRecord:
     started_at: float | None = None
     finished_at: float | None = None
     attempts: int = 0
+    """A failed activation: its error's attempts (those of the failing step, 1 outside any step);
+    otherwise the most attempts any of its steps needed."""
     output: Any = None
     error: dict[str, Any] | None = None
+    """agent, step, attempts, error_type, error_message and, when user code raised it, traceback."""
     steps: list[StepRecord] = field(default_factory=list)
 
     @property
@@ -117,7 +120,7 @@ class RunResult:
 
     @property
     def attempts(self) -> dict[str, int]:
-        """Attempts per agent: the most any of its steps needed."""
+        """Attempts per agent: its activations' most (see ``ActivationRecord.attempts``)."""
         out: dict[str, int] = {}
         for a in self.record.activations:
             if a.status != "absorbed":

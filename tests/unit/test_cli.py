@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import signal
+import socket
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -134,6 +137,41 @@ def test_runs_list_and_show(tmp_path: Path) -> None:
     assert [a["agent"] for a in acts] == ["writer", "editor", "publisher"]
     assert acts[2]["output"] == {"text": "ABOUT T", "words": 2}
     assert acts[0]["steps"][0]["kind"] == "step" and acts[0]["steps"][0]["status"] == "done"
+
+
+def test_runs_list_never_cuts_run_ids(tmp_path: Path) -> None:
+    """At any width the run ids show whole, each on one line: the other columns wrap instead (and
+    only when even those cannot fit does the table grow wider than the terminal)."""
+    app_file, journal = write_app(tmp_path), tmp_path / "j.db"
+    ids = ["order-2024-11-29-" + "7" * 40, "checkout-0123456789abcdef0123456789abcdef", "r-1"]
+    for run_id in ids:
+        assert invoke("run", app_file, "-i", '{"title": "t"}', "--run-id", run_id, "--journal", journal).exit_code == 0
+    for columns in (60, 80, 120, 160):
+        listed = invoke("runs", "list", "--journal", journal, env={"COLUMNS": str(columns)})
+        assert listed.exit_code == 0, listed.output
+        for run_id in ids:
+            assert run_id in listed.stdout, (columns, listed.stdout)
+        widest = max(len(line) for line in listed.stdout.splitlines())
+        if columns >= 120:  # the narrowest columns beside a 57-character id fit (in 109): so does the table
+            assert widest <= columns, listed.stdout
+        assert listed.stdout.count("completed") == 3
+
+
+def test_a_failed_run_shows_the_users_traceback(tmp_path: Path) -> None:
+    app_file = tmp_path / "failing.py"
+    app_file.write_text(FAILING)
+    line = FAILING.splitlines().index('    raise TerminalError(f"boom at {x.n}")') + 1
+    where = f'File "{app_file}", line {line}, in boom'
+    journal = tmp_path / "j.db"
+    res = invoke("run", app_file, "--input", '{"n": 1}', "--run-id", "r-tb", "--journal", journal)
+    assert res.exit_code == 1
+    assert f"raised at {app_file}:{line}, in boom" in res.stderr and where in res.stderr
+    shown = invoke("runs", "show", "r-tb", "--journal", journal, env={"COLUMNS": "300"})
+    assert shown.exit_code == 0
+    assert where in shown.stdout and "TerminalError: boom at 2" in shown.stdout
+    assert "/roost/" not in shown.stdout.split("where it was raised")[1].split("activations")[0]
+    error = show_json("r-tb", journal)["error"]
+    assert isinstance(error, dict) and where in error["traceback"]
 
 
 def test_runs_list_without_a_journal(tmp_path: Path) -> None:
@@ -474,3 +512,55 @@ def test_progress_view_of_a_polled_prod_run(tmp_path: Path) -> None:
     Console(file=out, width=200).print(run_detail(record, compiled, runtime_hint="restate"))
     assert "roost resolve r-9 editor true|false --runtime restate" in out.getvalue()
     assert "waiting" in out.getvalue().split("editor", 2)[-1]
+
+
+# -- roost dev: ports in use ----------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def _listening() -> Iterator[int]:
+    """A port of 127.0.0.1 that a socket of this test listens on."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen()
+        yield int(sock.getsockname()[1])
+
+
+def test_dev_restate_refuses_ports_in_use_naming_them(tmp_path: Path) -> None:
+    from roost.runtime.restate._server import free_port
+
+    with _listening() as ingress, _listening() as node:
+        # The check comes before the binary is looked for: none is needed here.
+        res = invoke("dev", "restate", "--ingress-port", str(ingress), "--admin-port", str(free_port()),
+                     "--node-port", str(node), "--data", tmp_path / "data",
+                     env={"ROOST_RESTATE_SERVER": str(tmp_path / "no-such-binary")})
+    assert res.exit_code == 1
+    text = " ".join(res.stderr.split())
+    assert f"ports {ingress} (--ingress-port) and {node} (--node-port) of 127.0.0.1 are in use" in text
+    assert "--ingress-port PORT --node-port PORT" in text and "running" not in res.output
+    assert not (tmp_path / "data").exists()
+
+
+def test_dev_temporal_refuses_a_port_in_use(tmp_path: Path) -> None:
+    pytest.importorskip("temporalio")
+    with _listening() as port:
+        res = invoke("dev", "temporal", "--port", str(port), "--dir", tmp_path / "t")
+    assert res.exit_code == 1
+    text = " ".join(res.stderr.split())
+    assert f"port {port} (--port) of 127.0.0.1 is in use" in text and "--port PORT" in text
+    assert "running" not in res.output
+
+
+def test_dev_servers_check_their_ports_before_starting(tmp_path: Path) -> None:
+    """A server whose port is taken never starts (the program there would answer for it)."""
+    from roost.runtime.restate._server import RestateServer, RestateServerError
+    from roost.runtime.temporal._server import TemporalDevServer, TemporalServerError
+
+    with _listening() as port:
+        server = RestateServer(tmp_path / "r", admin_port=port, binary=tmp_path / "no-such-binary")
+        with pytest.raises(RestateServerError, match=f"port {port} \\(admin\\) of 127.0.0.1 is in use"):
+            server.start()
+        assert server.pid is None
+        temporal = TemporalDevServer(tmp_path / "t", port=port, binary=tmp_path / "no-such-binary")
+        with pytest.raises(TemporalServerError, match=f"port {port} \\(frontend\\) of 127.0.0.1 is in use"):
+            temporal.start()

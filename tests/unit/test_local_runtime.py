@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 from pydantic import BaseModel
 
-from roost import App, DurableContext, RunFailedError, agent
-from roost.errors import ConfigError, JournalError, JournalVersionError
+from roost import App, DurableContext, RetryPolicy, RunFailedError, agent
+from roost.errors import ConfigError, JournalError, JournalVersionError, StepFailedError
 from roost.runtime.local import Journal, LocalRuntime
 
 
@@ -109,6 +109,44 @@ async def test_closing_releases_runs_and_a_new_runtime_resumes_them(tmp_path: Pa
     assert result["o"] == Q(q="firstsecond")
     assert calls == ["first", "second"], "the journaled step is not run again"
     await app2.aclose()
+
+
+async def test_a_step_that_failed_for_good_is_not_run_again_on_replay(tmp_path: Path) -> None:
+    """The journal keeps a caught step failure (its attempts, type, message and traceback): a
+    resumed run gets the same StepFailedError back instead of invoking the step again."""
+    path = tmp_path / "j.db"
+    calls: list[int] = []
+    seen: list[tuple[int, str, str | None]] = []
+
+    def charge() -> str:
+        calls.append(1)
+        raise ValueError("card declined")
+
+    async def orchestrate(q: Q, ctx: DurableContext) -> Q:
+        try:
+            await ctx.step("charge", charge, retry=RetryPolicy(max_attempts=2, initial_interval=0.0))
+        except StepFailedError as exc:
+            seen.append((exc.attempts, f"{type(exc.cause).__name__}: {exc.cause}",
+                         getattr(exc.cause, "user_traceback", None)))
+        await ctx.promise("go")
+        return q
+
+    def build() -> App:
+        return App([agent("o").contracts(input=Q, output=Q).engine(orchestrate)], journal=path)
+
+    app = build()
+    handle = await app.start(Q(q="x"), run_id="r")
+    await handle.approval(timeout=5)
+    await app.aclose()
+    async with LocalRuntime(path, resume=False) as rt:
+        await rt.resolve("r", "go", True)
+    app2 = build()
+    await app2.arun(Q(q="x"), run_id="r", timeout=5)
+    await app2.aclose()
+    assert len(calls) == 2, "the failed step is not invoked again"
+    assert [s[:2] for s in seen] == [(2, "ValueError: card declined")] * 2
+    replayed = seen[1][2]
+    assert replayed is not None and "in charge" in replayed and 'raise ValueError("card declined")' in replayed
 
 
 async def test_waiting_activations_do_not_hold_the_running_limit(tmp_path: Path) -> None:

@@ -10,6 +10,8 @@ import hashlib
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from .._traceback import user_traceback
+
 ActivationKind = Literal["entry", "edge", "converge", "gather", "send", "call"]
 FinishStatus = Literal["completed", "failed", "cancelled"]
 RunStatus = Literal["running", "completed", "failed", "cancelled"]
@@ -17,22 +19,30 @@ RunStatus = Literal["running", "completed", "failed", "cancelled"]
 
 @dataclass(frozen=True, slots=True)
 class ErrorInfo:
-    """Why an activation or a run failed: where (agent, step, attempts) and the last cause."""
+    """Why an activation or a run failed: where (agent, step, attempts) and the last cause.
+
+    ``attempts`` is how many times the failing step's function was invoked (1 when the agent's
+    code failed outside any step); ``traceback`` is the user's traceback of the last exception,
+    formatted where it was raised, without roost's frames (None when no user code raised it)."""
 
     agent: str
     step: str | None
     attempts: int
     error_type: str
     error_message: str
+    traceback: str | None = None
 
     def to_json(self) -> dict[str, Any]:
-        return {"agent": self.agent, "step": self.step, "attempts": self.attempts,
-                "error_type": self.error_type, "error_message": self.error_message}
+        data: dict[str, Any] = {"agent": self.agent, "step": self.step, "attempts": self.attempts,
+                                "error_type": self.error_type, "error_message": self.error_message}
+        if self.traceback is not None:
+            data["traceback"] = self.traceback
+        return data
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> ErrorInfo:
         return cls(data["agent"], data.get("step"), int(data.get("attempts", 1)), data.get("error_type", "Error"),
-                   data.get("error_message", ""))
+                   data.get("error_message", ""), data.get("traceback"))
 
 
 BatchRef = tuple[str, int, int]
@@ -122,11 +132,12 @@ class CancelRequested:
 Event = RunStarted | ActivationFinished | MessageSent | PromiseResolved | CancelRequested
 
 def failed_activation(spec: Activation, step: str | None, attempts: int, exc: BaseException) -> ActivationFinished:
-    """``spec`` failed with ``exc`` (at ``step``, after ``attempts``): the event naming agent, step
-    and cause. A step that failed inside another engine carries its original type name (``kind``)."""
+    """``spec`` failed with ``exc`` (at ``step``, after ``attempts``): the event naming agent, step,
+    cause and the user's traceback. A step that failed inside another engine carries its original
+    type name (``kind``) and traceback text (``user_traceback``)."""
     kind = getattr(exc, "kind", None) or type(exc).__name__
     return ActivationFinished(spec.id, "failed", error=ErrorInfo(spec.agent, step, max(1, attempts), str(kind),
-                                                                 str(exc) or repr(exc)))
+                                                                 str(exc) or repr(exc), user_traceback(exc)))
 
 
 # -- commands -------------------------------------------------------------------------------

@@ -22,7 +22,7 @@ from typing import Self
 
 from ..errors import BackendError
 
-__all__ = ["ServerProcess", "free_port"]
+__all__ = ["ServerProcess", "busy_ports", "free_port"]
 
 _HOST = "127.0.0.1"
 _POLL = 0.05
@@ -33,6 +33,21 @@ def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind((_HOST, 0))
         return int(sock.getsockname()[1])
+
+
+def busy_ports(ports: Mapping[str, int]) -> list[str]:
+    """The names of ``ports`` (name -> port) that something listens on, on 127.0.0.1 or on every
+    address: a server started on them would fail, and the one already there would answer its
+    readiness checks in its place."""
+    busy = []
+    for name, port in ports.items():
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # a port in TIME_WAIT is free
+            try:
+                sock.bind((_HOST, port))
+            except OSError:
+                busy.append(name)
+    return busy
 
 
 class ServerProcess(ABC):
@@ -49,6 +64,11 @@ class ServerProcess(ABC):
 
     @abstractmethod
     def command(self) -> list[str]: ...
+
+    def ports(self) -> dict[str, int]:
+        """The ports the process listens on, by role (``{"ingress": 8080}``): :meth:`start` checks
+        that they are free first."""
+        return {}
 
     def environment(self) -> Mapping[str, str] | None:
         """The process's environment (None: inherit this one's)."""
@@ -73,12 +93,19 @@ class ServerProcess(ABC):
         default :attr:`start_timeout`).
 
         Raises:
-            BackendError (the subclass's ``error``): it is already running, exited during
-                start-up, or was not ready within ``timeout`` seconds (then it is stopped); the
-                message ends with its log.
+            BackendError (the subclass's ``error``): it is already running, one of its
+                :meth:`ports` is in use, it exited during start-up, or was not ready within
+                ``timeout`` seconds (then it is stopped); the message ends with its log.
         """
         if self.running:
             raise self.error(f"{self.label} is already running (pid {self.pid})")
+        ports = self.ports()
+        busy = busy_ports(ports)
+        if busy:
+            listed = ", ".join(f"{ports[name]} ({name})" for name in busy)
+            raise self.error(f"{self.label} cannot start: port{'s' if len(busy) > 1 else ''} {listed} of {_HOST} "
+                             f"{'are' if len(busy) > 1 else 'is'} in use by another program; stop it or choose "
+                             "other ports")
         command = self.command()
         self.base_dir.mkdir(parents=True, exist_ok=True)
         self.log_file.parent.mkdir(parents=True, exist_ok=True)
@@ -100,7 +127,7 @@ class ServerProcess(ABC):
             code = self._proc.poll()
             if code is not None:
                 raise self.error(f"{self.label} exited with code {code} during start-up{self.log_tail()}")
-            if self.is_ready():
+            if self.is_ready() and self._proc.poll() is None:  # not another server answering in its place
                 return
             if time.monotonic() >= deadline:
                 raise self.error(f"{self.label} was not ready after {timeout:.1f} s{self.log_tail()}")

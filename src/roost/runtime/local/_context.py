@@ -19,9 +19,10 @@ from ..._activation import message_body
 from ..._codec import dumps, revive
 from ..._engine import Activation, MessageSent
 from ...engines.function import FunctionEngine
-from ...errors import CallCycleError, CallFailedError, NonDeterminismError
+from ...errors import CallCycleError, CallFailedError, NonDeterminismError, StepFailedError
 from .._base import DurableContext, RunAborted, State, StepInfo
 from .._branches import internal, position
+from .._remote import failed_step_error, step_failure
 from .._retry import RetryPolicy, checked_seconds
 from .._steps import Detached, return_type, run_with_retry
 from ._journal import Journal
@@ -118,6 +119,11 @@ class LocalContext(DurableContext):
             self.attempts = max(self.attempts, entry[4])
             if entry[2] == "done":
                 return revive(json.loads(entry[3]) if entry[3] is not None else None, rtype)  # type: ignore[no-any-return]
+            if entry[2] == "failed":  # it failed for good: replay raises the same failure, never runs it again
+                recorded = json.loads(entry[3] or "{}")
+                cause = failed_step_error([recorded.get("error_type", "Error"), recorded.get("error_message", ""),
+                                           recorded.get("traceback")])
+                raise StepFailedError(run_id=self.run_id, agent=self.agent, step=name, attempts=entry[4], cause=cause)
             failed_before = entry[4]  # 'retrying': attempts that failed before a restart still count
         info = StepInfo(self.run_id, self.agent, name, 1, f"{self.run_id}/{self.activation_id}/{pos}")
         started = time.time()
@@ -138,18 +144,30 @@ class LocalContext(DurableContext):
                     Journal.record_detached(path, self._row(pos, "step", name, "done", encoded, attempt, started))
             return journal
 
-        result, attempts = await run_with_retry(fn, args, kwargs, policy=policy, info=info, wait=self._wait_abortable,
-                                                first_attempt=failed_before + 1, on_retry=failed, on_detached=detached)
+        try:
+            result, attempts = await run_with_retry(fn, args, kwargs, policy=policy, info=info,
+                                                    wait=self._wait_abortable, first_attempt=failed_before + 1,
+                                                    on_retry=failed, on_detached=detached)
+        except StepFailedError as exc:
+            # The step's record shows the attempts the error names (the last one included).
+            self.attempts = max(self.attempts, exc.attempts)
+            kind, message, tb = step_failure(exc.cause)
+            failure = json.dumps({"error_type": kind, "error_message": message, "traceback": tb})
+            await self._keep(self._row(pos, "step", name, "failed", failure, exc.attempts, started))
+            raise
         self.attempts = max(self.attempts, attempts)
         encoded = dumps(result, what=where)
-        row = self._row(pos, "step", name, "done", encoded, attempts, started)
+        await self._keep(self._row(pos, "step", name, "done", encoded, attempts, started))
+        return revive(json.loads(encoded), rtype)  # type: ignore[no-any-return]
+
+    async def _keep(self, row: tuple[Any, ...]) -> None:
+        """Journal a step's outcome."""
         if self._one_step:
             # A plain function's one step: nothing happens between it and the activation's outcome,
-            # so its result is committed in the same transaction (one commit per activation).
+            # so its outcome is committed in the same transaction (one commit per activation).
             self.deferred.append(lambda db: Journal.record(db, row))
         else:
             await self._record(row)
-        return revive(json.loads(encoded), rtype)  # type: ignore[no-any-return]
 
     async def sleep(self, duration: float | timedelta) -> None:
         secs = checked_seconds(duration, what=f"run {self.run_id!r}, agent {self.agent!r}: ctx.sleep duration")

@@ -640,7 +640,8 @@ class LocalRuntime(DurableRuntime):
         error = json.dumps(event.error.to_json()) if event.error else None
         output = json.dumps(event.output) if event.output is not None else None
         status = "waiting" if event.status == "completed" and live.app.specs[spec.agent].approval else event.status
-        run_id, writes, attempts = live.run_id, ctx.state.writes, ctx.attempts
+        # A failed activation shows the attempts its error names (those of the failing step).
+        run_id, writes, attempts = live.run_id, ctx.state.writes, event.error.attempts if event.error else ctx.attempts
         extra: list[Op] = [*ctx.deferred, _op(Journal.update_activation, run_id, spec.id, status, output=output,
                                               error=error, attempts=attempts, started_at=started)]
         if writes and event.status == "completed":
@@ -670,9 +671,9 @@ class LocalRuntime(DurableRuntime):
             task = asyncio.current_task()
             if task is not None and task.cancelling():
                 raise  # the runtime is closing: the activation stays unfinished in the journal
-            return failed_activation(spec, None, ctx.attempts, exc)
-        except BaseException as exc:
-            return failed_activation(spec, None, ctx.attempts, exc)
+            return failed_activation(spec, None, 1, exc)
+        except BaseException as exc:  # outside any step: the agent's code ran once
+            return failed_activation(spec, None, 1, exc)
 
 
 class _Queue:

@@ -31,7 +31,7 @@ from ..._engine import Activation, ActivationFinished, MessageSent, Reply, faile
 from ...errors import CallCycleError, CallFailedError, SerializationError, StepFailedError
 from .._base import DurableContext, RunAborted, State, StepInfo
 from .._branches import internal, position, root
-from .._remote import remote_error
+from .._remote import failed_step_error, step_failure
 from .._retry import RetryPolicy, checked_seconds
 from .._steps import return_type, run_with_retry
 
@@ -223,9 +223,7 @@ class RunContext(DurableContext):
                                                         first_attempt=started + 1, on_retry=failed_attempt)
                 return {"v": jsonable(result, what=where), "n": attempts, "t0": t0, "t1": time.time()}
             except StepFailedError as exc:
-                cause = exc.cause
-                kind = getattr(cause, "kind", None) or type(cause).__name__
-                return {"e": [kind, str(cause)], "n": exc.attempts, "t0": t0, "t1": time.time()}
+                return {"e": step_failure(exc.cause), "n": exc.attempts, "t0": t0, "t1": time.time()}
             except SerializationError as exc:
                 return {"s": str(exc), "n": 1, "t0": t0, "t1": time.time()}
             finally:
@@ -246,9 +244,8 @@ class RunContext(DurableContext):
         if "s" in done:
             raise SerializationError(done["s"])
         if "e" in done:
-            kind, message = done["e"]
             raise StepFailedError(run_id=self.run_id, agent=self.agent, step=name, attempts=int(done["n"]),
-                                  cause=remote_error(kind)(kind, message))
+                                  cause=failed_step_error(done["e"]))
         with internal():
             return revive(done["v"], return_type(fn))  # type: ignore[no-any-return]
 
@@ -318,7 +315,15 @@ async def _sleep(seconds: float) -> None:
 
 async def run_activation(ctx: RunContext, spec: Activation) -> ActivationFinished:
     """Run one activation's engine (``perform``); any failure, whatever raised it, becomes a
-    failed activation naming run, agent, step and cause."""
+    failed activation naming run, agent, step and cause. A failed activation's record shows the
+    attempts its error names (``ctx.attempts``)."""
+    event = await _run_activation(ctx, spec)
+    if event.error is not None:
+        ctx.attempts = event.error.attempts
+    return event
+
+
+async def _run_activation(ctx: RunContext, spec: Activation) -> ActivationFinished:
     try:
         with root(ctx):
             output = await perform(ctx.host.app, ctx, spec)
@@ -333,8 +338,8 @@ async def run_activation(ctx: RunContext, spec: Activation) -> ActivationFinishe
         task = asyncio.current_task()
         if task is not None and task.cancelling():
             raise  # the invocation is ending (suspended, or its connection lost): Restate retries it
-        return failed_activation(spec, None, ctx.attempts, exc)
-    except BaseException as exc:
+        return failed_activation(spec, None, 1, exc)
+    except BaseException as exc:  # outside any step: the agent's code ran once
         if is_internal_exception(exc):
             raise
-        return failed_activation(spec, None, ctx.attempts, exc)
+        return failed_activation(spec, None, 1, exc)

@@ -78,7 +78,8 @@ class ObjectRun(Host):
         try:
             event = task.result()
         except Exception as exc:  # roost's own code failed around the activation
-            event = failed_activation(spec, None, ctx.attempts, exc)
+            event = failed_activation(spec, None, 1, exc)
+            ctx.attempts = 1
         state = ctx.state
         if event.status == "completed" and isinstance(state, ObjectState):
             for key, raw in state.writes.items():

@@ -244,6 +244,9 @@ class RestateServer(ServerProcess):
         """``http://127.0.0.1:<admin port>``: deployments, SQL queries, health."""
         return f"http://{_HOST}:{self.admin_port}"
 
+    def ports(self) -> dict[str, int]:
+        return {"ingress": self.ingress_port, "admin": self.admin_port, "node": self.node_port}
+
     def environment(self) -> dict[str, str]:
         """The environment the server process gets."""
         env = {k: v for k, v in os.environ.items() if not k.startswith("RESTATE_")}

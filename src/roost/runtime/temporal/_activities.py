@@ -31,8 +31,10 @@ from temporalio.exceptions import ApplicationError
 
 from ..._codec import dumps, jsonable, revive
 from ..._graph import CompiledApp
+from ..._traceback import user_traceback
 from ...errors import ConfigError, RetryableError, SerializationError, TerminalError
 from .._base import StepInfo
+from .._remote import step_failure
 from .._retry import RetryPolicy
 from .._steps import call_step
 
@@ -219,8 +221,7 @@ async def run_batch(req: dict[str, Any]) -> dict[str, Any]:
                 return
             except Exception as exc:
                 if _non_retryable(exc, item.get("non_retryable", [])) or attempt - first + 1 >= policy.max_attempts:
-                    kind = getattr(exc, "kind", None) or type(exc).__name__
-                    done[str(i)] = {"e": [kind, str(exc)], "t0": t0, "t1": time.time(), "n": attempt}
+                    done[str(i)] = {"e": step_failure(exc), "t0": t0, "t1": time.time(), "n": attempt}
                     return
                 await asyncio.sleep(policy.delay(attempt - first + 1, exc))
                 attempt += 1
@@ -267,7 +268,8 @@ async def run_step(args: Sequence[RawValue]) -> dict[str, Any]:
     except Exception as exc:
         delay = exc.retry_after if isinstance(exc, RetryableError) and exc.retry_after else None
         raise ApplicationError(
-            str(exc), {"attempt": attempt}, type=getattr(exc, "kind", None) or type(exc).__name__,
+            str(exc), {"attempt": attempt, "traceback": user_traceback(exc)},
+            type=getattr(exc, "kind", None) or type(exc).__name__,
             non_retryable=_non_retryable(exc, req.get("non_retryable", [])),
             next_retry_delay=timedelta(seconds=delay) if delay else None,
         ) from exc

@@ -26,7 +26,7 @@ from ..._graph import CompiledApp
 from ...errors import CallCycleError, CallFailedError, NonDeterminismError, SerializationError, StepFailedError
 from .._base import DurableContext, RunAborted, State
 from .._branches import internal, position
-from .._remote import RemoteStepError, remote_error
+from .._remote import RemoteStepError, failed_step_error, remote_error
 from .._retry import RetryPolicy, checked_seconds
 from .._steps import return_type
 from ._activities import LOCAL, LOCAL_KEY, MOVED, PROCESS_QUEUES, step_ref
@@ -118,15 +118,16 @@ class TemporalContext(DurableContext):
             try:
                 done = await self._run_step(pos, name, fn, args, kwargs, retry)
             except StepFailedError as exc:
+                cause = exc.cause
                 self.journal[pos] = {"op": "step", "name": name, "failed": [
-                    type(exc.cause).__name__, str(exc.cause), exc.attempts, isinstance(exc.cause, SerializationError)]}
+                    getattr(cause, "kind", type(cause).__name__), str(cause), exc.attempts,
+                    isinstance(cause, SerializationError), getattr(cause, "user_traceback", None)]}
                 raise
             self.journal[pos] = entry = {"op": "step", "name": name, "done": done}
         elif "failed" in entry:
-            kind, message, attempts, serialization = entry["failed"]
-            self.attempts = max(self.attempts, int(attempts))
-            cause = SerializationError(message) if serialization else remote_error(kind)(kind, message)
-            raise StepFailedError(run_id=self.run_id, agent=self.agent, step=name, attempts=int(attempts), cause=cause)
+            kind, message, attempts, serialization, tb = entry["failed"]
+            error = SerializationError(message) if serialization else remote_error(kind)(kind, message, tb)
+            raise self._step_failed(pos, name, int(attempts), error)
         done = entry["done"]
         self.attempts = max(self.attempts, int(done.get("n", 1)))
         self.started = done["t0"] if self.started is None else self.started
@@ -169,17 +170,14 @@ class TemporalContext(DurableContext):
                 # Steps of one kind requested together (the items of a fan-out) share activities.
                 done = await self._run.step(activity_type(self.agent, name), policy, req)
                 if "e" in done:
-                    kind, message = done["e"]
-                    self.attempts = max(self.attempts, int(done.get("n", 1)))
-                    raise StepFailedError(run_id=self.run_id, agent=self.agent, step=name, attempts=int(done["n"]),
-                                          cause=remote_error(kind)(kind, message))
+                    raise self._step_failed(pos, name, int(done["n"]), failed_step_error(done["e"]), done)
                 if "s" in done:
                     raise StepFailedError(run_id=self.run_id, agent=self.agent, step=name, attempts=int(done["n"]),
                                           cause=SerializationError(done["s"]))
             else:
                 done = await self._held(activity_type(self.agent, name), policy, req)
         except ActivityError as exc:
-            raise self._failed(name, policy, exc) from None
+            raise self._failed(pos, name, policy, exc) from None
         finally:
             if token is not None:
                 LOCAL.pop(token, None)
@@ -209,8 +207,9 @@ class TemporalContext(DurableContext):
                 if not moved or moves > MOVES:
                     raise
 
-    def _failed(self, name: str, policy: RetryPolicy, exc: ActivityError) -> StepFailedError:
-        cause = exc.cause
+    def _failed(self, pos: str, name: str, policy: RetryPolicy,
+                exc: ActivityError | ApplicationError) -> StepFailedError:
+        cause = exc.cause if isinstance(exc, ActivityError) else exc
         attempts = policy.max_attempts
         if isinstance(cause, ApplicationError):
             details = cause.details[0] if cause.details else {}
@@ -218,13 +217,23 @@ class TemporalContext(DurableContext):
             if cause.type == "SerializationError":
                 return StepFailedError(run_id=self.run_id, agent=self.agent, step=name, attempts=attempts,
                                        cause=SerializationError(cause.message))
-            error: Exception = remote_error(cause.type or "Error")(cause.type or "Error", cause.message)
+            tb = details.get("traceback") if isinstance(details, dict) else None
+            error: Exception = remote_error(cause.type or "Error")(cause.type or "Error", cause.message, tb)
         elif isinstance(cause, TemporalTimeoutError):
             error = RemoteStepError("TimeoutError", f"the step timed out ({cause.type.name if cause.type else 'timeout'})")
         else:
             error = RemoteStepError(type(cause).__name__ if cause else "Error", str(cause or exc))
+        return self._step_failed(pos, name, attempts, error)
+
+    def _step_failed(self, pos: str, name: str, attempts: int, cause: BaseException,
+                     done: dict[str, Any] | None = None) -> StepFailedError:
+        """A step failed for good: its record shows the attempts the error names."""
         self.attempts = max(self.attempts, attempts)
-        return StepFailedError(run_id=self.run_id, agent=self.agent, step=name, attempts=attempts, cause=error)
+        now = workflow.now().timestamp()
+        self.steps.append({"position": pos, "kind": "step", "name": name, "status": "failed", "attempts": attempts,
+                           "started": (done or {}).get("t0", now), "finished": (done or {}).get("t1", now),
+                           "value": None})
+        return StepFailedError(run_id=self.run_id, agent=self.agent, step=name, attempts=attempts, cause=cause)
 
     async def sleep(self, duration: float | timedelta) -> None:
         secs = checked_seconds(duration, what=f"run {self.run_id!r}, agent {self.agent!r}: ctx.sleep duration")

@@ -92,6 +92,9 @@ class TemporalDevServer(ServerProcess):
     def db_file(self) -> Path:
         return self.base_dir / "temporal.db"
 
+    def ports(self) -> dict[str, int]:
+        return {"frontend": self.port}  # its other ports are picked free by the server itself
+
     def command(self) -> list[str]:
         cmd = [str(self.binary or find_temporal()), "server", "start-dev", "--ip", _HOST, "--port", str(self.port),
                "--headless", "--log-level", "warn"]

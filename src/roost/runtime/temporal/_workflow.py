@@ -387,8 +387,8 @@ class RunWorkflow:
             event = ActivationFinished(spec.id, "cancelled")
         except StepFailedError as exc:
             event = failed_activation(spec, exc.step, exc.attempts, exc.cause)
-        except Exception as exc:  # a roost or user error: the activation fails, naming it
-            event = failed_activation(spec, None, ctx.attempts, exc)
+        except Exception as exc:  # a roost or user error outside any step: the agent's code ran once
+            event = failed_activation(spec, None, 1, exc)
         finally:
             if local is not None:
                 if new_state is not None:
@@ -397,7 +397,9 @@ class RunWorkflow:
             else:
                 await self._release(agent, key, spec.id, new_state)
         if record is not None:
-            record.update(attempts=ctx.attempts, started=ctx.started or workflow.now().timestamp(),
+            # A failed activation shows the attempts its error names (those of the failing step).
+            record.update(attempts=event.error.attempts if event.error else ctx.attempts,
+                          started=ctx.started or workflow.now().timestamp(),
                           finished=ctx.finished or workflow.now().timestamp(), steps=ctx.steps)
         return event
 
