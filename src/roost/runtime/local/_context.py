@@ -7,7 +7,9 @@ runtime's group commit and are awaited: nothing continues on a write a crash cou
 
 from __future__ import annotations
 
+import asyncio
 import concurrent.futures
+import contextlib
 import json
 import threading
 import time
@@ -130,10 +132,19 @@ class LocalContext(DurableContext):
         policy = retry or self._live.app.specs[self.agent].retry
         where = f"run {self.run_id!r}, agent {self.agent!r}, step {name!r}"
 
+        retrying: list[asyncio.Future[Any]] = []
+
         def failed(attempt: int, exc: BaseException) -> None:
             error = json.dumps({"error_type": type(exc).__name__, "error_message": str(exc)})
-            self._rt.write_later(lambda db: Journal.record(db, self._row(pos, "step", name, "retrying", error,
-                                                                         attempt, started)))
+            row = self._row(pos, "step", name, "retrying", error, attempt, started)
+            retrying.append(self._rt.write_soon(lambda db: Journal.record(db, row)))
+
+        async def back_off(delay: float) -> None:
+            # The failed attempt is durable before the back-off: a kill meanwhile still counts it.
+            while retrying:
+                with contextlib.suppress(Exception):
+                    await retrying.pop()
+            await self._wait_abortable(delay)
 
         path = self._rt.journal.path
 
@@ -146,7 +157,7 @@ class LocalContext(DurableContext):
 
         try:
             result, attempts = await run_with_retry(fn, args, kwargs, policy=policy, info=info,
-                                                    wait=self._wait_abortable, first_attempt=failed_before + 1,
+                                                    wait=back_off, first_attempt=failed_before + 1,
                                                     on_retry=failed, on_detached=detached)
         except StepFailedError as exc:
             # The step's record shows the attempts the error names (the last one included).

@@ -190,6 +190,12 @@ class LocalRuntime(DurableRuntime):
             self._break(live, exc, agent)
             raise RunAborted() from exc
 
+    def write_soon(self, op: Op) -> asyncio.Future[Any]:
+        """Queue ``op`` for the next group commit; the future is done once it is durable."""
+        assert self._committer is not None
+        with internal():
+            return self._committer.submit(op)
+
     def write_later(self, op: Op) -> None:
         """Like ``write``, without waiting (the commit still happens within this loop turn)."""
         assert self._committer is not None
