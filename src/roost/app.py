@@ -42,6 +42,10 @@ class RunHandle:
     async def record(self) -> RunRecord:
         return await self._runtime.get(self.run_id)
 
+    async def cancel(self, reason: str | None = None) -> None:
+        """Cancel the run (see ``App.acancel``); ``await handle.result()`` then shows ``cancelled``."""
+        await self._runtime.cancel(self.run_id, reason)
+
     async def approval(self, timeout: float | None = 30.0) -> str | None:
         """Wait until the run waits for an approval or promise and return its name (None if the
         run finished first)."""
@@ -265,6 +269,31 @@ class App:
             try:
                 await self.runtime(mode, resume=False)
                 await self.aresolve(run_id, name, value, mode=mode)
+            finally:
+                await self.aclose()
+
+        asyncio.run(once())
+
+    async def acancel(self, run_id: str, *, reason: str | None = None, mode: str | None = None) -> None:
+        """Cancel a run, on any runtime: durable at once, carried out by the process that runs it.
+        Nothing new starts, waits (timers, promises, calls) are dropped, async steps are
+        cancelled, a sync step already running finishes and is recorded; the run then ends
+        ``cancelled`` (``handle.result()`` shows it). Cancelling a cancelled run does nothing; a
+        run that finished otherwise raises CancelError; an unknown one RunNotFoundError."""
+        run_id = checked_run_id(run_id)
+        if reason is not None and not isinstance(reason, str):
+            raise UsageError(f"run {run_id!r}: a cancel reason must be a string, got {reason!r}")
+        await (await self.runtime(mode)).cancel(run_id, reason)
+
+    def cancel(self, run_id: str, *, reason: str | None = None, mode: str | None = None) -> None:
+        """``acancel`` from synchronous code."""
+        self._no_running_loop("cancel", "acancel")
+        checked_run_id(run_id)
+
+        async def once() -> None:
+            try:
+                await self.runtime(mode, resume=False)
+                await self.acancel(run_id, reason=reason, mode=mode)
             finally:
                 await self.aclose()
 

@@ -37,7 +37,7 @@ from ._ids import checked_run_id
 from ._loader import load_app, load_apps, split_ref
 from ._redact import redact_text, redact_url
 from .app import App
-from .errors import InputValidationError, RoostError, RunFailedError, RunNotFoundError, UsageError
+from .errors import InputValidationError, RoostError, RunFailedError, RunNotFoundError, RunTimeoutError, UsageError
 from .result import FINISHED, RunRecord, RunResult
 from .runtime import DurableRuntime, RunSummary, get_runtime
 from .runtime._process import ServerProcess, busy_ports
@@ -654,6 +654,64 @@ def runs_resume(run_id: str, app_ref: str | None, runtime_name: str | None, jour
     console = _stdout()
     record = _run_async(_resume(app, run_id, console, journal), run_id, journal)
     _report(app, record, console)
+
+
+@runs.command("cancel")
+@click.argument("run_id", callback=_run_id)
+@click.option("--reason", default=None, help="Why (kept with the run's cancellation).")
+@click.option("--wait", "wait_s", type=click.FloatRange(min=0), default=30.0, show_default=True,
+              help="Seconds to wait for the run to end (a sync step still running finishes first).")
+@app_option
+@runtime_option
+@journal_option
+def runs_cancel(run_id: str, reason: str | None, wait_s: float, app_ref: str | None, runtime_name: str | None,
+                journal: Path) -> None:
+    """Cancel a run: nothing new starts, its waits are dropped, async steps are cancelled, a sync
+    step already running finishes and is recorded; the run then ends 'cancelled'.
+
+    The request is durable at once: the process that runs the run carries it out (local: within
+    half a second; Restate and Temporal: their own cancellation of the run). Local runtime: a run no
+    live process runs is cancelled here (with its app file when one is recorded or given)."""
+    name = _runtime_name(runtime_name)
+    console = _stdout()
+    if name != "local":
+        record = _run_async(_prod_cancel(name, run_id, reason, wait_s), None, journal)
+    else:
+        _existing(journal)
+        row = _run_async(_run_row(journal, run_id), None, journal)
+        app = None
+        if row["status"] not in FINISHED:
+            with contextlib.suppress(RoostError, OSError, ImportError):  # no code: the run just ends here
+                app = _app_for_run(run_id, row, app_ref)
+        record = _run_async(_local_cancel(journal, run_id, reason, app, wait_s), None, journal)
+    if record.status in FINISHED:
+        console.print(Text.assemble("run ", (run_id, "bold"), f" is {record.status}"), soft_wrap=True)
+    else:
+        console.print(Text.assemble("cancel requested: run ", (run_id, "bold"), f" is still {record.status} (a sync "
+                                    "step runs to its end first); see ", (f"roost runs show {run_id}", "bold")),
+                      soft_wrap=True)
+
+
+async def _local_cancel(journal: Path, run_id: str, reason: str | None, app: App | None, wait_s: float) -> RunRecord:
+    async with (rt := LocalRuntime(journal, resume=False)):
+        if app is not None:
+            rt.register(app.compiled, app.app_ref)  # a run no process runs: carried out here, to its end
+        await rt.cancel(run_id, reason)
+        return await _ended(rt, run_id, wait_s)
+
+
+async def _prod_cancel(name: str, run_id: str, reason: str | None, wait_s: float) -> RunRecord:
+    async with _prod_client(name) as rt:
+        await _answer(rt, rt.cancel(run_id, reason), f"cancelling run {run_id!r}")
+        return await _ended(rt, run_id, wait_s)
+
+
+async def _ended(rt: DurableRuntime, run_id: str, wait_s: float) -> RunRecord:
+    """The run's record once it has ended, or as it is after ``wait_s`` seconds."""
+    try:
+        return await rt.wait(run_id, wait_s)
+    except (RunTimeoutError, TimeoutError):
+        return await rt.get(run_id)
 
 
 async def _prod_record(name: str, run_id: str, app: App | None = None) -> tuple[RunRecord, str]:

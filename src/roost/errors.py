@@ -18,6 +18,7 @@
     │   ├── StepFailedError        a step failed after its retry policy (seen inside orchestration code)
     │   ├── ActivationLimitError   a loop went past the per-run activation limit
     │   ├── PromiseError           resolving a finished run, a resolved or unknown name, an approval with no yes/no
+    │   ├── CancelError            cancelling a run that has finished (completed, failed or rejected)
     │   ├── RunTimeoutError        a run did not finish within the time a caller waited (it goes on)
     │   ├── CallFailedError        ctx.call: the callee failed, was rejected or was cancelled
     │   └── CallCycleError         ctx.call to an agent already waiting up the call chain
@@ -231,6 +232,10 @@ class PromiseError(RunError):
 
 class RunTimeoutError(RunError, TimeoutError):
     """The caller stopped waiting for a run; the run itself is not cancelled and can be resumed."""
+
+
+class CancelError(RunError):
+    """A run cannot be cancelled: it finished already (cancelling a cancelled run is no error)."""
 
 
 class CallFailedError(RunError):

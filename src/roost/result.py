@@ -11,7 +11,8 @@ from .errors import RunFailedError
 if TYPE_CHECKING:
     from ._graph import CompiledApp
 
-FINISHED = ("completed", "failed")
+FINISHED = ("completed", "failed", "cancelled")
+"""A run's statuses once it has ended (a run is never "rejected": its activations may be)."""
 
 
 @dataclass

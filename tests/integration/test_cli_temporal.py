@@ -196,7 +196,7 @@ def test_roost_dev_temporal_runs_until_sigterm(server: TemporalDevServer, tmp_pa
     out = tmp_path / "dev.out"
     env = clean_env()
     busy = roost(env, "dev", "temporal", "--port", str(server.port), "--dir", tmp_path / "busy")
-    assert busy.exit_code == 1 and f"port {server.port} of 127.0.0.1 is in use" in busy.stderr
+    assert busy.exit_code == 1 and f"port {server.port} (--port) of 127.0.0.1 is in use" in busy.stderr
 
     proc = spawn(env, out, tmp_path, "dev", "temporal", "--port", str(port), "--dir", base)
     try:

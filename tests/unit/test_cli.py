@@ -564,3 +564,45 @@ def test_dev_servers_check_their_ports_before_starting(tmp_path: Path) -> None:
         temporal = TemporalDevServer(tmp_path / "t", port=port, binary=tmp_path / "no-such-binary")
         with pytest.raises(TemporalServerError, match=f"port {port} \\(frontend\\) of 127.0.0.1 is in use"):
             temporal.start()
+
+
+# -- cancel --------------------------------------------------------------------------------------
+
+
+def test_cancel_a_run_another_process_runs(tmp_path: Path) -> None:
+    app_file, journal, out = write_app(tmp_path, approval=True), tmp_path / "j.db", tmp_path / "run.out"
+    proc = _start_run(app_file, journal, "r-cancel-live", out)
+    try:
+        wait_for(out, "waiting for approval of 'editor'", proc)
+        res = invoke("runs", "cancel", "r-cancel-live", "--reason", "wrong topic", "--journal", journal)
+        assert res.exit_code == 0, res.output
+        assert "r-cancel-live is cancelled" in res.stdout
+        proc.wait(timeout=15)  # the process running it carried the cancel out, and ended by itself
+    finally:
+        stop(proc, signal.SIGKILL)
+    record = show_json("r-cancel-live", journal)
+    assert record["status"] == "cancelled" and record["waiting_on"] == []
+    assert "publisher" not in outputs_of(out.read_text())
+    again = invoke("runs", "cancel", "r-cancel-live", "--journal", journal)
+    assert again.exit_code == 0 and "is cancelled" in again.stdout  # cancelling a cancelled run: no error
+
+
+def test_cancel_an_orphaned_run_and_a_finished_one(tmp_path: Path) -> None:
+    app_file, journal, out = write_app(tmp_path, approval=True), tmp_path / "j.db", tmp_path / "run.out"
+    proc = _start_run(app_file, journal, "r-cancel-orphan", out)
+    try:
+        wait_for(out, "waiting for approval of 'editor'", proc)
+    finally:
+        stop(proc, signal.SIGKILL)
+    res = invoke("runs", "cancel", "r-cancel-orphan", "--journal", journal)
+    assert res.exit_code == 0, res.output
+    assert "r-cancel-orphan is cancelled" in res.stdout
+    assert show_json("r-cancel-orphan", journal)["status"] == "cancelled"
+
+    plain = write_app(tmp_path, name="plain", file="plain.py")  # no approval: it completes
+    done = invoke("run", plain, "--input", '{"title": "owls"}', "--run-id", "r-done", "--journal", journal)
+    assert done.exit_code == 0, done.output
+    refused = invoke("runs", "cancel", "r-done", "--journal", journal)
+    assert refused.exit_code == 1 and "nothing to cancel" in refused.stderr
+    missing = invoke("runs", "cancel", "r-nope", "--journal", journal)
+    assert missing.exit_code == 1

@@ -192,6 +192,13 @@ class DurableRuntime(ABC):
         """Resolve the durable promise ``name`` of a run (approvals use the agent's name)."""
 
     @abstractmethod
+    async def cancel(self, run_id: str, reason: str | None = None) -> None:
+        """Ask for the run to end ``cancelled`` (durably; the process that runs it carries it out):
+        nothing new starts, waits (timers, promises, calls) are dropped, async steps are
+        cancelled, a sync step already running finishes and is journaled. A cancelled run:
+        nothing happens; a finished one: ``CancelError``; unknown: ``RunNotFoundError``."""
+
+    @abstractmethod
     async def resume(self, app: CompiledApp, run_id: str) -> None:
         """Continue an unfinished run whose process died."""
 

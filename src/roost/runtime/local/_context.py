@@ -10,10 +10,11 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import inspect
 import json
 import threading
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -115,6 +116,8 @@ class LocalContext(DurableContext):
     async def step(self, name: str, fn: Callable[..., T] | Callable[..., Awaitable[T]], *args: Any,
                    retry: RetryPolicy | None = None, **kwargs: Any) -> T:
         pos, entry = self._next("step", name)
+        if self._live.engine.ending and (entry is None or entry[2] != "done"):
+            raise RunAborted()  # the run is being cancelled or failed: nothing new starts
         rtype = return_type(fn)
         failed_before = 0
         if entry is not None:
@@ -156,9 +159,12 @@ class LocalContext(DurableContext):
             return journal
 
         try:
-            result, attempts = await run_with_retry(fn, args, kwargs, policy=policy, info=info,
-                                                    wait=back_off, first_attempt=failed_before + 1,
-                                                    on_retry=failed, on_detached=detached)
+            attempts_of = run_with_retry(fn, args, kwargs, policy=policy, info=info, wait=back_off,
+                                         first_attempt=failed_before + 1, on_retry=failed, on_detached=detached)
+            if inspect.iscoroutinefunction(fn):
+                result, attempts = await self._cancellable(attempts_of)
+            else:  # a sync step cannot be stopped: a cancelled run still journals it when it finishes
+                result, attempts = await attempts_of
         except StepFailedError as exc:
             # The step's record shows the attempts the error names (the last one included).
             self.attempts = max(self.attempts, exc.attempts)
@@ -170,6 +176,23 @@ class LocalContext(DurableContext):
         encoded = dumps(result, what=where)
         await self._keep(self._row(pos, "step", name, "done", encoded, attempts, started))
         return revive(json.loads(encoded), rtype)  # type: ignore[no-any-return]
+
+    async def _cancellable(self, attempts: Coroutine[Any, Any, tuple[Any, int]]) -> tuple[Any, int]:
+        """An async step's attempts, as a task the runtime cancels when the run is cancelled
+        (the step then raises RunAborted: the activation ends cancelled)."""
+        with internal():  # roost's own task: not a branch of the activation's code
+            task = asyncio.ensure_future(attempts)
+        self._live.steps.add(task)
+        try:
+            return await task
+        except asyncio.CancelledError:
+            current = asyncio.current_task()
+            if current is not None and current.cancelling():
+                task.cancel()  # the activation itself is being stopped (the runtime closes)
+                raise
+            raise RunAborted() from None
+        finally:
+            self._live.steps.discard(task)
 
     async def _keep(self, row: tuple[Any, ...]) -> None:
         """Journal a step's outcome."""

@@ -45,6 +45,8 @@ CREATE TABLE IF NOT EXISTS journal(
 CREATE TABLE IF NOT EXISTS state(
   agent TEXT NOT NULL, key TEXT NOT NULL, field TEXT NOT NULL, value TEXT NOT NULL,
   PRIMARY KEY(agent, key, field)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS cancels(
+  run_id TEXT PRIMARY KEY, reason TEXT, requested_at REAL NOT NULL) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS promises(
   run_id TEXT NOT NULL, name TEXT NOT NULL, value TEXT NOT NULL, resolved_at REAL NOT NULL,
   PRIMARY KEY(run_id, name)) WITHOUT ROWID;
@@ -156,6 +158,37 @@ class Journal:
     def unfinished(self) -> list[tuple[str, str, str | None]]:
         rows = self.db.execute("SELECT run_id, app, owner FROM runs WHERE status='running'").fetchall()
         return [(str(r[0]), str(r[1]), r[2]) for r in rows]
+
+    def cancel_requests(self, run_ids: list[str]) -> dict[str, str | None]:
+        """run id -> reason, for those of ``run_ids`` that someone asked to cancel."""
+        out: dict[str, str | None] = {}
+        for i in range(0, len(run_ids), 500):
+            chunk = run_ids[i:i + 500]
+            rows = self.db.execute(f"SELECT run_id, reason FROM cancels WHERE run_id IN ({','.join('?' * len(chunk))})",
+                                   chunk)
+            out.update({str(r[0]): r[1] for r in rows})
+        return out
+
+    @staticmethod
+    def request_cancel(db: sqlite3.Connection, run_id: str, reason: str | None) -> None:
+        db.execute("INSERT OR IGNORE INTO cancels VALUES(?,?,?)", (run_id, reason, time.time()))
+
+    @staticmethod
+    def cancel_unowned(db: sqlite3.Connection, run_id: str, seq: int, event: dict[str, Any], owner: str | None) -> bool:
+        """End a run no process runs (and none here has its code for) as cancelled: nothing of it
+        is in flight, so its unfinished activations just end cancelled."""
+        now = time.time()
+        if db.execute("UPDATE runs SET status='cancelled', pending=0, finished_at=? "
+                      "WHERE run_id=? AND status='running' AND owner IS ?", (now, run_id, owner)).rowcount != 1:
+            return False
+        db.execute("INSERT OR IGNORE INTO events VALUES(?,?,?)", (run_id, seq, json.dumps(event)))
+        db.execute("UPDATE messages SET status='cancelled', finished_at=? WHERE run_id=? "
+                   "AND status NOT IN ('completed','failed','rejected','absorbed','cancelled')", (now, run_id))
+        return True
+
+    def last_seq(self, run_id: str) -> int:
+        row = self.db.execute("SELECT MAX(seq) FROM events WHERE run_id=?", (run_id,)).fetchone()
+        return int(row[0] or 0)
 
     def list_runs(self, limit: int) -> list[sqlite3.Row]:
         cur = self.db.execute(

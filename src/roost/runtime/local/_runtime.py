@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import json
+import logging
 import os
 import sqlite3
 import time
@@ -27,6 +28,7 @@ from ..._engine import (
     Activation,
     ActivationFinished,
     AwaitApproval,
+    CancelRequested,
     Command,
     DeliverReply,
     ErrorInfo,
@@ -44,6 +46,7 @@ from ..._engine import (
 )
 from ..._graph import CompiledApp
 from ...errors import (
+    CancelError,
     ConfigError,
     PromiseError,
     RunConflictError,
@@ -60,7 +63,9 @@ from ._owner import drop_token, is_alive, new_token
 
 DEFAULT_PATH = Path(".roost") / "roost.db"
 Listener = Callable[[dict[str, Any]], None]
+_log = logging.getLogger("roost.local")
 _PROMISE_POLL = 0.25  # seconds; only while a run waits on a promise another process may resolve
+_CANCEL_POLL = 0.5  # seconds between looks for cancel requests another process made for this one's runs
 _ABORTED = object()
 
 
@@ -78,6 +83,9 @@ class _LiveRun:
     waiters: dict[str, asyncio.Future[Any]] = field(default_factory=dict)
     broken: ErrorInfo | None = None
     poller: asyncio.Task[None] | None = None
+    cancelling: bool = False
+    steps: set[asyncio.Task[Any]] = field(default_factory=set)
+    """Async steps running (cancelled when the run is)."""
 
 
 class LocalRuntime(DurableRuntime):
@@ -133,6 +141,7 @@ class LocalRuntime(DurableRuntime):
         self._journal = Journal(self.path, self.durability)
         self._committer = Committer(self._journal)
         self.owner = new_token()
+        self._spawn(self._watch_cancels(), "roost:cancels")
         if self.auto_resume:
             for run_id, app_name, owner in self.journal.unfinished():
                 app = self.apps.get(app_name)
@@ -392,6 +401,9 @@ class LocalRuntime(DurableRuntime):
             self._start(live, spec, replay=True)
         if live.engine.waiting():
             self._poll(live)
+        requested = self.journal.cancel_requests([run_id])
+        if run_id in requested:  # asked while no process ran it
+            self._spawn(self._cancel_live(live, requested[run_id]), f"roost:cancel:{run_id}")
 
     async def wait(self, run_id: str, timeout: float | None = None) -> RunRecord:
         live = self._live.get(run_id)
@@ -461,6 +473,56 @@ class LocalRuntime(DurableRuntime):
             error=json.loads(row["error"]) if row["error"] else None, activations=acts,
             waiting_on=waiting,
         )
+
+    # -- cancel -------------------------------------------------------------------------------
+
+    async def cancel(self, run_id: str, reason: str | None = None) -> None:
+        row = self.journal.run_row(run_id)
+        if row is None:
+            raise RunNotFoundError(run_id)
+        if row["status"] == "cancelled":
+            return
+        if row["status"] in FINISHED:
+            raise CancelError(f"run {run_id!r} is {row['status']}: there is nothing to cancel", run_id=run_id)
+        # Durable first: the process that runs it (this one, another, or the next to resume it) applies it.
+        await self.write(lambda db: Journal.request_cancel(db, run_id, reason))
+        live = self._live.get(run_id)
+        if live is not None:
+            await self._cancel_live(live, reason)
+            return
+        if is_alive(row["owner"]):
+            return  # its owner sees the request within _CANCEL_POLL
+        app = self.apps.get(row["app"])
+        if app is not None and app.fingerprint == row["fingerprint"]:
+            self._adopt(app, run_id, row["owner"])  # and cancels it (the request is in the journal)
+            return
+        # No process runs it and none here has its code: nothing of it is in flight; it ends here.
+        data, owner = encode(CancelRequested(reason or "cancelled")), row["owner"]
+        seq = self.journal.last_seq(run_id) + 1
+        await self.write(lambda db: Journal.cancel_unowned(db, run_id, seq, data, owner))
+        self.emit("run", run_id, "", "cancelled")
+
+    async def _cancel_live(self, live: _LiveRun, reason: str | None) -> None:
+        """Cancel a run this process drives: nothing new starts, waits are dropped, async steps
+        are cancelled, a sync step finishes (and is journaled); then the run ends ``cancelled``."""
+        if live.cancelling or live.done.is_set():
+            return
+        live.cancelling = True
+        await self.apply(live, CancelRequested(reason or "cancelled"))
+        for task in list(live.steps):
+            task.cancel()
+
+    async def _watch_cancels(self) -> None:
+        while True:
+            await asyncio.sleep(_CANCEL_POLL)
+            try:
+                ids = [rid for rid, live in self._live.items() if not live.cancelling]
+                for rid, reason in (self.journal.cancel_requests(ids) if ids else {}).items():
+                    live = self._live.get(rid)
+                    if live is not None:
+                        await self._cancel_live(live, reason)
+            except Exception:  # the journal is busy or closing: look again next time
+                _log.warning("looking for cancel requests failed", exc_info=True)
 
     # -- promises and replies -----------------------------------------------------------------
 

@@ -70,6 +70,16 @@ class Host:
     run_id: str
     driver: Driver
     ctx: Any  # the Restate context of the invocation
+    cancelling: bool = False
+    """The run was cancelled: the async steps running are cancelled with it."""
+    steps: set[asyncio.Task[Any]]
+    """Async steps' attempts running in this process (their tasks)."""
+
+    def cancel_steps(self) -> None:
+        """Cancel the async steps running (each journals a 'cancelled' outcome)."""
+        self.cancelling = True
+        for task in list(self.steps):
+            task.cancel()
 
     def aborted(self, activation: str) -> bool:
         raise NotImplementedError
@@ -219,8 +229,24 @@ class RunContext(DurableContext):
             # in the budget: only failures do.
             budget = replace(policy, max_attempts=started + max(policy.max_attempts - failures, 0)) if started else policy
             try:
-                result, attempts = await run_with_retry(counted, args, kwargs, policy=budget, info=info, wait=_sleep,
-                                                        first_attempt=started + 1, on_retry=failed_attempt)
+                attempts_of = run_with_retry(counted, args, kwargs, policy=budget, info=info, wait=_sleep,
+                                             first_attempt=started + 1, on_retry=failed_attempt)
+                if not inspect.iscoroutinefunction(fn):  # a sync step cannot be stopped: it runs to its end
+                    result, attempts = await attempts_of
+                else:  # an async one is cancelled with the run: a task the run can cancel
+                    with internal():  # roost's own task: not a branch of the activation's code
+                        inner = asyncio.ensure_future(attempts_of)
+                    self.host.steps.add(inner)
+                    if self.host.cancelling:  # the run was cancelled before this attempt began
+                        inner.cancel()
+                    try:
+                        result, attempts = await inner
+                    except asyncio.CancelledError:
+                        if not inner.cancelled() or not self.host.cancelling:
+                            raise
+                        return {"c": 1, "n": 1, "t0": t0, "t1": time.time()}
+                    finally:
+                        self.host.steps.discard(inner)
                 return {"v": jsonable(result, what=where), "n": attempts, "t0": t0, "t1": time.time()}
             except StepFailedError as exc:
                 return {"e": step_failure(exc.cause), "n": exc.attempts, "t0": t0, "t1": time.time()}
@@ -235,6 +261,8 @@ class RunContext(DurableContext):
         # on replay, Restate would report a mismatch instead of handing a step another's result.
         label = f"{name}@{self.activation_id}/{pos}"
         done: dict[str, Any] = await self.ask(pos, lambda: self.host.ctx.run_typed(label, action, _OPTIONS))
+        if "c" in done:  # cancelled with the run
+            raise RunAborted()
         self.attempts = max(self.attempts, int(done.get("n", 1)))
         self.started = done["t0"] if self.started is None else self.started
         self.finished = done["t1"]

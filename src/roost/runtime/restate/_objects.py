@@ -32,6 +32,7 @@ class ObjectRun(Host):
         self.app = app
         self.run_id = run_id
         self.driver = Driver(ctx)
+        self.steps: set[asyncio.Task[Any]] = set()
         self.sends: list[dict[str, Any]] = []
 
     def aborted(self, activation: str) -> bool:

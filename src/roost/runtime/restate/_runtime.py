@@ -14,7 +14,15 @@ import httpx
 from ..._config import RestateSettings, load_settings
 from ..._graph import CompiledApp
 from ..._redact import redact_text, redact_url
-from ...errors import BackendError, ConfigError, PromiseError, RunConflictError, RunNotFoundError, RunTimeoutError
+from ...errors import (
+    BackendError,
+    CancelError,
+    ConfigError,
+    PromiseError,
+    RunConflictError,
+    RunNotFoundError,
+    RunTimeoutError,
+)
 from ...result import FINISHED, ActivationRecord, RunRecord, StepRecord
 from .._base import DurableRuntime, RunSummary, Submission
 from ._endpoint import EndpointServer, release, serve_app
@@ -277,6 +285,31 @@ class RestateRuntime(DurableRuntime):
                                run_id=run_id)
         if error:
             raise BackendError(f"Restate refused to resolve {name!r} of run {run_id!r}: {error}")
+
+    async def cancel(self, run_id: str, reason: str | None = None) -> None:
+        """Restate's own cancellation of the run's invocation: the workflow turns it into the run
+        engine's CancelRequested (so ``restate invocations cancel`` cancels a run the same way)."""
+        app = await self._app_of(run_id)
+        run = await self._run(run_id)
+        status = str((run or {}).get("status", "running"))
+        if status == "cancelled":
+            return
+        if status in FINISHED:
+            raise CancelError(f"run {run_id!r} is {status}: there is nothing to cancel", run_id=run_id)
+        rows = await self._guard(aadmin_query(
+            self.settings.admin,
+            f"SELECT id, status FROM sys_invocation WHERE target_service_name = '{run_service(app)}' "
+            f"AND target_service_key = '{_sql(run_id)}' AND target_handler_name = 'run'", client=self.client))
+        live = [r["id"] for r in rows if r.get("status") != "completed"]
+        if not live:
+            raise CancelError(f"run {run_id!r} has no invocation left to cancel on Restate", run_id=run_id)
+        for invocation in live:
+            resp = await self._guard(self.client.patch(f"{self.settings.admin}/invocations/{invocation}/cancel"))
+            if resp.status_code == 404:  # an older server: the same through DELETE
+                resp = await self._guard(self.client.delete(f"{self.settings.admin}/invocations/{invocation}",
+                                                            params={"mode": "cancel"}))
+            if resp.status_code >= 300 and resp.status_code != 404:
+                raise BackendError(f"Restate refused to cancel run {run_id!r} ({resp.status_code}): {resp.text}")
 
     async def await_waiting(self, run_id: str) -> list[str] | None:
         """Blocks on the workflow's shared ``waiting`` handler: no polling (see RunHandle.approval)."""

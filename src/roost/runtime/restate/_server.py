@@ -58,10 +58,13 @@ RESTATE_VERSION = "1.7.12"
 NPM_PREFIX = Path(".roost") / "npm"
 """Where the npm packages go, relative to the project root."""
 
-ALWAYS_REPLAY_ENV = {"RESTATE_WORKER__INVOKER__INACTIVITY_TIMEOUT": "0s"}
+ALWAYS_REPLAY_ENV = {"RESTATE_WORKER__INVOKER__INACTIVITY_TIMEOUT": "0s",
+                     "RESTATE_WORKER__INVOKER__ABORT_TIMEOUT": "5s"}
 """Server settings that make every invocation suspend whenever it waits on the server (after each
 ``ctx.run``, call, sleep...) and replay its journal from the start on the next step
-(``worker.invoker.inactivity-timeout = 0s``), to expose non-deterministic handler code."""
+(``worker.invoker.inactivity-timeout = 0s``), to expose non-deterministic handler code. An
+invocation that cannot suspend (a step still running) is aborted after 5 s instead of 60 s and
+replayed: what it is sent meanwhile (a cancellation) reaches the next attempt."""
 
 NPM_INSTALL_TIMEOUT = 1800.0
 """Seconds allowed for ``npm install`` (the two binaries weigh about 450 MB)."""

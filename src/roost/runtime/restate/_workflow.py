@@ -76,6 +76,7 @@ class WorkflowRun(Host):
         self.run_id = ctx.key()
         self.sub = sub
         self.driver = Driver(ctx)
+        self.steps: set[asyncio.Task[Any]] = set()
         self.engine = RunEngine(app, self.run_id)
         self.broken: ErrorInfo | None = None
         self._events: list[tuple[EventKey, Event]] = []
@@ -141,6 +142,7 @@ class WorkflowRun(Host):
                 await self.driver.wait()
             except Cancelled:
                 self._events.append((("~", "cancel", ""), CancelRequested("cancelled through Restate")))
+                self.cancel_steps()
 
     def _handle(self, event: Event) -> None:
         if self.broken is not None:

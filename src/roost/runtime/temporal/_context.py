@@ -7,7 +7,9 @@ the run engine, which the run workflow drives.
 
 from __future__ import annotations
 
+import asyncio
 import copy
+import inspect
 import json
 import threading
 from collections.abc import Awaitable, Callable
@@ -157,6 +159,8 @@ class TemporalContext(DurableContext):
             "app": self._app.name, "agent": self.agent, "step": name, "run_id": self.run_id, "key": key,
             "non_retryable": [f"{t.__module__}.{t.__qualname__}" for t in policy.non_retryable],
         }
+        if inspect.iscoroutinefunction(fn):
+            req["cancellable"] = True  # cancelled with the run (a sync step finishes and is recorded)
         ref = step_ref(self._app, self.agent, fn)
         token = None
         if ref is not None:
@@ -175,9 +179,19 @@ class TemporalContext(DurableContext):
                     raise StepFailedError(run_id=self.run_id, agent=self.agent, step=name, attempts=int(done["n"]),
                                           cause=SerializationError(done["s"]))
             else:
-                done = await self._held(activity_type(self.agent, name), policy, req)
+                with internal():  # roost's own task: not a branch of the activation's code
+                    held = asyncio.get_running_loop().create_task(
+                        self._held(activity_type(self.agent, name), policy, req))
+                if req.get("cancellable"):
+                    self._run.cancellable.add(held)
+                    held.add_done_callback(self._run.cancellable.discard)
+                done = await held
         except ActivityError as exc:
             raise self._failed(pos, name, policy, exc) from None
+        except asyncio.CancelledError:
+            if self._run.cancelling:
+                raise RunAborted() from None  # the run was cancelled: its async step with it
+            raise
         finally:
             if token is not None:
                 LOCAL.pop(token, None)

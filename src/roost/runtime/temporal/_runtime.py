@@ -34,7 +34,15 @@ from temporalio.worker import UnsandboxedWorkflowRunner, Worker
 
 from ..._config import TemporalSettings, load_settings
 from ..._graph import CompiledApp
-from ...errors import BackendError, ConfigError, PromiseError, RoostError, RunConflictError, RunNotFoundError
+from ...errors import (
+    BackendError,
+    CancelError,
+    ConfigError,
+    PromiseError,
+    RoostError,
+    RunConflictError,
+    RunNotFoundError,
+)
 from ...result import ActivationRecord, RunRecord, StepRecord
 from .._base import DurableRuntime, RunSummary, Submission
 from ._activities import APP_FILES, APPS, PROCESS_QUEUES, run_step
@@ -280,7 +288,8 @@ class TemporalRuntime(DurableRuntime):
             seen.add(wf.id)
             memo = await wf.memo()
             status = wf.status.name.lower() if wf.status else "running"
-            status = {"timed_out": "failed", "terminated": "failed", "canceled": "failed"}.get(status, status)
+            status = {"timed_out": "failed", "terminated": "failed", "canceled": "cancelled"}.get(status, status)
+            status = str(memo.get("roost_status", status))  # a cancelled run's workflow completes
             out.append(RunSummary(
                 wf.id, str(memo.get("roost_app", wf.workflow_type[6:])), status,
                 float(memo.get("roost_created_at", wf.start_time.timestamp())),
@@ -311,6 +320,26 @@ class TemporalRuntime(DurableRuntime):
                     raise PromiseError(f"run {run_id!r} is finished: nothing waits for {name!r}", run_id=run_id) from None
                 raise self._not_found(run_id) from None
             raise BackendError(f"talking to Temporal failed: {exc}") from exc
+
+    async def cancel(self, run_id: str, reason: str | None = None) -> None:
+        """Temporal's own cancellation of the run workflow: the workflow turns it into the run
+        engine's CancelRequested (so Temporal's tools cancel a run the same way)."""
+        handle = self._handle(run_id)
+        try:
+            desc = await handle.describe()
+        except RPCError as exc:
+            if exc.status == RPCStatusCode.NOT_FOUND:
+                raise self._not_found(run_id) from None
+            raise BackendError(f"talking to Temporal failed: {exc}") from exc
+        if desc.status != WorkflowExecutionStatus.RUNNING:
+            status = (await self._outcome(run_id)).status
+            if status == "cancelled":
+                return
+            raise CancelError(f"run {run_id!r} is {status}: there is nothing to cancel", run_id=run_id)
+        try:
+            await handle.cancel()
+        except RPCError as exc:
+            raise BackendError(f"Temporal refused to cancel run {run_id!r}: {exc}") from exc
 
     async def await_waiting(self, run_id: str) -> list[str] | None:
         """A blocking update on the run workflow: no polling (see RunHandle.approval)."""

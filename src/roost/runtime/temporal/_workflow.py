@@ -37,6 +37,7 @@ from ..._engine import (
     Activation,
     ActivationFinished,
     AwaitApproval,
+    CancelRequested,
     Command,
     DeliverReply,
     Event,
@@ -128,6 +129,9 @@ class RunWorkflow:
         self.inflight = 0
         """Activities and signals to other workflows in flight."""
         self.carry_too_large = False
+        self.cancelling = False
+        self.cancellable: set[asyncio.Task[Any]] = set()
+        """Tasks awaiting the activities of async steps (cancelled with the run)."""
 
     # -- the run -----------------------------------------------------------------------------
 
@@ -146,9 +150,12 @@ class RunWorkflow:
             self._apply(RunStarted(tuple((e["agent"], e["payload"]) for e in sub["entries"])))
         for name, value in list(self.promises.items()):  # resolved before the run started
             self._apply(PromiseResolved(name, value))
-        while not await self._until_finished_or_due():
-            if await self._continue_as_new(sub):
-                break
+        while True:
+            try:
+                if await self._until_finished_or_due() or await self._continue_as_new(sub):
+                    break
+            except asyncio.CancelledError:  # cancelled through Temporal (roost's cancel, or its tools)
+                self._cancel("cancelled through Temporal")
         self.closed = True
         await workflow.wait_condition(workflow.all_handlers_finished)  # await-waiting callers get []
         run = self.run
@@ -158,6 +165,8 @@ class RunWorkflow:
         run["waiting"] = []
         run["finished_at"] = max([a.get("finished") or 0 for a in run["activations"].values()] + [run["created_at"]])
         final = self._final()
+        if run["status"] == "cancelled":
+            workflow.upsert_memo({"roost_status": "cancelled"})  # the workflow itself completes
         if run["status"] == "failed" and error:
             raise ApplicationError(f"run {run['run_id']!r} failed at agent {error['agent']!r}: {error['error_type']}: "
                                    f"{error['error_message']}", final, type=error["error_type"], non_retryable=True)
@@ -170,7 +179,8 @@ class RunWorkflow:
 
     async def _until_finished_or_due(self) -> bool:
         """Wait until the run ends (True) or its history is long enough to continue as new (False)."""
-        await workflow.wait_condition(lambda: self._ended() or (not self.carry_too_large and due(self.run.get("history_limit"))))
+        await workflow.wait_condition(lambda: self._ended() or (not self.carry_too_large and not self.cancelling
+                                                                     and due(self.run.get("history_limit"))))
         return self._ended()
 
     async def _continue_as_new(self, sub: dict[str, Any]) -> bool:
@@ -217,6 +227,17 @@ class RunWorkflow:
         self.aborted.update(carried["aborted"])
         for spec in engine.pending():
             self._admit(spec)
+
+    def _cancel(self, reason: str) -> None:
+        """The run ends cancelled: the engine aborts what runs (waits raise RunAborted), and the
+        activities of async steps are cancelled; a sync step's activity finishes and is recorded."""
+        if self.cancelling:
+            return
+        self.cancelling = True
+        self.draining = False  # no continue-as-new now: the run is ending
+        self._apply(CancelRequested(reason))
+        for task in list(self.cancellable):
+            task.cancel()
 
     def journal(self, activation: str) -> dict[str, dict[str, Any]]:
         return self.journals.setdefault(activation, {})
@@ -432,9 +453,15 @@ class RunWorkflow:
             if len(pool) < BATCH_MIN:
                 singles, pool = singles + pool, []
             for item in singles:
-                loop.create_task(self._run_steps(atype, policy, [item]))
+                self._track(loop.create_task(self._run_steps(atype, policy, [item])), [item])
             for i in range(0, len(pool), BATCH_SIZE):
-                loop.create_task(self._run_steps(atype, policy, pool[i:i + BATCH_SIZE]))
+                self._track(loop.create_task(self._run_steps(atype, policy, pool[i:i + BATCH_SIZE])), pool[i:i + BATCH_SIZE])
+
+    def _track(self, task: asyncio.Task[Any], items: list[tuple[dict[str, Any], Any]]) -> None:
+        """Steps of one kind share one function: async ones are cancelled with the run."""
+        if items and items[0][0].get("cancellable"):
+            self.cancellable.add(task)
+            task.add_done_callback(self.cancellable.discard)
 
     async def _run_steps(self, atype: str, policy: RetryPolicy,
                          items: list[tuple[dict[str, Any], asyncio.Future[dict[str, Any]]]]) -> None:
@@ -447,6 +474,9 @@ class RunWorkflow:
                         heartbeat_timeout=HEARTBEAT_TIMEOUT, retry_policy=temporal_retry(policy))
             except GeneratorExit:
                 raise  # an evicted workflow's coroutines are being closed
+            except asyncio.CancelledError:  # the run was cancelled: so is its async step
+                fut.cancel()
+                return
             except BaseException as exc:  # ActivityError (mapped by the context), or the workflow ending
                 if not fut.done():
                     fut.set_exception(exc)
@@ -464,6 +494,10 @@ class RunWorkflow:
                     heartbeat_timeout=HEARTBEAT_TIMEOUT, retry_policy=BATCH_RETRY)
         except GeneratorExit:
             raise
+        except asyncio.CancelledError:
+            for _, fut in items:
+                fut.cancel()
+            return
         except BaseException as exc:
             for _, fut in items:
                 if not fut.done():
