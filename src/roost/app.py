@@ -17,7 +17,7 @@ import pydantic_core
 from pydantic import BaseModel
 
 from ._codec import adapter, fits, type_name
-from ._config import load_settings
+from ._config import Duration, load_settings, parse_retention
 from ._graph import CompiledApp
 from .agent import Agent
 from .errors import ConfigError, InputValidationError, RunFailedError
@@ -110,6 +110,11 @@ class App:
     ``journal``: its SQLite file (default ``$ROOST_JOURNAL`` or ``.roost/roost.db``).
     ``entry``: the agents a run input goes to (default: those reacting to nothing, and loop heads).
     ``max_activations``: per-run limit that stops a runaway loop with a clear error.
+    ``retention``: how long the local runtime keeps finished runs before pruning them (``"7d"``,
+    ``"12h"``, seconds, a timedelta, or ``"forever"``; default: the ``retention`` setting,
+    ``ROOST_RETENTION``, else 7 days). On Restate and Temporal the server keeps runs, for the
+    ``retention`` setting (docs/operations.md, Retention).
+    An App may be used from several threads and event loops: each loop gets its own runtime.
     """
 
     def __init__(
@@ -122,11 +127,15 @@ class App:
         max_activations: int = 1000,
         entry: Sequence[Agent] | None = None,
         runtime: DurableRuntime | None = None,
+        retention: Duration | None = None,
     ) -> None:
         self.compiled = CompiledApp(name, agents, max_activations, entry)
         self.name = name
         self.journal = journal
         self.durability = durability
+        if retention is not None:
+            parse_retention(retention, "App(retention=...)")  # a wrong value fails here, not at the first run
+        self.retention = retention
         self._given_runtime = runtime
         self._bound: dict[asyncio.AbstractEventLoop, _Binding] = {}
         self._guard = threading.Lock()  # over _bound: threads each bind their own loop
@@ -150,7 +159,8 @@ class App:
             raise ConfigError(f"mode must be 'local' or 'prod', got {mode!r}")
         options: dict[str, Any] = {}
         if name == "local":
-            options = {"path": self.journal, "durability": self.durability, "resume": resume}
+            options = {"path": self.journal, "durability": self.durability, "resume": resume,
+                       "retention": self.retention}
         runtime = get_runtime(name, **options)
         self._attach(runtime)
         return runtime

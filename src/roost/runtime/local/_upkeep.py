@@ -80,9 +80,10 @@ class Upkeep(threading.Thread):
     Passive checkpoints never block a writer, but under continuous writes they never catch up
     with the end of the WAL either, so SQLite cannot start the WAL over and it grows without
     bound (602 MB after 10,000 runs in one process was seen). Past a quarter of ``wal_limit`` a
-    restarting checkpoint is run instead: it waits at most ``BUSY_MS`` for the write lock and
-    holds it while it copies, so writers pause briefly, and the next commit writes the WAL from
-    its start again (over the same file: cheaper than truncating it and growing it anew)."""
+    restarting checkpoint follows the passive one: it waits at most ``BUSY_MS`` for the write
+    lock and holds it while it copies what the passive one left, so writers pause briefly, and
+    the next commit writes the WAL from its start again (over the same file: cheaper than
+    truncating it and growing it anew)."""
 
     INTERVAL = 0.5  # seconds between checkpoints when nothing wakes the thread
     BUSY_MS = 200
@@ -96,6 +97,7 @@ class Upkeep(threading.Thread):
         self._wake = threading.Event()
         self._stopping = threading.Event()
         self.pruned = 0  # runs this thread deleted (tests, logs)
+        self.rounds = 0  # checkpoint (and prune) rounds done
         self._indexed = False
         self.start()
 
@@ -120,15 +122,19 @@ class Upkeep(threading.Thread):
                     more = self._prune(db)
                     next_prune = None if more is None else time.monotonic() + (self.PAUSE if more else PRUNE_EVERY)
                     wait = min(wait, self.PAUSE) if more else wait
+                self.rounds += 1
                 self._wake.wait(wait)
                 self._wake.clear()
         finally:
             db.close()
 
     def _checkpoint(self, db: sqlite3.Connection) -> None:
-        mode = "RESTART" if self.wal_size() > self.wal_limit // 4 else "PASSIVE"
         try:
-            db.execute(f"PRAGMA wal_checkpoint({mode})").fetchall()
+            db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+            if self.wal_size() > self.wal_limit // 4:
+                # Most frames were copied above without holding writers up; this copies the rest
+                # with writers paused, and lets the next commit start the WAL over.
+                db.execute("PRAGMA wal_checkpoint(RESTART)").fetchall()
         except sqlite3.OperationalError:
             pass  # busy: the next round catches up
 

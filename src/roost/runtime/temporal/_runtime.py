@@ -35,9 +35,10 @@ from ..._config import TemporalSettings, load_settings
 from ..._graph import CompiledApp
 from ...errors import BackendError, ConfigError, PromiseError, RoostError, RunConflictError, RunNotFoundError
 from ...result import ActivationRecord, RunRecord, StepRecord
-from .._base import DurableRuntime, RunSummary, Submission
+from .._base import DurableRuntime, PruneReport, RunSummary, Submission
 from ._activities import APP_FILES, APPS, run_step
 from ._names import AWAIT_WAITING, RECORD_QUERY, RESOLVE, RESOLVE_SIGNAL, default_task_queue, run_workflow
+from ._retention import prune_note
 from ._workflow import EntityWorkflow, RunWorkflow
 
 _log = logging.getLogger("roost.temporal")
@@ -257,6 +258,9 @@ class TemporalRuntime(DurableRuntime):
             if len(out) >= limit:
                 break
         return out
+
+    async def prune(self, older_than: float, *, dry_run: bool = False) -> PruneReport:
+        return PruneReport(0, prune_note(self.settings.address, self.settings.namespace))  # the namespace's retention
 
     async def resolve(self, run_id: str, name: str, value: Any) -> None:
         handle = self._handle(run_id)
