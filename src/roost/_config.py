@@ -5,6 +5,7 @@ Sources, later ones winning: ``[tool.roost]`` in ``pyproject.toml`` (or the top 
 (``[tool.roost.env.<name>]`` / ``[env.<name>]``), then environment variables::
 
     runtime = "restate"                 # ROOST_RUNTIME: restate (default for prod) | temporal
+    retention = "7d"                    # ROOST_RETENTION: how long finished runs are kept ("forever": no pruning)
     [tool.roost.restate]
     ingress = "http://127.0.0.1:8080"   # ROOST_RESTATE_INGRESS
     admin = "http://127.0.0.1:9070"     # ROOST_RESTATE_ADMIN
@@ -20,9 +21,13 @@ Sources, later ones winning: ``[tool.roost]`` in ``pyproject.toml`` (or the top 
 
 from __future__ import annotations
 
+import math
 import os
+import re
 import tomllib
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +35,52 @@ from ._redact import redact_url
 from .errors import ConfigError
 
 PROD_RUNTIMES = ("restate", "temporal")
+DEFAULT_RETENTION = 7 * 86400.0
+"""Seconds a finished run is kept (7 days) unless the ``retention`` setting says otherwise."""
+FOREVER = "forever"
+_UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+_DURATION = re.compile(r"\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*", re.IGNORECASE)
+
+Duration = str | int | float | timedelta
+
+
+def parse_duration(value: Duration, what: str) -> float:
+    """Seconds in ``value``: a number of seconds, a ``timedelta``, or a string such as ``90s``,
+    ``30m``, ``12h`` or ``7d`` (a bare number is seconds). ConfigError names ``what`` otherwise."""
+    seconds: float | None = None
+    if isinstance(value, timedelta):
+        seconds = value.total_seconds()
+    elif isinstance(value, (int, float)) and not isinstance(value, bool):
+        seconds = float(value) if abs(value) < 1e300 else math.inf
+    elif isinstance(value, str):
+        match = _DURATION.fullmatch(value)
+        if match is not None:
+            seconds = float(match.group(1)) * _UNITS[(match.group(2) or "s").lower()]
+    if seconds is None or not math.isfinite(seconds) or seconds < 0:
+        raise ConfigError(f"{what} must be a duration such as 90s, 30m, 12h or 7d (or a number of seconds), "
+                          f"got {value!r}")
+    return seconds
+
+
+def parse_retention(value: Duration | None, what: str = "retention") -> float | None:
+    """Seconds a finished run is kept, from a duration (see :func:`parse_duration`) greater than
+    zero; None for ``"forever"`` (finished runs are never pruned)."""
+    if isinstance(value, str) and value.strip().lower() == FOREVER:
+        return None
+    if value is None:
+        raise ConfigError(f"{what} must be a duration such as 7d, or {FOREVER!r}; got None")
+    seconds = parse_duration(value, what)
+    if seconds <= 0:
+        raise ConfigError(f"{what} must be longer than 0 (use {FOREVER!r} to keep finished runs), got {value!r}")
+    return seconds
+
+
+def format_duration(seconds: float) -> str:
+    """``7d``, ``36h``, ``90m``, ``45s``: the largest unit that divides ``seconds`` exactly."""
+    for unit in ("d", "h", "m"):
+        if seconds >= _UNITS[unit] and seconds % _UNITS[unit] == 0:
+            return f"{int(seconds // _UNITS[unit])}{unit}"
+    return f"{seconds:g}s"
 
 
 @dataclass
@@ -58,6 +109,8 @@ class TemporalSettings:
 class Settings:
     runtime: str = "restate"
     env: str | None = None
+    retention: float | None = DEFAULT_RETENTION
+    """Seconds a finished run is kept; None: forever."""
     restate: RestateSettings = field(default_factory=RestateSettings)
     temporal: TemporalSettings = field(default_factory=TemporalSettings)
     source: str = "defaults"
@@ -65,14 +118,17 @@ class Settings:
 
 
 def _read(root: Path) -> tuple[dict[str, Any], str]:
-    pyproject = root / "pyproject.toml"
-    if pyproject.is_file():
-        data = tomllib.loads(pyproject.read_text()).get("tool", {}).get("roost")
+    for path, table in ((root / "pyproject.toml", True), (root / "roost.toml", False)):
+        if not path.is_file():
+            continue
+        try:
+            data = tomllib.loads(path.read_text())
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{path} is not valid TOML: {exc}") from None
+        if table:
+            data = data.get("tool", {}).get("roost")
         if data is not None:
-            return data, str(pyproject)
-    roost_toml = root / "roost.toml"
-    if roost_toml.is_file():
-        return tomllib.loads(roost_toml.read_text()), str(roost_toml)
+            return data, str(path)
     return {}, "defaults"
 
 
@@ -87,6 +143,23 @@ def _bool(value: Any) -> bool:
     if isinstance(value, str):
         return value.strip().lower() in ("1", "true", "yes", "on")
     return bool(value)
+
+
+def _retention(data: dict[str, Any], environ: Mapping[str, str], source: str) -> float | None:
+    if environ.get("ROOST_RETENTION"):
+        return parse_retention(environ["ROOST_RETENTION"], "ROOST_RETENTION")
+    return parse_retention(data.get("retention", "7d"), f"the retention setting of {source}")
+
+
+def load_retention(root: Path | None = None, env: Mapping[str, str] | None = None) -> float | None:
+    """The ``retention`` setting alone (seconds; None: forever), for the embedded runtime, which
+    needs no other setting (so a wrong prod setting does not stop local runs)."""
+    environ = os.environ if env is None else env
+    data, source = _read(root or Path.cwd())
+    name = environ.get("ROOST_ENV")
+    if name and isinstance(data.get("env", {}).get(name), dict):
+        data = _merge(data, data["env"][name])
+    return _retention(data, environ, source)
 
 
 def load_settings(root: Path | None = None, env: dict[str, str] | None = None) -> Settings:
@@ -119,4 +192,6 @@ def load_settings(root: Path | None = None, env: dict[str, str] | None = None) -
     runtime = (environ.get("ROOST_RUNTIME") or data.get("runtime") or "restate").lower()
     if runtime not in PROD_RUNTIMES + ("local",):
         raise ConfigError(f"runtime {runtime!r} (from ROOST_RUNTIME or {source}) is not one of local, restate, temporal")
-    return Settings(runtime=runtime, env=name, restate=restate, temporal=temporal, source=source, raw=data)
+    retention = _retention(data, environ, source)
+    return Settings(runtime=runtime, env=name, retention=retention, restate=restate, temporal=temporal, source=source,
+                    raw=data)

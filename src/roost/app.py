@@ -7,7 +7,8 @@ import hashlib
 import inspect
 import json
 import os
-from collections.abc import Callable, Sequence
+import threading
+from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
 from typing import Any
 
 import pydantic
@@ -15,7 +16,7 @@ import pydantic_core
 from pydantic import BaseModel
 
 from ._codec import adapter, fits, type_name
-from ._config import load_settings
+from ._config import Duration, load_settings, parse_retention
 from ._graph import CompiledApp
 from ._ids import checked_run_id, run_id_or_new
 from .agent import Agent
@@ -78,6 +79,37 @@ class RunHandle:
             listeners.remove(listener)
 
 
+class _Binding:
+    """The runtime an App uses in one event loop, and its closing when that loop shuts down."""
+
+    def __init__(self, runtime: DurableRuntime, opening: asyncio.Task[None]) -> None:
+        self.runtime = runtime
+        self.opening = opening
+        self._closer: AsyncGenerator[None, None] | None = None
+
+    async def close_with(self, loop: asyncio.AbstractEventLoop,
+                         unbind: Callable[[asyncio.AbstractEventLoop, _Binding], Awaitable[None]]) -> None:
+        """Close the runtime when ``loop`` shuts down, unless ``close`` came first.
+
+        The loop keeps the async generators it has started and closes those still suspended
+        when it shuts down (``asyncio.run`` and ``asyncio.Runner`` do, after cancelling the
+        remaining tasks), while it can still run the runtime's ``close``. Without this, each
+        ``asyncio.run(app.arun(...))`` left a runtime open: a thread and a database connection."""
+
+        async def closer() -> AsyncGenerator[None, None]:
+            try:
+                yield
+            finally:
+                await unbind(loop, self)
+
+        self._closer = closer()
+        await self._closer.__anext__()  # now the loop knows it
+
+    async def close(self) -> None:
+        if self._closer is not None:
+            await self._closer.aclose()
+
+
 class App:
     """Agents wired together, validated when built (``DefinitionError`` names what is wrong).
 
@@ -85,6 +117,11 @@ class App:
     ``journal``: its SQLite file (default ``$ROOST_JOURNAL`` or ``.roost/roost.db``).
     ``entry``: the agents a run input goes to (default: those reacting to nothing, and loop heads).
     ``max_activations``: per-run limit that stops a runaway loop with a clear error.
+    ``retention``: how long the local runtime keeps finished runs before pruning them (``"7d"``,
+    ``"12h"``, seconds, a timedelta, or ``"forever"``; default: the ``retention`` setting,
+    ``ROOST_RETENTION``, else 7 days). On Restate and Temporal the server keeps runs, for the
+    ``retention`` setting (docs/operations.md, Retention).
+    An App may be used from several threads and event loops: each loop gets its own runtime.
     """
 
     def __init__(
@@ -97,15 +134,18 @@ class App:
         max_activations: int = 1000,
         entry: Sequence[Agent] | None = None,
         runtime: DurableRuntime | None = None,
+        retention: Duration | None = None,
     ) -> None:
         self.compiled = CompiledApp(name, agents, max_activations, entry)
         self.name = name
         self.journal = journal
         self.durability = durability
+        if retention is not None:
+            parse_retention(retention, "App(retention=...)")  # a wrong value fails here, not at the first run
+        self.retention = retention
         self._given_runtime = runtime
-        self._runtime: DurableRuntime | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._opening: asyncio.Task[None] | None = None
+        self._bound: dict[asyncio.AbstractEventLoop, _Binding] = {}
+        self._guard = threading.Lock()  # over _bound: threads each bind their own loop
         self.listeners: list[Listener] = []
         caller = inspect.stack(context=0)[1].filename
         self.app_ref = os.path.abspath(caller) if os.path.exists(caller) else None
@@ -126,7 +166,8 @@ class App:
             raise ConfigError(f"mode must be 'local' or 'prod', got {mode!r}")
         options: dict[str, Any] = {}
         if name == "local":
-            options = {"path": self.journal, "durability": self.durability, "resume": resume}
+            options = {"path": self.journal, "durability": self.durability, "resume": resume,
+                       "retention": self.retention}
         runtime = get_runtime(name, **options)
         self._attach(runtime)
         return runtime
@@ -146,26 +187,62 @@ class App:
     async def runtime(self, mode: str | None = None, *, resume: bool = True) -> DurableRuntime:
         """The runtime serving this app in the running event loop (opened on first use).
 
+        Each event loop (so each thread running one) gets a runtime of its own: a runtime's
+        tasks, futures and database connection belong to one loop. It is closed by ``aclose``
+        in that loop, or else when the loop shuts down (``asyncio.run`` ends).
+
         On open it picks up this app's unfinished runs whose process died (``resume=False``
         leaves them alone: the one-shot ``run``/``resolve`` calls do that)."""
         loop = asyncio.get_running_loop()
-        if self._runtime is None or self._loop is not loop:
-            runtime = self._given_runtime or self._new_runtime(mode, resume=resume)
-            if self._given_runtime is not None:
-                self._attach(runtime)
-            self._runtime, self._loop = runtime, loop
-            # Concurrent first callers all wait for the one open (serving, registering, recovery).
-            self._opening = loop.create_task(runtime.open())
-        assert self._opening is not None
-        await asyncio.shield(self._opening)
-        return self._runtime
+        with self._guard:
+            bound = self._bound.get(loop)
+            fresh = bound is None
+            if bound is None:
+                self._forget_closed_loops()
+                bound = self._bound[loop] = self._bind(loop, mode, resume)
+        if fresh:
+            await bound.close_with(loop, self._unbind)
+        await asyncio.shield(bound.opening)
+        return bound.runtime
+
+    def _bind(self, loop: asyncio.AbstractEventLoop, mode: str | None, resume: bool) -> _Binding:
+        """A runtime for ``loop`` (the caller holds ``_guard``), its open started."""
+        if self._given_runtime is not None:
+            for other, bound in self._bound.items():
+                if bound.runtime is self._given_runtime:
+                    raise ConfigError(
+                        f"App {self.name!r} was given one runtime (App(runtime=...)), and it is open in another "
+                        f"event loop ({other!r}); a runtime instance serves one event loop. Build the App without "
+                        "runtime= to get one runtime per event loop (per thread), or await app.aclose() in the "
+                        "other loop first"
+                    )
+            runtime = self._given_runtime
+            self._attach(runtime)
+        else:
+            runtime = self._new_runtime(mode, resume=resume)
+        # Concurrent first callers all wait for the one open (serving, registering, recovery).
+        return _Binding(runtime, loop.create_task(runtime.open()))
+
+    def _forget_closed_loops(self) -> None:
+        """Drop runtimes of loops closed without shutting down their async generators (which
+        would have closed them): nothing can run there any more."""
+        for loop in [lp for lp in self._bound if lp.is_closed()]:
+            del self._bound[loop]
+
+    async def _unbind(self, loop: asyncio.AbstractEventLoop, bound: _Binding) -> None:
+        with self._guard:
+            if self._bound.get(loop) is not bound:
+                return
+            del self._bound[loop]
+        if not bound.opening.done():
+            await asyncio.gather(bound.opening, return_exceptions=True)
+        await bound.runtime.close()
 
     async def aclose(self) -> None:
-        if self._runtime is not None:
-            if self._opening is not None and not self._opening.done():
-                await asyncio.gather(self._opening, return_exceptions=True)
-            await self._runtime.close()
-            self._runtime, self._loop, self._opening = None, None, None
+        """Close the runtime of the running event loop (runtimes of other loops are theirs to close)."""
+        bound = self._bound.get(asyncio.get_running_loop())
+        if bound is not None:
+            await bound.close()
 
     async def __aenter__(self) -> App:
         return self

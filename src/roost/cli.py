@@ -32,12 +32,20 @@ from rich.text import Text
 
 from . import __version__
 from ._cli_view import CliError, ProgressView, print_uncut, run_detail, runs_table
-from ._config import Settings, load_settings
+from ._config import Settings, format_duration, load_retention, load_settings, parse_duration
 from ._ids import checked_run_id
 from ._loader import load_app, load_apps, split_ref
 from ._redact import redact_text, redact_url
 from .app import App
-from .errors import InputValidationError, RoostError, RunFailedError, RunNotFoundError, RunTimeoutError, UsageError
+from .errors import (
+    ConfigError,
+    InputValidationError,
+    RoostError,
+    RunFailedError,
+    RunNotFoundError,
+    RunTimeoutError,
+    UsageError,
+)
 from .result import FINISHED, RunRecord, RunResult
 from .runtime import DurableRuntime, RunSummary, get_runtime
 from .runtime._process import ServerProcess, busy_ports
@@ -579,7 +587,7 @@ def runs_list(limit: int, runtime_name: str | None, journal: Path) -> None:
         return
 
     async def listing() -> tuple[list[Any], set[str]]:
-        async with (rt := LocalRuntime(journal, resume=False)):
+        async with (rt := LocalRuntime(journal, resume=False, auto_prune=False)):
             found = await rt.list_runs(limit)
             orphaned = set()
             for r in found:
@@ -613,7 +621,7 @@ def runs_show(run_id: str, as_json: bool, runtime_name: str | None, journal: Pat
         _existing(journal)
 
         async def fetch() -> tuple[RunRecord, bool]:
-            async with (rt := LocalRuntime(journal, resume=False)):
+            async with (rt := LocalRuntime(journal, resume=False, auto_prune=False)):
                 record = await rt.get(run_id)
                 row = rt.journal.run_row(run_id)
                 return record, record.status not in FINISHED and row is not None and not is_alive(row["owner"])
@@ -712,6 +720,59 @@ async def _ended(rt: DurableRuntime, run_id: str, wait_s: float) -> RunRecord:
         return await rt.wait(run_id, wait_s)
     except (RunTimeoutError, TimeoutError):
         return await rt.get(run_id)
+
+
+def _duration_option(ctx: click.Context, param: click.Parameter, value: str | None) -> float | None:
+    if value is None:
+        return None
+    try:
+        return parse_duration(value, "it")
+    except ConfigError as exc:
+        raise click.BadParameter(str(exc), ctx, param) from None
+
+
+@runs.command("prune")
+@click.option("--older-than", "older_than", metavar="DURATION", callback=_duration_option,
+              help="Delete runs that finished longer ago than this: 90s, 30m, 12h, 7d. Default: the retention "
+                   "setting (ROOST_RETENTION or [tool.roost] retention; 7d unless set).")
+@click.option("--dry-run", is_flag=True, help="Count the runs that would be deleted; delete nothing.")
+@runtime_option
+@journal_option
+def runs_prune(older_than: float | None, dry_run: bool, runtime_name: str | None, journal: Path) -> None:
+    """Delete finished runs (completed, failed, cancelled) with everything they recorded.
+
+    Unfinished runs are never touched. A process running apps does this by itself for runs past
+    the retention setting (at open, then every 10 minutes); this is for doing it now, or with
+    another age. On Restate and Temporal the server deletes finished runs by itself: this says how.
+    """
+    console = _stdout()
+    name = _runtime_name(runtime_name)
+    if older_than is None:
+        older_than = load_retention()
+        if older_than is None:
+            raise BadInputError("the retention setting is 'forever', so nothing is pruned by default: "
+                                "pass --older-than DURATION (e.g. 30d)")
+    age = format_duration(older_than)
+    if name != "local":
+        report = _run_async(get_runtime(name, serve=False).prune(older_than, dry_run=dry_run), None, journal)
+        console.print(report.note or f"pruned {report.pruned} finished runs on {_title(name)}", soft_wrap=True)
+        return
+    if not journal.exists():
+        console.print(f"nothing to prune: there is no journal at {journal}", soft_wrap=True)
+        return
+
+    async def prune() -> int:
+        async with (rt := LocalRuntime(journal, resume=False, auto_prune=False)):
+            return (await rt.prune(older_than, dry_run=dry_run)).pruned
+
+    count = _run_async(prune(), None, journal)
+    runs_word = "run" if count == 1 else "runs"
+    if dry_run:
+        console.print(f"{count} finished {runs_word} in {journal} finished more than {age} ago and would be pruned "
+                      "(dry run: nothing deleted)", soft_wrap=True)
+    else:
+        console.print(f"pruned {count} finished {runs_word} from {journal} (finished more than {age} ago)",
+                      soft_wrap=True)
 
 
 async def _prod_record(name: str, run_id: str, app: App | None = None) -> tuple[RunRecord, str]:
@@ -1163,10 +1224,14 @@ def dev_temporal(port: int, base_dir: Path, namespaces: tuple[str, ...]) -> None
         server.start()
         started = True
         pid = _started_pid(server)
+        retention = load_retention()
+        server.set_retention(retention)
         console.print(Text.assemble(("temporal dev server", "bold"), _temporal_version(binary),
                                     f" running (pid {pid})"), soft_wrap=True)
         console.print(f"  address    {server.address}", soft_wrap=True)
-        console.print(f"  namespace  {', '.join(('default', *namespaces))}", soft_wrap=True)
+        console.print(f"  namespace  {', '.join(('default', *namespaces))} (finished runs kept "
+                      f"{'forever' if retention is None else format_duration(retention)}: the retention setting)",
+                      soft_wrap=True)
         console.print(f"  database   {base_dir / 'temporal.db'}   log {base_dir / 'temporal.log'}", soft_wrap=True)
         console.print("Use it from another shell with:", soft_wrap=True)
         console.print(f"  export ROOST_RUNTIME=temporal ROOST_TEMPORAL_ADDRESS={server.address}", soft_wrap=True)

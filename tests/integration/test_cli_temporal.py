@@ -25,7 +25,7 @@ from tests.cli_support import clean_env, outputs_of, roost, show, spawn, stop, w
 pytest.importorskip("temporalio")
 
 from roost.runtime.temporal import TemporalDevServer  # noqa: E402
-from roost.runtime.temporal._server import free_port  # noqa: E402
+from roost.runtime.temporal._server import find_temporal, free_port  # noqa: E402
 
 pytestmark = pytest.mark.temporal
 
@@ -203,6 +203,11 @@ def test_roost_dev_temporal_runs_until_sigterm(server: TemporalDevServer, tmp_pa
         text = wait_for(out, "Ctrl-C stops it.", proc)
         assert f"address    127.0.0.1:{port}" in text
         assert f"export ROOST_RUNTIME=temporal ROOST_TEMPORAL_ADDRESS=127.0.0.1:{port}" in text
+        assert "namespace  default (finished runs kept 7d: the retention setting)" in text
+        described = subprocess.run([str(find_temporal()), "operator", "namespace", "describe", "--address",
+                                    f"127.0.0.1:{port}", "--namespace", "default", "-o", "json"],
+                                   capture_output=True, text=True, timeout=30, check=True)
+        assert '"workflowExecutionRetentionTtl": "604800s"' in described.stdout  # the dev server's own: 1 day
         listed = roost(clean_env(ROOST_TEMPORAL_ADDRESS=f"127.0.0.1:{port}"), "runs", "list", "--runtime", "temporal")
         assert listed.exit_code == 0, listed.output
         assert f"no runs on Temporal at 127.0.0.1:{port} (namespace default)" in listed.stdout

@@ -11,12 +11,22 @@ import os
 from typing import Any
 
 from ..errors import ConfigError
-from ._base import DurableContext, DurableRuntime, RunSummary, State, StepInfo, Submission, current_step
+from ._base import (
+    DurableContext,
+    DurableRuntime,
+    PruneReport,
+    RunSummary,
+    State,
+    StepInfo,
+    Submission,
+    current_step,
+)
 from ._retry import RetryPolicy
 
 __all__ = [
     "DurableContext",
     "DurableRuntime",
+    "PruneReport",
     "RetryPolicy",
     "RunSummary",
     "State",

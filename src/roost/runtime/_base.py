@@ -146,6 +146,16 @@ class RunSummary:
     runtime: str
 
 
+@dataclass(frozen=True)
+class PruneReport:
+    """What :meth:`DurableRuntime.prune` did."""
+
+    pruned: int
+    """Finished runs deleted (with ``dry_run``: the runs that would be)."""
+    note: str | None = None
+    """Set when the backend's server deletes finished runs by itself: how, and where to change it."""
+
+
 @dataclass
 class Submission:
     """A run as handed to a runtime: the app, the entry messages and the run's identity."""
@@ -201,6 +211,12 @@ class DurableRuntime(ABC):
     @abstractmethod
     async def resume(self, app: CompiledApp, run_id: str) -> None:
         """Continue an unfinished run whose process died."""
+
+    async def prune(self, older_than: float, *, dry_run: bool = False) -> PruneReport:
+        """Delete every run that finished (completed, failed, cancelled) more than ``older_than``
+        seconds ago, with all it recorded; unfinished runs are never touched. Backends whose
+        server applies its own retention delete nothing and say so in the report's ``note``."""
+        return PruneReport(0, f"the {self.name} runtime keeps no finished runs of its own")
 
     async def await_waiting(self, run_id: str) -> list[str] | None:
         """Block until the run waits on a promise (its names) or has finished (``[]``).

@@ -9,7 +9,6 @@ import asyncio
 import json
 import os
 import sqlite3
-import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -19,6 +18,7 @@ from typing import Any, Literal
 from ..._engine import Activation
 from ...errors import ConfigError, JournalError, JournalVersionError
 from .._branches import detached
+from ._upkeep import PRUNE_INDEX, WAL_LIMIT, Upkeep
 
 SCHEMA_VERSION = 2
 Durability = Literal["process", "machine", "memory"]
@@ -31,6 +31,7 @@ CREATE TABLE IF NOT EXISTS runs(
   pending INTEGER NOT NULL, activations INTEGER NOT NULL DEFAULT 0, owner TEXT, error TEXT,
   created_at REAL NOT NULL, finished_at REAL);
 CREATE INDEX IF NOT EXISTS runs_status ON runs(status);
+{prune_index};
 CREATE TABLE IF NOT EXISTS messages(
   run_id TEXT NOT NULL, id TEXT NOT NULL, target TEXT NOT NULL, kind TEXT NOT NULL, payload TEXT,
   cause TEXT, meta TEXT, deliver_at REAL, status TEXT NOT NULL, output TEXT, error TEXT,
@@ -50,17 +51,23 @@ CREATE TABLE IF NOT EXISTS cancels(
 CREATE TABLE IF NOT EXISTS promises(
   run_id TEXT NOT NULL, name TEXT NOT NULL, value TEXT NOT NULL, resolved_at REAL NOT NULL,
   PRIMARY KEY(run_id, name)) WITHOUT ROWID;
-"""
+""".replace("{prune_index}", PRUNE_INDEX)
 
 _SYNC = {"process": "NORMAL", "machine": "FULL", "memory": "OFF"}
 
 
 class Journal:
-    def __init__(self, path: str | os.PathLike[str], durability: Durability = "process") -> None:
+    """``retention``: seconds after which finished runs are pruned in the background (None: never).
+    ``wal_limit``: bytes the WAL stays within (lower in tests)."""
+
+    def __init__(self, path: str | os.PathLike[str], durability: Durability = "process", *,
+                 retention: float | None = None, wal_limit: int = WAL_LIMIT) -> None:
         if durability not in _SYNC:
             raise ConfigError(f"durability must be one of {', '.join(_SYNC)}, got {durability!r}")
         self.durability = durability
         self.path = ":memory:" if durability == "memory" else str(path)
+        self._upkeep: Upkeep | None = None
+        self.wal_limit = wal_limit
         if self.path != ":memory:":
             Path(self.path).parent.mkdir(parents=True, exist_ok=True)
         try:
@@ -70,12 +77,13 @@ class Journal:
             self._check_version()
         except sqlite3.DatabaseError as exc:
             raise JournalError(f"{self.path} cannot be used as a roost journal: {exc}") from exc
-        self._checkpointer: _Checkpointer | None = None
         if self.path != ":memory:":
             # SQLite's automatic checkpoint would run inside whichever commit crosses the limit,
             # stalling the event loop for milliseconds; a thread with its own connection does it.
             self.db.execute("PRAGMA wal_autocheckpoint=0")
-            self._checkpointer = _Checkpointer(self.path)
+            # When a checkpoint lets SQLite start the WAL over, it cuts the file down to this.
+            self.db.execute(f"PRAGMA journal_size_limit={wal_limit // 4}")
+            self._upkeep = Upkeep(self.path, wal_limit=wal_limit, retention=retention)
 
     def _check_version(self) -> None:
         tables = {r[0] for r in self.db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
@@ -101,9 +109,38 @@ class Journal:
             self.db.execute("INSERT INTO meta VALUES('schema_version', ?)", (str(SCHEMA_VERSION),))
 
     def close(self) -> None:
-        if self._checkpointer is not None:
-            self._checkpointer.stop()
+        if self._upkeep is not None:
+            self._upkeep.stop()
         self.db.close()
+
+    def committed(self) -> None:
+        """After each commit: keep the WAL within ``wal_limit``. Past a quarter of it the upkeep
+        thread checkpoints at once; past half (that thread is starved or held up) this connection
+        checkpoints itself, pausing the event loop for the copy, and the next commit starts the
+        WAL over: it never grows further than half the limit plus one commit (unless a reader in
+        another process holds an old snapshot for that long)."""
+        if self._upkeep is None:
+            return
+        size = self._upkeep.wal_size()
+        if size <= self.wal_limit // 4:
+            return
+        self._upkeep.wake()
+        if size > self.wal_limit // 2:
+            self._restart_wal()
+
+    def _restart_wal(self) -> None:
+        """A restarting checkpoint on this connection. SQLite refuses one at once while another
+        connection checkpoints (it waits for no one on that lock), and meanwhile this connection
+        would go on writing: so try again for up to ``BUSY_MS``."""
+        self.db.execute(f"PRAGMA busy_timeout={Upkeep.BUSY_MS}")  # not the 10 s writers wait
+        deadline = time.monotonic() + Upkeep.BUSY_MS / 1000
+        try:
+            while self.db.execute("PRAGMA wal_checkpoint(RESTART)").fetchone()[0] and time.monotonic() < deadline:
+                time.sleep(0.001)
+        except sqlite3.OperationalError:
+            pass  # the upkeep thread keeps trying
+        finally:
+            self.db.execute("PRAGMA busy_timeout=10000")
 
     def run_ops(self, ops: list[Op]) -> list[Any]:
         """Run ``ops`` in one transaction and return their results. If one raises (anything but
@@ -137,6 +174,7 @@ class Journal:
             self.db.execute("ROLLBACK")
             raise
         self.db.execute("COMMIT")
+        self.committed()
 
     # -- runs -------------------------------------------------------------------------------
 
@@ -413,46 +451,3 @@ def _settle(batch: list[tuple[Op, asyncio.Future[Any]]], results: list[Any]) -> 
             fut.set_exception(result)
         else:
             fut.set_result(result)
-
-
-class _Checkpointer(threading.Thread):
-    """Copies the WAL back into the database off the event loop's thread.
-
-    Passive checkpoints never block a writer, but under continuous writes they never catch up
-    with the end of the WAL either, so SQLite cannot start the WAL over and it grows without
-    bound. Past ``WAL_LIMIT`` bytes (64 MB) a truncating checkpoint is tried instead: it waits at most
-    ``BUSY_MS`` for the write lock and holds it while it copies, so writers pause briefly (tens
-    of milliseconds) and the WAL is back to zero."""
-
-    INTERVAL = 0.5  # seconds between checkpoints
-    WAL_LIMIT = 64 * 1024 * 1024
-    BUSY_MS = 200
-
-    def __init__(self, path: str) -> None:
-        super().__init__(name="roost-checkpoint", daemon=True)
-        self._path = path
-        self._stopping = threading.Event()
-        self.start()
-
-    def run(self) -> None:
-        db = sqlite3.connect(self._path, isolation_level=None, timeout=10.0)
-        db.execute(f"PRAGMA busy_timeout={self.BUSY_MS}")
-        try:
-            while not self._stopping.wait(self.INTERVAL):
-                try:
-                    mode = "TRUNCATE" if self._wal_size() > self.WAL_LIMIT else "PASSIVE"
-                    db.execute(f"PRAGMA wal_checkpoint({mode})")
-                except sqlite3.OperationalError:
-                    pass  # busy: the next round catches up
-        finally:
-            db.close()
-
-    def _wal_size(self) -> int:
-        try:
-            return os.path.getsize(self._path + "-wal")
-        except OSError:
-            return 0
-
-    def stop(self) -> None:
-        self._stopping.set()
-        self.join()

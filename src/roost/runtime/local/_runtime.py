@@ -23,6 +23,7 @@ from typing import Any
 
 from ..._activation import key_of, perform
 from ..._codec import dumps
+from ..._config import Duration, load_retention, parse_retention
 from ..._engine import (
     AbortActivations,
     Activation,
@@ -55,11 +56,12 @@ from ...errors import (
     StepFailedError,
 )
 from ...result import FINISHED, ActivationRecord, RunRecord, StepRecord
-from .._base import DurableRuntime, RunAborted, RunSummary, Submission
+from .._base import DurableRuntime, PruneReport, RunAborted, RunSummary, Submission
 from .._branches import detached, install, internal, root
 from ._context import LocalContext
 from ._journal import Committer, Durability, Journal, Op
 from ._owner import drop_token, is_alive, new_token
+from ._upkeep import PRUNE_BATCH, WAL_LIMIT, count_prunable, delete_runs, ensure_prune_index, prunable
 
 DEFAULT_PATH = Path(".roost") / "roost.db"
 Listener = Callable[[dict[str, Any]], None]
@@ -95,15 +97,23 @@ class LocalRuntime(DurableRuntime):
     ``machine`` also survives power loss (synchronous=FULL); ``memory`` keeps nothing.
     ``max_running``: activations executing at once (more wait in a queue, in order; one that
     waits on a timer, a promise or a reply does not count). It bounds the memory of a large
-    fan-out, and how many steps (model calls) run concurrently."""
+    fan-out, and how many steps (model calls) run concurrently.
+    ``retention``: how long finished runs are kept (``"7d"``, seconds, a timedelta, or
+    ``"forever"``; default: the ``retention`` setting, ``ROOST_RETENTION``, else 7 days). While
+    open, the runtime deletes older ones in the background (``auto_prune=False``: only through
+    :meth:`prune`)."""
 
     name = "local"
 
     def __init__(self, path: str | os.PathLike[str] | None = None, *, durability: Durability = "process",
-                 resume: bool = True, max_running: int = 256) -> None:
+                 resume: bool = True, max_running: int = 256, retention: Duration | None = None,
+                 auto_prune: bool = True) -> None:
         self.path = Path(path or os.environ.get("ROOST_JOURNAL") or DEFAULT_PATH)
         self.durability: Durability = durability
         self.auto_resume = resume
+        self.retention = load_retention() if retention is None else parse_retention(retention)
+        self.auto_prune = auto_prune
+        self.wal_limit = WAL_LIMIT
         if not isinstance(max_running, int) or max_running < 1:
             raise ConfigError(f"max_running must be an integer >= 1, got {max_running!r}")
         self.max_running = self._max_running = max_running
@@ -138,7 +148,8 @@ class LocalRuntime(DurableRuntime):
         if self._journal is not None:
             return
         install(asyncio.get_running_loop())
-        self._journal = Journal(self.path, self.durability)
+        self._journal = Journal(self.path, self.durability, retention=self.retention if self.auto_prune else None,
+                                wal_limit=self.wal_limit)
         self._committer = Committer(self._journal)
         self.owner = new_token()
         self._spawn(self._watch_cancels(), "roost:cancels")
@@ -443,6 +454,26 @@ class LocalRuntime(DurableRuntime):
             RunSummary(r["run_id"], r["app"], self._status(r["run_id"], r["status"]), r["created_at"], r["finished_at"], "local")
             for r in self.journal.list_runs(limit)
         ]
+
+    async def prune(self, older_than: float, *, dry_run: bool = False) -> PruneReport:
+        """Delete the runs that finished more than ``older_than`` seconds ago, in batches of
+        ``PRUNE_BATCH`` runs, each one transaction of the group commit (runs go on in between)."""
+        cutoff = time.time() - older_than
+        if dry_run:
+            return PruneReport(count_prunable(self.journal.db, cutoff))
+        await self.write(ensure_prune_index)
+
+        def batch(db: sqlite3.Connection) -> int:
+            ids = prunable(db, cutoff, PRUNE_BATCH)
+            if ids:
+                delete_runs(db, ids)
+            return len(ids)
+
+        total = 0
+        while (n := await self.write(batch)) > 0:
+            total += n
+            await asyncio.sleep(0)
+        return PruneReport(total)
 
     def _status(self, run_id: str, status: str) -> str:
         return "waiting" if status == "running" and self.journal.waiting_on(run_id) else status

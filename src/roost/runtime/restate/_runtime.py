@@ -24,9 +24,10 @@ from ...errors import (
     RunTimeoutError,
 )
 from ...result import FINISHED, ActivationRecord, RunRecord, StepRecord
-from .._base import DurableRuntime, RunSummary, Submission
+from .._base import DurableRuntime, PruneReport, RunSummary, Submission
 from ._endpoint import EndpointServer, release, serve_app
 from ._names import RUN_PATTERN, run_service
+from ._retention import prune_note
 from ._server import aadmin_query
 from ._workflow import CHUNK, chunk_number
 
@@ -250,6 +251,9 @@ class RestateRuntime(DurableRuntime):
                       key=lambda r: r["created_at"], reverse=True)[:limit]
         return [RunSummary(r["run_id"], r["app"], _status(r), r["created_at"], r.get("finished_at"), "restate")
                 for r in runs]
+
+    async def prune(self, older_than: float, *, dry_run: bool = False) -> PruneReport:
+        return PruneReport(0, prune_note(self.settings.admin))  # Restate applies the workflow retention
 
     async def resolve(self, run_id: str, name: str, value: Any) -> None:
         app = await self._app_of(run_id)

@@ -14,9 +14,10 @@ import restate
 
 from ..._graph import CompiledApp
 from ._objects import agent_object
+from ._retention import configured
 from ._workflow import run_workflow
 
 
 def services(app: CompiledApp) -> list[restate.Workflow | restate.VirtualObject]:
     keyed = [name for name, spec in app.specs.items() if spec.key_fn is not None]
-    return [run_workflow(app), *(agent_object(app, name) for name in keyed)]
+    return [run_workflow(app, retention=configured()), *(agent_object(app, name) for name in keyed)]

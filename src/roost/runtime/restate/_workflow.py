@@ -418,12 +418,13 @@ def _delta(seconds: float) -> timedelta:
     return timedelta(seconds=max(0.0, seconds))
 
 
-def run_workflow(app: CompiledApp) -> restate.Workflow:
+def run_workflow(app: CompiledApp, retention: timedelta | None = None) -> restate.Workflow:
+    """``retention``: how long Restate keeps a finished run's record and promises (None: its default)."""
     wf = restate.Workflow(run_service(app.name), invocation_retry_policy=RETRY)
 
     # The run never reads its own state (it keeps everything in memory and rebuilds it by replay):
     # nothing is preloaded into it, however many activation records a large run has written.
-    @wf.main(state_preload=False, input_serde=JSON, output_serde=JSON)
+    @wf.main(state_preload=False, input_serde=JSON, output_serde=JSON, workflow_retention=retention)
     async def run(ctx: restate.WorkflowContext, sub: dict[str, Any]) -> dict[str, Any]:
         final = await WorkflowRun(ctx, app, sub).main()
         error = final["run"]["error"]

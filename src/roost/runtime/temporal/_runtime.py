@@ -44,7 +44,7 @@ from ...errors import (
     RunNotFoundError,
 )
 from ...result import ActivationRecord, RunRecord, StepRecord
-from .._base import DurableRuntime, RunSummary, Submission
+from .._base import DurableRuntime, PruneReport, RunSummary, Submission
 from ._activities import APP_FILES, APPS, PROCESS_QUEUES, run_step
 from ._names import (
     AWAIT_WAITING,
@@ -55,6 +55,7 @@ from ._names import (
     default_task_queue,
     run_workflow,
 )
+from ._retention import prune_note
 from ._workflow import CONTINUED, EntityWorkflow, RunWorkflow
 
 _log = logging.getLogger("roost.temporal")
@@ -297,6 +298,9 @@ class TemporalRuntime(DurableRuntime):
             if len(out) >= limit:
                 break
         return out
+
+    async def prune(self, older_than: float, *, dry_run: bool = False) -> PruneReport:
+        return PruneReport(0, prune_note(self.settings.address, self.settings.namespace))  # the namespace's retention
 
     async def resolve(self, run_id: str, name: str, value: Any) -> None:
         handle = self._handle(run_id)

@@ -14,12 +14,14 @@ from __future__ import annotations
 import os
 import shutil
 import socket
+import subprocess
 import sys
 from collections.abc import Mapping
 from pathlib import Path
 
 from ...errors import BackendError, ConfigError
 from .._process import ServerProcess, free_port
+from ._retention import retention_flag
 
 __all__ = ["DEV_DYNAMIC_CONFIG", "TemporalDevServer", "TemporalServerError", "find_temporal", "free_port"]
 
@@ -105,6 +107,21 @@ class TemporalDevServer(ServerProcess):
         for ns in self.namespaces:
             cmd += ["--namespace", ns]
         return cmd
+
+    def set_retention(self, seconds: float | None) -> None:
+        """Keep closed workflows (finished runs) of every namespace of this server for ``seconds``
+        (None: 100 years) before Temporal deletes them; the dev server's own default is a day."""
+        flag = retention_flag(seconds)
+        for ns in ("default", *self.namespaces):
+            cmd = [str(self.binary or find_temporal()), "operator", "namespace", "update", "--address", self.address,
+                   "--namespace", ns, "--retention", flag]
+            try:
+                done = subprocess.run(cmd, capture_output=True, text=True, timeout=30, check=False)
+            except (OSError, subprocess.SubprocessError) as exc:
+                raise TemporalServerError(f"setting the retention of namespace {ns!r} failed: {exc}") from exc
+            if done.returncode != 0:
+                raise TemporalServerError(f"setting the retention of namespace {ns!r} failed: "
+                                          f"{(done.stderr or done.stdout).strip()}")
 
     def is_ready(self) -> bool:
         """The frontend accepts connections."""
