@@ -86,12 +86,16 @@ def inputs(app: CompiledApp, spec: Activation, run_id: str) -> tuple[Any, ...]:
     return (check_input(agent, agent.input_type, spec.args[0], source=source, run_id=run_id),)
 
 
+def shared_entity(app: CompiledApp, spec: Activation) -> bool:
+    """Whether the activation's entity is shared by runs (``keyed_by``), not one of its run's own."""
+    return app.specs[spec.agent].key_fn is not None and spec.kind not in ("converge", "gather")
+
+
 def key_of(app: CompiledApp, spec: Activation, run_id: str) -> str:
     """The entity an activation runs as: ``keyed_by(input)``, else the run and its batch path."""
-    agent = app.specs[spec.agent]
-    if agent.key_fn is None or spec.kind in ("converge", "gather"):
+    if not shared_entity(app, spec):
         return batch_entity_key(run_id, spec.batch)
-    return _keyed(agent, spec.args[0], run_id)
+    return _keyed(app.specs[spec.agent], spec.args[0], run_id)
 
 
 async def perform(app: CompiledApp, ctx: DurableContext, spec: Activation) -> Any:

@@ -50,7 +50,6 @@ from .result import FINISHED, RunRecord, RunResult
 from .runtime import DurableRuntime, RunSummary, get_runtime
 from .runtime._process import ServerProcess, busy_ports
 from .runtime.local import DEFAULT_PATH, LocalRuntime
-from .runtime.local._owner import is_alive
 
 if TYPE_CHECKING:
     from .runtime.temporal import TemporalRuntime
@@ -490,11 +489,12 @@ def _app_if_loadable(run_id: str, row: dict[str, Any], app_ref: str | None) -> A
 
 
 async def _run_row(journal: Path, run_id: str) -> dict[str, Any]:
+    """The run's row, with ``runner``: who runs it if another live process does ('pid P'), else None."""
     async with (rt := LocalRuntime(journal, resume=False)):
         row = rt.journal.run_row(run_id)
         if row is None:
             raise RunNotFoundError(run_id)
-        return dict(row)
+        return {**dict(row), "runner": rt.runner_of(row["owner"]) if row["status"] not in FINISHED else None}
 
 
 async def _resume(app: App, run_id: str, console: Console, journal: Path) -> RunRecord:
@@ -592,7 +592,7 @@ def runs_list(limit: int, runtime_name: str | None, journal: Path) -> None:
             orphaned = set()
             for r in found:
                 row = rt.journal.run_row(r.run_id)
-                if r.status not in FINISHED and row is not None and not is_alive(row["owner"]):
+                if r.status not in FINISHED and row is not None and not rt.owned_elsewhere(row["owner"]):
                     orphaned.add(r.run_id)
             return found, orphaned
 
@@ -624,7 +624,7 @@ def runs_show(run_id: str, as_json: bool, runtime_name: str | None, journal: Pat
             async with (rt := LocalRuntime(journal, resume=False, auto_prune=False)):
                 record = await rt.get(run_id)
                 row = rt.journal.run_row(run_id)
-                return record, record.status not in FINISHED and row is not None and not is_alive(row["owner"])
+                return record, record.status not in FINISHED and row is not None and not rt.owned_elsewhere(row["owner"])
 
         record, orphaned = _run_async(fetch(), None, journal)
     if as_json:
@@ -645,6 +645,9 @@ def runs_show(run_id: str, as_json: bool, runtime_name: str | None, journal: Pat
 def runs_resume(run_id: str, app_ref: str | None, runtime_name: str | None, journal: Path) -> None:
     """Continue a run whose process died, with the App that started it.
 
+    Local runtime: if another live process runs it, this follows the run and takes it over should
+    that process stop (die, or stop renewing its lease).
+
     On Restate and Temporal there is nothing to do by hand: they resume a run by themselves once an
     endpoint serves its app, or a worker polls its task queue ('roost serve FILE'); this checks that
     the run exists (and with --app, that FILE builds its app) and says so.
@@ -660,6 +663,9 @@ def runs_resume(run_id: str, app_ref: str | None, runtime_name: str | None, jour
         raise CliError(f"run {run_id} has no recorded app file (it was built outside a file); pass --app FILE[:ATTR]")
     app.journal = journal
     console = _stdout()
+    if row["runner"] is not None:
+        console.print(f"run {run_id} is being run by another process ({row['runner']}): following it here, and "
+                      "taking it over if that process stops", soft_wrap=True)
     record = _run_async(_resume(app, run_id, console, journal), run_id, journal)
     _report(app, record, console)
 
@@ -847,7 +853,7 @@ def resolve(run_id: str, name: str, value: str, app_ref: str | None, runtime_nam
             await rt.resolve(run_id, name, parsed)
             row = rt.journal.run_row(run_id)
             assert row is not None
-            return dict(row)
+            return {**dict(row), "runner": rt.runner_of(row["owner"])}
 
     row = _run_async(answer(), None, journal)
     console = _stdout()
@@ -855,9 +861,8 @@ def resolve(run_id: str, name: str, value: str, app_ref: str | None, runtime_nam
                   soft_wrap=True)
     if row["status"] in FINISHED:
         return
-    if is_alive(row["owner"]):
-        pid = str(row["owner"]).split(":")[0]
-        console.print(f"the process running it (pid {pid}) will continue the run", soft_wrap=True)
+    if row["runner"] is not None:
+        console.print(f"the process running it ({row['runner']}) will continue the run", soft_wrap=True)
         return
     hint = f"roost runs resume {run_id} --app FILE[:ATTR]" + ("" if _journal_hint(journal) is None else f" --journal {journal}")
     try:

@@ -10,6 +10,7 @@
     ├── BackendError               a prod runtime (Restate, Temporal) cannot be reached or refused a request
     ├── JournalError               the journal cannot be used as it is
     │   ├── JournalVersionError    written by an incompatible roost version
+    │   ├── JournalBusyError       another process held the journal's write lock past the bounded wait
     │   └── NonDeterminismError    replay asked for something other than what was recorded
     ├── RunError                   about one run (carries run_id)
     │   ├── RunNotFoundError
@@ -48,6 +49,7 @@ __all__ = [
     "ContractViolationError",
     "DefinitionError",
     "InputValidationError",
+    "JournalBusyError",
     "JournalError",
     "JournalVersionError",
     "MissingExtraError",
@@ -106,6 +108,14 @@ class JournalError(RoostError):
 
 class JournalVersionError(JournalError):
     """The journal was written by an incompatible version of roost."""
+
+
+class JournalBusyError(JournalError):
+    """Another process held the journal's write lock for longer than roost waits (``path``: the file)."""
+
+    def __init__(self, message: str, *, path: str) -> None:
+        super().__init__(message)
+        self.path = path
 
 
 class NonDeterminismError(JournalError):

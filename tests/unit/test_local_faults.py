@@ -131,6 +131,8 @@ def test_journal_write_faults(tmp_path: Path, fast_retries: None, once: bool) ->
                 outcome = "failed"
         if once:
             assert outcome == "completed", f"fault at write {at}"
+        elif at == total:  # the last write gives the runtime's lease back as it closes, after the run
+            assert outcome == "completed", f"fault at write {at}"
         else:
             assert outcome in ("failed", "not started"), f"fault at write {at}: {outcome}"
         finish_after_fault(path, counts)

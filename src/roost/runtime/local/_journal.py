@@ -18,6 +18,9 @@ from typing import Any, Literal
 from ..._engine import Activation
 from ...errors import ConfigError, JournalError, JournalVersionError
 from .._branches import detached
+from ._busy import BUSY_MS, LOCK_WAIT, busy_error, delays, is_busy, retry_sync
+from ._lease import SCHEMA as LEASE_SCHEMA
+from ._lease import TABLES as LEASE_TABLES
 from ._upkeep import PRUNE_INDEX, WAL_LIMIT, Upkeep
 
 SCHEMA_VERSION = 2
@@ -51,7 +54,7 @@ CREATE TABLE IF NOT EXISTS cancels(
 CREATE TABLE IF NOT EXISTS promises(
   run_id TEXT NOT NULL, name TEXT NOT NULL, value TEXT NOT NULL, resolved_at REAL NOT NULL,
   PRIMARY KEY(run_id, name)) WITHOUT ROWID;
-""".replace("{prune_index}", PRUNE_INDEX)
+""".replace("{prune_index}", PRUNE_INDEX) + LEASE_SCHEMA
 
 _SYNC = {"process": "NORMAL", "machine": "FULL", "memory": "OFF"}
 
@@ -71,10 +74,10 @@ class Journal:
         if self.path != ":memory:":
             Path(self.path).parent.mkdir(parents=True, exist_ok=True)
         try:
-            self.db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=10.0)
-            self.db.execute("PRAGMA journal_mode=WAL")
-            self.db.execute(f"PRAGMA synchronous={_SYNC[durability]}")
-            self._check_version()
+            self.db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False,
+                                      timeout=BUSY_MS / 1000)
+            # Several processes may open (and create) the journal at once: wait out their locks.
+            retry_sync(self.path, self._setup)
         except sqlite3.DatabaseError as exc:
             raise JournalError(f"{self.path} cannot be used as a roost journal: {exc}") from exc
         if self.path != ":memory:":
@@ -85,8 +88,28 @@ class Journal:
             self.db.execute(f"PRAGMA journal_size_limit={wal_limit // 4}")
             self._upkeep = Upkeep(self.path, wal_limit=wal_limit, retention=retention)
 
+    def _setup(self) -> None:
+        self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.execute(f"PRAGMA synchronous={_SYNC[self.durability]}")
+        if not self._tables():
+            with self.tx():  # the check again under the write lock: one process creates the schema
+                if not self._tables():
+                    for stmt in _SCHEMA.strip().split(";"):
+                        if stmt.strip():
+                            self.db.execute(stmt)
+                    self.db.execute("INSERT OR IGNORE INTO meta VALUES('schema_version', ?)", (str(SCHEMA_VERSION),))
+        self._check_version()
+        if not set(LEASE_TABLES) <= self._tables():  # a journal from before leases: they are added
+            with self.tx():
+                for stmt in LEASE_SCHEMA.strip().split(";"):
+                    if stmt.strip():
+                        self.db.execute(stmt)
+
+    def _tables(self) -> set[str]:
+        return {r[0] for r in self.db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+
     def _check_version(self) -> None:
-        tables = {r[0] for r in self.db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        tables = self._tables()
         if tables and "meta" not in tables:
             raise JournalError(
                 f"{self.path} is an SQLite database but not a roost journal (tables: {', '.join(sorted(tables))}); "
@@ -101,12 +124,7 @@ class Journal:
                     f"{SCHEMA_VERSION}. Finish its runs with the roost version that wrote it, or move the file "
                     "away (or set ROOST_JOURNAL to a new path) to start a new journal."
                 )
-            return
-        with self.tx():
-            for stmt in _SCHEMA.strip().split(";"):
-                if stmt.strip():
-                    self.db.execute(stmt)
-            self.db.execute("INSERT INTO meta VALUES('schema_version', ?)", (str(SCHEMA_VERSION),))
+
 
     def close(self) -> None:
         if self._upkeep is not None:
@@ -170,10 +188,11 @@ class Journal:
         self.db.execute("BEGIN IMMEDIATE")
         try:
             yield self.db
+            self.db.execute("COMMIT")
         except BaseException:
-            self.db.execute("ROLLBACK")
+            if self.db.in_transaction:
+                self.db.execute("ROLLBACK")
             raise
-        self.db.execute("COMMIT")
         self.committed()
 
     # -- runs -------------------------------------------------------------------------------
@@ -183,15 +202,6 @@ class Journal:
         cur.row_factory = sqlite3.Row
         row: sqlite3.Row | None = cur.fetchone()
         return row
-
-    def claim(self, run_id: str, owner: str, previous: str | None) -> bool:
-        cur = self.db.execute(
-            "UPDATE runs SET owner=? WHERE run_id=? AND owner IS ? AND status='running'", (owner, run_id, previous)
-        )
-        return cur.rowcount == 1
-
-    def release(self, owner: str) -> None:
-        self.db.execute("UPDATE runs SET owner=NULL WHERE owner=? AND status='running'", (owner,))
 
     def unfinished(self) -> list[tuple[str, str, str | None]]:
         rows = self.db.execute("SELECT run_id, app, owner FROM runs WHERE status='running'").fetchall()
@@ -318,9 +328,9 @@ class Journal:
         waited for it is gone: the run timed out or the runtime was closed)."""
         if path == ":memory:":
             return
-        db = sqlite3.connect(path, isolation_level=None, timeout=30.0)
+        db = sqlite3.connect(path, isolation_level=None, timeout=BUSY_MS / 1000)
         try:
-            db.execute("INSERT OR REPLACE INTO journal VALUES(?,?,?,?,?,?,?,?,?,?)", row)
+            retry_sync(path, lambda: db.execute("INSERT OR REPLACE INTO journal VALUES(?,?,?,?,?,?,?,?,?,?)", row))
         finally:
             db.close()
 
@@ -379,12 +389,13 @@ class Committer:
 
     A caller awaits its op's result, which is there only once the transaction has committed, so
     nothing acts on a write that a crash could still lose. The flush is a plain callback at the
-    end of the turn (no task). A commit that fails on a busy or full database is retried with
-    backoff, a bounded number of times, by a task that holds back later writes meanwhile (their
-    order is kept); then every op of it fails with JournalError (the caller fails the run it
-    belongs to)."""
+    end of the turn (no task). A commit that fails is retried with back-off by a task that holds
+    back later writes meanwhile (their order is kept): on a database locked by another process for
+    up to LOCK_WAIT seconds in all, on other errors (a full disk) ``len(RETRIES)`` times; then every
+    op of it fails with JournalBusyError or JournalError (the caller fails the run it belongs to)."""
 
     RETRIES = (0.05, 0.2, 0.5, 1.0, 2.0)
+    LOCK_WAIT = LOCK_WAIT
 
     def __init__(self, journal: Journal) -> None:
         self.journal = journal
@@ -408,17 +419,29 @@ class Committer:
         batch, self._ops = self._ops, []
         try:
             results = self.journal.run_ops([op for op, _ in batch])
-        except (sqlite3.OperationalError, JournalError):
-            self._retrying = asyncio.get_running_loop().create_task(self._retry(batch), context=detached())
+        except (sqlite3.OperationalError, JournalError) as exc:
+            self._retrying = asyncio.get_running_loop().create_task(self._retry(batch, exc), context=detached())
             return
         except Exception as exc:  # the batch's one op failed on its own
             results = [exc] * len(batch)
         _settle(batch, results)
 
-    async def _retry(self, batch: list[tuple[Op, asyncio.Future[Any]]]) -> None:
-        failure: BaseException | None = None
+    async def _retry(self, batch: list[tuple[Op, asyncio.Future[Any]]], failure: BaseException) -> None:
+        start, backoff, others = time.monotonic(), delays(), 0
         try:
-            for delay in self.RETRIES:
+            while True:
+                if is_busy(failure):  # another process holds the write lock: wait it out, bounded
+                    waited = time.monotonic() - start
+                    if waited >= self.LOCK_WAIT:
+                        _settle(batch, [busy_error(self.journal.path, waited, failure)] * len(batch))
+                        return
+                    delay = min(next(backoff), self.LOCK_WAIT - waited)
+                else:
+                    if others == len(self.RETRIES):
+                        error = JournalError(f"the journal {self.journal.path} could not be written: {failure}")
+                        _settle(batch, [error] * len(batch))
+                        return
+                    delay, others = self.RETRIES[others], others + 1
                 await asyncio.sleep(delay)
                 try:
                     results = self.journal.run_ops([op for op, _ in batch])
@@ -429,18 +452,19 @@ class Committer:
                     results = [exc] * len(batch)
                 _settle(batch, results)
                 return
-            error = JournalError(f"the journal {self.journal.path} could not be written: {failure}")
-            _settle(batch, [error] * len(batch))
         finally:
             self._retrying = None
             if self._ops:
                 self._flush()
 
     async def drain(self) -> None:
-        """Commit what is pending (closing)."""
-        if self._retrying is not None:
-            await asyncio.gather(self._retrying, return_exceptions=True)
-        self._flush()
+        """Commit what is pending (closing), waiting out a retry."""
+        while True:
+            if self._retrying is not None:
+                await asyncio.gather(self._retrying, return_exceptions=True)
+            if not self._ops:
+                return
+            self._flush()
 
 
 def _settle(batch: list[tuple[Op, asyncio.Future[Any]]], results: list[Any]) -> None:

@@ -1,11 +1,13 @@
-"""Which process owns a run: a token per runtime instance, and a liveness check for tokens."""
+"""Owners written by roost versions from before leases (``_lease.py``): ``pid:starttime:nonce``.
+
+Such a token is checked as those versions checked it, so a process of an older version still
+running on a journal keeps its runs. Tokens this version writes never go through here: a pid
+says nothing across PID namespaces, and is reused.
+"""
 
 from __future__ import annotations
 
 import os
-import uuid
-
-_LIVE_TOKENS: set[str] = set()
 
 
 def _start_time(pid: int) -> str | None:
@@ -19,28 +21,15 @@ def _start_time(pid: int) -> str | None:
         return None
 
 
-def new_token() -> str:
-    pid = os.getpid()
-    token = f"{pid}:{_start_time(pid) or '-'}:{uuid.uuid4().hex[:8]}"
-    _LIVE_TOKENS.add(token)
-    return token
-
-
-def drop_token(token: str) -> None:
-    _LIVE_TOKENS.discard(token)
-
-
-def is_alive(token: str | None) -> bool:
-    """Whether the runtime that holds ``token`` may still be running its runs."""
-    if not token:
-        return False
+def legacy_alive(token: str) -> bool:
+    """Whether the process that wrote the old-style ``token`` may still be running its runs."""
     try:
         pid_s, start, _ = token.split(":")
         pid = int(pid_s)
     except ValueError:
         return False
     if pid == os.getpid():
-        return token in _LIVE_TOKENS
+        return False  # this process runs this version: the token is from an earlier process
     now_start = _start_time(pid)
     if now_start is not None:
         return start in ("-", now_start)

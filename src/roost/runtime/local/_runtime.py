@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..._activation import key_of, perform
+from ..._activation import key_of, perform, shared_entity
 from ..._codec import dumps
 from ..._config import Duration, load_retention, parse_retention
 from ..._engine import (
@@ -58,9 +58,21 @@ from ...errors import (
 from ...result import FINISHED, ActivationRecord, RunRecord, StepRecord
 from .._base import DurableRuntime, PruneReport, RunAborted, RunSummary, Submission
 from .._branches import detached, install, internal, root
+from ._busy import delays
 from ._context import LocalContext
 from ._journal import Committer, Durability, Journal, Op
-from ._owner import drop_token, is_alive, new_token
+from ._lease import (
+    LostRun,
+    Owner,
+    alive,
+    check_entity,
+    check_run,
+    claim_run,
+    describe,
+    drop_entity,
+    take_entity,
+)
+from ._lease import lease_seconds as lease_seconds_of
 from ._upkeep import PRUNE_BATCH, WAL_LIMIT, count_prunable, delete_runs, ensure_prune_index, prunable
 
 DEFAULT_PATH = Path(".roost") / "roost.db"
@@ -68,6 +80,7 @@ Listener = Callable[[dict[str, Any]], None]
 _log = logging.getLogger("roost.local")
 _PROMISE_POLL = 0.25  # seconds; only while a run waits on a promise another process may resolve
 _CANCEL_POLL = 0.5  # seconds between looks for cancel requests another process made for this one's runs
+_FOLLOW_POLL = 0.1  # seconds; while waiting on a run another process runs
 _ABORTED = object()
 
 
@@ -84,6 +97,8 @@ class _LiveRun:
     timers: dict[str, asyncio.TimerHandle] = field(default_factory=dict)
     waiters: dict[str, asyncio.Future[Any]] = field(default_factory=dict)
     broken: ErrorInfo | None = None
+    lost: bool = False  # another process took the run over (this one's lease had expired)
+    finished_here: bool = False  # this runtime committed the run's end
     poller: asyncio.Task[None] | None = None
     cancelling: bool = False
     steps: set[asyncio.Task[Any]] = field(default_factory=set)
@@ -101,13 +116,16 @@ class LocalRuntime(DurableRuntime):
     ``retention``: how long finished runs are kept (``"7d"``, seconds, a timedelta, or
     ``"forever"``; default: the ``retention`` setting, ``ROOST_RETENTION``, else 7 days). While
     open, the runtime deletes older ones in the background (``auto_prune=False``: only through
-    :meth:`prune`)."""
+    :meth:`prune`).
+    ``lease_seconds`` (default 10, or ``ROOST_LEASE_SECONDS``): how long the runs of a process that
+    stopped renewing its lease stay its own before another process may take them over (a process
+    that died is noticed at once on the same machine; see ``_lease.py``)."""
 
     name = "local"
 
     def __init__(self, path: str | os.PathLike[str] | None = None, *, durability: Durability = "process",
                  resume: bool = True, max_running: int = 256, retention: Duration | None = None,
-                 auto_prune: bool = True) -> None:
+                 auto_prune: bool = True, lease_seconds: float | None = None) -> None:
         self.path = Path(path or os.environ.get("ROOST_JOURNAL") or DEFAULT_PATH)
         self.durability: Durability = durability
         self.auto_resume = resume
@@ -117,6 +135,7 @@ class LocalRuntime(DurableRuntime):
         if not isinstance(max_running, int) or max_running < 1:
             raise ConfigError(f"max_running must be an integer >= 1, got {max_running!r}")
         self.max_running = self._max_running = max_running
+        self.lease_seconds = lease_seconds_of(lease_seconds)
         self.apps: dict[str, CompiledApp] = {}
         self.app_refs: dict[str, str | None] = {}
         self.listeners: list[Listener] = []
@@ -127,7 +146,8 @@ class LocalRuntime(DurableRuntime):
         self._committer: Committer | None = None
         self._running = 0
         self._queue = _Queue()
-        self.owner = ""
+        self._owner: Owner | None = None
+        self._registering: asyncio.Future[None] | None = None
 
     # -- lifecycle --------------------------------------------------------------------------
 
@@ -151,13 +171,13 @@ class LocalRuntime(DurableRuntime):
         self._journal = Journal(self.path, self.durability, retention=self.retention if self.auto_prune else None,
                                 wal_limit=self.wal_limit)
         self._committer = Committer(self._journal)
-        self.owner = new_token()
+        self._owner = Owner(self._journal.path, self.lease_seconds)
         self._spawn(self._watch_cancels(), "roost:cancels")
         if self.auto_resume:
             for run_id, app_name, owner in self.journal.unfinished():
                 app = self.apps.get(app_name)
-                if app is not None and not is_alive(owner):
-                    self._adopt(app, run_id, owner)
+                if app is not None and not self.owned_elsewhere(owner):
+                    await self._adopt(app, run_id)
 
     async def close(self) -> None:
         if self._journal is None:
@@ -172,9 +192,13 @@ class LocalRuntime(DurableRuntime):
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         if self._committer is not None:
+            if self._owner is not None and self._owner.registered:  # its runs and entities go back
+                self._committer.submit(self._owner.release).add_done_callback(_quiet)
             await self._committer.drain()
-        self.journal.release(self.owner)
-        drop_token(self.owner)
+        if self._owner is not None:
+            self._owner.close()
+            self._owner = None
+        self._registering = None
         self._journal.close()
         self._journal = None
         self._live.clear()
@@ -186,6 +210,54 @@ class LocalRuntime(DurableRuntime):
             data = {"event": event, "run_id": run_id, "agent": agent, "detail": detail, "at": time.time(), **extra}
             for listener in self.listeners:
                 listener(data)
+
+    # -- ownership (see _lease.py) ----------------------------------------------------------
+
+    @property
+    def owner(self) -> str:
+        """This runtime's owner id (in ``runs.owner`` of the runs it runs)."""
+        return self._owner.id if self._owner is not None else ""
+
+    async def _own(self) -> str:
+        """Register this runtime as an owner (once: a lock file, a lease row, a heartbeat)."""
+        owner = self._owner
+        assert owner is not None
+        if not owner.registered:
+            if self._registering is None:
+                self._registering = asyncio.get_running_loop().create_task(self._register(owner), context=detached())
+            registering = self._registering
+            try:
+                await asyncio.shield(registering)
+            except Exception:
+                if self._registering is registering:
+                    self._registering = None  # the next run tries again
+                raise
+        return owner.id
+
+    async def _register(self, owner: Owner) -> None:
+        owner.lock()
+        await self.write(owner.insert)
+        owner.start(asyncio.get_running_loop())
+
+    def owned_elsewhere(self, owner: str | None) -> bool:
+        """Whether a live owner other than this runtime holds what names ``owner``."""
+        return owner != self.owner and alive(self.journal.db, self.journal.path, owner)
+
+    def runner_of(self, owner: str | None) -> str | None:
+        """Who runs what ``owner`` names ('pid P on HOST'), if a live process other than this runtime does."""
+        return describe(self.journal.db, owner) if self.owned_elsewhere(owner) else None
+
+    def _fenced(self, live: _LiveRun, op: Op) -> Op:
+        """``op``, refused (LostRun) if another process took the run over meanwhile."""
+        owner, run_id = self.owner, live.run_id
+
+        def fenced(db: sqlite3.Connection) -> Any:
+            if live.lost:  # what is still in flight of a lost run writes nothing (it runs elsewhere, or anew)
+                raise LostRun(f"run {run_id!r} is no longer run by this engine")
+            check_run(db, run_id, owner, live.finished_here)
+            return op(db)
+
+        return fenced
 
     def _spawn(self, coro: Any, name: str) -> asyncio.Task[Any]:
         task = asyncio.get_running_loop().create_task(coro, name=name, context=detached())
@@ -205,7 +277,7 @@ class LocalRuntime(DurableRuntime):
         """``write`` on behalf of an activation's code: if the journal cannot be written the run
         stops (see ``_break``) and the code gets RunAborted, which ``except Exception`` cannot swallow."""
         try:
-            return await self.write(op)
+            return await self.write(self._fenced(live, op))
         except Exception as exc:
             self._break(live, exc, agent)
             raise RunAborted() from exc
@@ -251,7 +323,10 @@ class LocalRuntime(DurableRuntime):
         live.seq += 1
         seq, run_id = live.seq, live.run_id
 
+        owner = self.owner
+
         def op(db: sqlite3.Connection) -> None:
+            check_run(db, run_id, owner)
             Journal.append_event(db, run_id, seq, data)
             for o in ops:
                 o(db)
@@ -314,6 +389,7 @@ class LocalRuntime(DurableRuntime):
             elif isinstance(c, AbortActivations):
                 self._abort(live, c.ids)
             elif isinstance(c, FinishRun):
+                live.finished_here = True
                 self._finish(live)
 
     def _break(self, live: _LiveRun, exc: BaseException, agent: str | None = None) -> None:
@@ -322,12 +398,22 @@ class LocalRuntime(DurableRuntime):
         resumes from its last committed event (``roost runs resume``) once the cause is fixed."""
         if live.broken is not None:
             return
+        live.lost = isinstance(exc, LostRun)
         message = f"run {live.run_id!r} stopped in this process: {type(exc).__name__}: {exc}"
         live.broken = ErrorInfo(agent or "-", None, 1, type(exc).__name__, message)
         live.aborted.set()
         for h in live.timers.values():
             h.cancel()
         self._finish(live)
+        if live.lost:
+            self._spawn(self._retake(live), f"roost:retake:{live.run_id}")
+
+    async def _retake(self, live: _LiveRun) -> None:
+        """After a LostRun: if the run is still this runtime's (only an entity it held was taken
+        over), run it again from its journal; the activation whose outcome was refused runs anew."""
+        row = self.journal.run_row(live.run_id)
+        if row is not None and row["status"] == "running" and row["owner"] == self.owner:
+            await self._adopt(live.app, live.run_id)
 
     def _finish(self, live: _LiveRun) -> None:
         live.done.set()
@@ -351,11 +437,12 @@ class LocalRuntime(DurableRuntime):
         live.seq = 1
         ops = self._projection(live, started, commands)
         data, ref = encode(started), self.app_refs.get(app.name)
+        owner = await self._own()
 
         def op(db: sqlite3.Connection) -> bool:
             created = Journal.insert_run(db, run_id=run_id, app=app.name, fingerprint=app.fingerprint, app_ref=ref,
                                          input_json=submission.input_json, input_hash=submission.input_hash,
-                                         owner=self.owner)
+                                         owner=owner)
             if created:
                 Journal.append_event(db, run_id, 1, data)
                 for o in ops:
@@ -374,9 +461,9 @@ class LocalRuntime(DurableRuntime):
                 "a run id names one run: use a new id for new input",
                 run_id=run_id,
             )
-        if row["status"] == "running" and run_id not in self._live and not is_alive(row["owner"]):
-            self._adopt(app, run_id, row["owner"])
-        return False
+        if row["status"] == "running" and run_id not in self._live and not self.owned_elsewhere(row["owner"]):
+            await self._adopt(app, run_id)
+        return False  # else wait() follows the run, and takes it over if its owner stops
 
     async def resume(self, app: CompiledApp, run_id: str) -> None:
         self.register(app, self.app_refs.get(app.name))
@@ -385,22 +472,24 @@ class LocalRuntime(DurableRuntime):
             raise RunNotFoundError(run_id)
         if row["status"] in FINISHED or run_id in self._live:
             return
-        if is_alive(row["owner"]):
-            raise RunConflictError(f"run {run_id!r} is being run by another live process ({row['owner']})", run_id=run_id)
-        self._adopt(app, run_id, row["owner"])
+        _same_version(app, row)
+        if not self.owned_elsewhere(row["owner"]):
+            await self._adopt(app, run_id)
+        # else another live process runs it: wait() follows it, and takes it over if that process stops
 
-    def _adopt(self, app: CompiledApp, run_id: str, previous: str | None) -> None:
-        """Take over an unfinished run: rebuild its engine from the events, rerun what was in flight."""
+    async def _adopt(self, app: CompiledApp, run_id: str) -> bool:
+        """Take over an unfinished run whose owner is gone: rebuild its engine from the events,
+        rerun what was in flight. False if it finished, or another live process holds it."""
         row = self.journal.run_row(run_id)
         assert row is not None
-        if row["fingerprint"] != app.fingerprint:
-            raise RunConflictError(
-                f"run {run_id!r} was started by a different version of app {app.name!r} (its agents, contracts or "
-                "wiring changed); finish it with the code that started it",
-                run_id=run_id,
-            )
-        if not self.journal.claim(run_id, self.owner, previous):
-            return
+        _same_version(app, row)
+        owner, path = await self._own(), self.journal.path
+        if run_id in self._live:
+            return True
+        if not await self.write(lambda db: claim_run(db, path, run_id, owner)):
+            return False
+        if run_id in self._live:  # adopted meanwhile, by another caller in this runtime
+            return True
         live = _LiveRun(app, run_id, RunEngine(app, run_id))
         for data in self.journal.events(run_id):
             live.engine.handle(decode(data))
@@ -415,28 +504,43 @@ class LocalRuntime(DurableRuntime):
         requested = self.journal.cancel_requests([run_id])
         if run_id in requested:  # asked while no process ran it
             self._spawn(self._cancel_live(live, requested[run_id]), f"roost:cancel:{run_id}")
+        return True
 
     async def wait(self, run_id: str, timeout: float | None = None) -> RunRecord:
-        live = self._live.get(run_id)
         deadline = None if timeout is None else time.monotonic() + timeout
-        if live is not None:
-            try:
-                await asyncio.wait_for(live.done.wait(), timeout)
-            except TimeoutError:
-                raise self._timeout(run_id, timeout) from None
-            if live.broken is not None:
-                return self._broken_record(await self.get(run_id), live.broken)
-        else:
-            while True:  # run by another process: follow the journal until it finishes
-                row = self.journal.run_row(run_id)
-                if row is None:
-                    raise RunNotFoundError(run_id)
-                if row["status"] in FINISHED:
-                    break
-                if deadline is not None and time.monotonic() > deadline:
-                    raise self._timeout(run_id, timeout)
-                await asyncio.sleep(0.1)
-        return await self.get(run_id)
+        while True:
+            live = self._live.get(run_id)
+            if live is not None:
+                try:
+                    await asyncio.wait_for(live.done.wait(), _left(deadline))
+                except TimeoutError:
+                    raise self._timeout(run_id, timeout) from None
+                if live.broken is None:
+                    return await self.get(run_id)
+                if not live.lost:
+                    return self._broken_record(await self.get(run_id), live.broken)
+                # another process took it over: follow it there
+            if await self._follow(run_id, deadline):
+                return await self.get(run_id)
+            if deadline is not None and time.monotonic() > deadline:
+                raise self._timeout(run_id, timeout)
+
+    async def _follow(self, run_id: str, deadline: float | None) -> bool:
+        """Follow a run another process runs, through the journal: True once it finished, False
+        once this runtime took it over (its owner stopped: died, or let its lease expire)."""
+        while True:
+            row = self.journal.run_row(run_id)
+            if row is None:
+                raise RunNotFoundError(run_id)
+            if row["status"] in FINISHED:
+                return True
+            app = self.apps.get(row["app"])
+            if (app is not None and app.fingerprint == row["fingerprint"] and not self.owned_elsewhere(row["owner"])
+                    and await self._adopt(app, run_id)):
+                return False
+            if deadline is not None and time.monotonic() > deadline:
+                return False
+            await asyncio.sleep(_FOLLOW_POLL)
 
     @staticmethod
     def _timeout(run_id: str, timeout: float | None) -> RunTimeoutError:
@@ -521,12 +625,12 @@ class LocalRuntime(DurableRuntime):
         if live is not None:
             await self._cancel_live(live, reason)
             return
-        if is_alive(row["owner"]):
+        if self.owned_elsewhere(row["owner"]):
             return  # its owner sees the request within _CANCEL_POLL
         app = self.apps.get(row["app"])
         if app is not None and app.fingerprint == row["fingerprint"]:
-            self._adopt(app, run_id, row["owner"])  # and cancels it (the request is in the journal)
-            return
+            if await self._adopt(app, run_id):  # and cancels it (the request is in the journal)
+                return
         # No process runs it and none here has its code: nothing of it is in flight; it ends here.
         data, owner = encode(CancelRequested(reason or "cancelled")), row["owner"]
         seq = self.journal.last_seq(run_id) + 1
@@ -702,11 +806,15 @@ class LocalRuntime(DurableRuntime):
         ekey = (spec.agent, key)
         lock = self._lock(ekey)
         released = False
+        holder: str | None = None  # this activation's hold on a keyed entity in the journal
+        owner = self.owner
 
         def release() -> None:
             nonlocal released
             if not released:
                 released = True
+                if holder is not None and self._committer is not None:  # no-op if the outcome dropped it
+                    self.write_later(_op(drop_entity, spec.agent, key, owner, holder))
                 lock.release()
                 self._unlock(ekey)
 
@@ -716,9 +824,12 @@ class LocalRuntime(DurableRuntime):
             self._unlock(ekey)
             raise
         try:
+            if shared_entity(live.app, spec) and self.journal.path != ":memory:":
+                # Other processes may run activations of this entity: one at a time, through the journal.
+                holder = await self._take_entity(live, spec.agent, key, f"{live.run_id}/{spec.id}")
             # The entity stays locked until the outcome (with its state writes) has committed;
             # the task itself ends as soon as the outcome is handed over.
-            await self._run_activation(live, spec, key, replay, release)
+            await self._run_activation(live, spec, key, replay, release, holder)
         except Exception as exc:  # roost's own code failed around the activation: never strand the run
             self._break(live, exc, spec.agent)
             release()
@@ -726,8 +837,18 @@ class LocalRuntime(DurableRuntime):
             release()
             raise
 
+    async def _take_entity(self, live: _LiveRun, agent: str, key: str, holder: str) -> str | None:
+        """Hold the entity in the journal for ``holder``, waiting while another process's activation
+        holds it (None if the run ends meanwhile)."""
+        owner, path, backoff = self.owner, self.journal.path, delays(0.01, 0.5)
+        while live.broken is None and not live.engine.ending:
+            if await self.write(lambda db: take_entity(db, path, agent, key, owner, holder)):
+                return holder
+            await asyncio.sleep(next(backoff))
+        return None
+
     async def _run_activation(self, live: _LiveRun, spec: Activation, key: str, replay: bool,
-                              release: Callable[[], None]) -> None:
+                              release: Callable[[], None], holder: str | None = None) -> None:
         if live.engine.ending or live.broken is not None:
             self.apply_soon(live, ActivationFinished(spec.id, "cancelled"), None, release)
             return
@@ -745,6 +866,10 @@ class LocalRuntime(DurableRuntime):
                                               error=error, attempts=attempts, started_at=started)]
         if writes and event.status == "completed":
             extra.append(_op(Journal.write_state, spec.agent, key, writes))
+        if holder is not None:  # the state read and written is the entity's only while it is held
+            owner = self.owner
+            extra = [_op(check_entity, spec.agent, key, owner, holder), *extra,
+                     _op(drop_entity, spec.agent, key, owner, holder)]
 
         def then() -> None:
             release()
@@ -814,6 +939,24 @@ def _agent_of(live: _LiveRun, event: Event) -> str | None:
     aid = getattr(event, "activation", None) or getattr(event, "sender", None)
     known = live.engine.status_of(aid) if isinstance(aid, str) else None
     return known[0] if known is not None else None
+
+
+def _same_version(app: CompiledApp, row: sqlite3.Row) -> None:
+    if row["fingerprint"] != app.fingerprint:
+        raise RunConflictError(
+            f"run {row['run_id']!r} was started by a different version of app {app.name!r} (its agents, contracts "
+            "or wiring changed); finish it with the code that started it",
+            run_id=row["run_id"],
+        )
+
+
+def _left(deadline: float | None) -> float | None:
+    return None if deadline is None else max(0.0, deadline - time.monotonic())
+
+
+def _quiet(fut: asyncio.Future[Any]) -> None:
+    if not fut.cancelled():
+        fut.exception()  # a release that failed: the lease runs out instead
 
 
 def _op(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Op:

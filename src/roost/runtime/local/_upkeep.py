@@ -21,7 +21,7 @@ WAL_LIMIT = 64 * 1024 * 1024
 """Bytes the WAL of a live journal stays within (see ``Journal.committed``)."""
 FINISHED_RUN = ("completed", "failed", "rejected", "cancelled")
 """Run statuses that never change again: only such runs are ever pruned."""
-RUN_TABLES = ("events", "messages", "journal", "promises")
+RUN_TABLES = ("events", "messages", "journal", "promises", "cancels")
 """Every table holding rows of one run, keyed by ``run_id`` (besides ``runs``); a new one belongs here."""
 PRUNE_BATCH = 50
 """Runs deleted per transaction: a batch holds the write lock for milliseconds."""
