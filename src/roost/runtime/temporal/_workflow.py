@@ -120,8 +120,8 @@ class RunWorkflow:
         self.broken: dict[str, Any] | None = None
         self.steps: dict[tuple[str, RetryPolicy], list[tuple[dict[str, Any], asyncio.Future[dict[str, Any]]]]] = {}
         self.flush_scheduled = False
-        self.log: list[dict[str, Any]] = []
-        """The engine's events, in order (carried when the run continues as new)."""
+        self.log: list[Event] = []
+        """The engine's events, in order (encoded only if the run continues as new)."""
         self.journals: dict[str, dict[str, dict[str, Any]]] = {}
         """Running activation -> what its ctx calls returned, by position (see ``_continue``)."""
         self.draining = False
@@ -203,7 +203,7 @@ class RunWorkflow:
                                  task_timeout=workflow.info().task_timeout)
 
     def _carry(self) -> dict[str, Any]:
-        return {"log": self.log, "run": self.run, "promises": self.promises, "approvals": self.approvals,
+        return {"log": [encode(e) for e in self.log], "run": self.run, "promises": self.promises, "approvals": self.approvals,
                 "entities": {k: e.state for k, e in self.entities.items()}, "journals": self.journals,
                 "grants": self.grants, "started_entities": sorted(self.started_entities),
                 "aborted": sorted(self.aborted)}
@@ -216,7 +216,7 @@ class RunWorkflow:
         for data in carried["log"]:
             event = decode(data)
             engine.handle(event)  # its commands were carried out before
-            self.log.append(data)
+            self.log.append(event)
         self.run.update(carried["run"])
         self.promises.update(carried["promises"])
         self.approvals.update(carried["approvals"])
@@ -278,7 +278,7 @@ class RunWorkflow:
         if engine is None or self.broken is not None:
             return
         try:
-            self.log.append(encode(event))
+            self.log.append(event)
             commands = engine.handle(event)
             self._note(engine)
             for c in commands:
