@@ -310,7 +310,7 @@ class ProgressView:
 # -- run details ------------------------------------------------------------------------------
 
 
-_NARROWEST = {"app": 8, "status": 10, "created": 10, "duration": 8}
+_NARROWEST = {"app": 8, "version": 7, "status": 10, "created": 10, "duration": 8}
 """How narrow the columns beside the run id may get (wrapped, or folded) before ``roost runs list``
 grows wider than the terminal instead."""
 
@@ -333,23 +333,30 @@ def runs_table(runs: list[RunSummary], orphaned: set[str], width: int | None = N
     a run id is what users copy into other commands, so it is never cut (when even the narrowest
     columns beside it do not fit, the table is wider than ``width``: print it with
     :func:`print_uncut`)."""
-    rows: list[tuple[str, str, Text, str, str]] = []
+    # The version column shows when the runs listed span several versions of an app (after a deploy).
+    versions: dict[str, set[str]] = {}
+    for r in runs:
+        versions.setdefault(r.app, set()).add(r.version or "-")
+    with_version = any(len(v) > 1 for v in versions.values())
+    rows: list[tuple[str | Text, ...]] = []
     for r in runs:
         status = status_text(r.status)
         if r.run_id in orphaned:
             status.append(" (orphaned)", style="dim")
         end = r.finished_at if r.finished_at is not None else (time.time() if r.status not in FINISHED else None)
-        rows.append((r.run_id, r.app, status, fmt_time(r.created_at),
+        rows.append((r.run_id, r.app, *((r.version or "-",) if with_version else ()), status, fmt_time(r.created_at),
                      fmt_duration(None if end is None else end - r.created_at)))
-    id_width = max([len("run id"), *(cell_len(row[0]) for row in rows)])
-    natural = {name: max([len(name), *(cell_len(str(row[i + 1])) for row in rows)])
-               for i, name in enumerate(_NARROWEST)}
+    id_width = max([len("run id"), *(cell_len(str(row[0])) for row in rows)])
+    names = [n for n in _NARROWEST if with_version or n != "version"]
+    natural = {name: max([len(name), *(cell_len(str(row[i + 1])) for row in rows)]) for i, name in enumerate(names)}
     natural["duration"] = max(natural["duration"], 8)
-    # Each of the 5 columns has a space of padding either side and a border after it (one more at the left).
+    # Each column has a space of padding either side and a border after it (one more at the left).
     widths = natural if width is None else _shrunk(natural, width - id_width - (3 * (len(natural) + 1) + 1))
     table = Table(title="runs", title_justify="left")
     table.add_column("run id", no_wrap=True, min_width=id_width)
     table.add_column("app", overflow="fold", max_width=widths["app"])
+    if with_version:
+        table.add_column("version", overflow="fold", max_width=widths["version"])
     table.add_column("status", max_width=widths["status"])
     table.add_column("created", max_width=widths["created"])
     table.add_column("duration", justify="right", min_width=min(8, widths["duration"]), max_width=widths["duration"])

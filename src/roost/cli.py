@@ -340,10 +340,12 @@ def _endpoint_uri(endpoint: str, version: str) -> str:
 async def _served_at(app: App, settings: Settings) -> str | None:
     """The URI where this version of the app is already served at the configured endpoint (by
     ``roost serve``), or None."""
-    from .runtime.restate._endpoint import code_version  # MissingExtraError (the pip command) without restate
+    from .runtime.restate import RestateRuntime  # noqa: F401  (MissingExtraError, the pip command, without restate)
 
     # isort: split
     import httpx  # part of the restate extra
+
+    from .runtime._versions import code_version
 
     uri = _endpoint_uri(settings.restate.endpoint, code_version(app.compiled, app.app_ref))
     try:
@@ -421,7 +423,7 @@ def _say_temporal_worker(app: App, runtime: DurableRuntime) -> None:
     task_queue: Any = getattr(runtime, "task_queue", None)
     if settings is None or task_queue is None:  # a runtime given to the App by its code
         return
-    queue = task_queue(app.name)
+    queue = task_queue(app.compiled)
     where = f"Temporal at {settings.address}, namespace {settings.namespace}"
     if settings.serve:
         text = f"a worker in this process runs the app (task queue {queue}, {where})"
@@ -1107,7 +1109,7 @@ async def _run_temporal_worker(runtime: TemporalRuntime, apps: list[App], consol
                                         (settings.namespace, "bold")), soft_wrap=True)
             for app in apps:
                 console.print(Text.assemble("serving app ", (app.name, "bold"), f" ({', '.join(app.agents)}) on task "
-                                            "queue ", (runtime.task_queue(app.name), "bold")), soft_wrap=True)
+                                            "queue ", (runtime.task_queue(app.compiled), "bold")), soft_wrap=True)
             console.print("Ctrl-C stops", soft_wrap=True)
             console.print(hint, soft_wrap=True, style="dim")
             sys.stdout.flush()  # when piped, say it now rather than at exit

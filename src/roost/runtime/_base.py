@@ -144,6 +144,9 @@ class RunSummary:
     created_at: float
     finished_at: float | None
     runtime: str
+    version: str | None = None
+    """The app's wiring version that started the run (its fingerprint's first 8 characters):
+    after a deploy, runs of another version show here (see docs/operations.md, "Deploys")."""
 
 
 @dataclass(frozen=True)

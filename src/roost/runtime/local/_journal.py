@@ -240,7 +240,8 @@ class Journal:
 
     def list_runs(self, limit: int) -> list[sqlite3.Row]:
         cur = self.db.execute(
-            "SELECT run_id, app, status, created_at, finished_at FROM runs ORDER BY created_at DESC LIMIT ?", (limit,)
+            "SELECT run_id, app, status, created_at, finished_at, fingerprint FROM runs ORDER BY created_at DESC "
+            "LIMIT ?", (limit,)
         )
         cur.row_factory = sqlite3.Row
         return cur.fetchall()

@@ -176,8 +176,16 @@ class LocalRuntime(DurableRuntime):
         if self.auto_resume:
             for run_id, app_name, owner in self.journal.unfinished():
                 app = self.apps.get(app_name)
-                if app is not None and not self.owned_elsewhere(owner):
-                    await self._adopt(app, run_id)
+                if app is None or self.owned_elsewhere(owner):
+                    continue
+                row = self.journal.run_row(run_id)
+                if row is not None and row["fingerprint"] != app.fingerprint:
+                    # A deploy: the run belongs to another version of the app. Left alone (listed,
+                    # cancellable); a process with that version's code resumes it.
+                    _log.info("run %r of another version of app %r left alone: resume it with the code that "
+                              "started it ('roost runs resume %s --app FILE')", run_id, app_name, run_id)
+                    continue
+                await self._adopt(app, run_id)
 
     async def close(self) -> None:
         if self._journal is None:
@@ -555,7 +563,8 @@ class LocalRuntime(DurableRuntime):
 
     async def list_runs(self, limit: int = 50) -> list[RunSummary]:
         return [
-            RunSummary(r["run_id"], r["app"], self._status(r["run_id"], r["status"]), r["created_at"], r["finished_at"], "local")
+            RunSummary(r["run_id"], r["app"], self._status(r["run_id"], r["status"]), r["created_at"], r["finished_at"],
+                       "local", str(r["fingerprint"])[:8])
             for r in self.journal.list_runs(limit)
         ]
 

@@ -8,38 +8,22 @@ invocations already running keep the version that started them.
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import logging
-import os
 from collections.abc import Awaitable, Callable
-from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
 import restate
 
-from ... import __version__
 from ..._graph import CompiledApp
 from .._branches import install
+from .._versions import code_version
 from ._http import serve_asgi
 from ._server import aregister_deployment
 from ._services import services
 
 _log = logging.getLogger("roost.restate")
 ASGI = Callable[[dict[str, Any], Callable[[], Awaitable[Any]], Callable[[Any], Awaitable[None]]], Awaitable[None]]
-
-
-def code_version(app: CompiledApp, app_ref: str | None) -> str:
-    """Changes when the wiring, roost, or the source file that built the app changes
-    (``ROOST_CODE_VERSION`` overrides it, e.g. with a git commit)."""
-    explicit = os.environ.get("ROOST_CODE_VERSION")
-    if explicit:
-        return explicit
-    h = hashlib.blake2b(digest_size=6)
-    h.update(f"{app.name}|{app.fingerprint}|{__version__}".encode())
-    if app_ref and Path(app_ref).is_file():
-        h.update(Path(app_ref).read_bytes())
-    return h.hexdigest()
 
 
 class EndpointServer:

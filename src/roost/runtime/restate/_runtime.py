@@ -249,8 +249,8 @@ class RestateRuntime(DurableRuntime):
         rows = await self._state_rows("AND key = 'run'")
         runs = sorted((json.loads(r["value_utf8"]) for r in rows if r.get("value_utf8")),
                       key=lambda r: r["created_at"], reverse=True)[:limit]
-        return [RunSummary(r["run_id"], r["app"], _status(r), r["created_at"], r.get("finished_at"), "restate")
-                for r in runs]
+        return [RunSummary(r["run_id"], r["app"], _status(r), r["created_at"], r.get("finished_at"), "restate",
+                           str(r.get("fingerprint") or "")[:8] or None) for r in runs]
 
     async def prune(self, older_than: float, *, dry_run: bool = False) -> PruneReport:
         return PruneReport(0, prune_note(self.settings.admin))  # Restate applies the workflow retention

@@ -5,7 +5,11 @@
   ``roost.<app>.<agent>/<key>``: it holds the entity's state and lets one activation in at a time.
 - Each step is an activity of type ``<agent>.<step name>``, so ``temporal workflow show`` names
   the agent and the step.
-- Workers poll the task queue ``roost.<app>`` unless told otherwise.
+- Workers poll the task queue ``roost.<app>@<code version>`` unless told otherwise: each version
+  of an app's code has its own, so a run is only ever replayed by the code that started it (a
+  deploy never makes in-flight runs non-deterministic; see docs/operations.md, "Deploys").
+- Entities keyed across runs outlive versions: their workflows run on ``roost.<app>.entities``,
+  which every worker of the app polls, whatever its version.
 """
 
 from __future__ import annotations
@@ -27,8 +31,13 @@ def run_workflow(app: str) -> str:
     return f"roost.{app}"
 
 
-def default_task_queue(app: str) -> str:
-    return f"roost.{app}"
+def default_task_queue(app: str, version: str | None = None) -> str:
+    return f"roost.{app}" if version is None else f"roost.{app}@{version}"
+
+
+def entity_task_queue(base: str) -> str:
+    """The task queue of the entity workflows of the apps whose unversioned task queue is ``base``."""
+    return f"{base}.entities"
 
 
 def entity_workflow_id(app: str, agent: str, key: str) -> str:

@@ -45,6 +45,7 @@ from ...errors import (
 )
 from ...result import ActivationRecord, RunRecord, StepRecord
 from .._base import DurableRuntime, PruneReport, RunSummary, Submission
+from .._versions import code_version
 from ._activities import APP_FILES, APPS, PROCESS_QUEUES, run_step
 from ._names import (
     AWAIT_WAITING,
@@ -53,6 +54,7 @@ from ._names import (
     RESOLVE_REFUSED,
     RESOLVE_SIGNAL,
     default_task_queue,
+    entity_task_queue,
     run_workflow,
 )
 from ._retention import prune_note
@@ -103,8 +105,14 @@ class TemporalRuntime(DurableRuntime):
         if app_ref:
             APP_FILES[app.name] = app_ref
 
-    def task_queue(self, app: str) -> str:
-        return self.settings.task_queue or default_task_queue(app)
+    def task_queue(self, app: CompiledApp) -> str:
+        """Where the app's runs and steps go: a queue per version of its code (unless the settings
+        name one: then versions are the deployer's to keep apart)."""
+        return self.settings.task_queue or default_task_queue(app.name, code_version(app, APP_FILES.get(app.name)))
+
+    def entity_queue(self, app: CompiledApp) -> str:
+        """Where the app's entities keyed across runs live: the same queue for every version."""
+        return entity_task_queue(self.settings.task_queue or default_task_queue(app.name))
 
     @property
     def client(self) -> Client:
@@ -132,8 +140,18 @@ class TemporalRuntime(DurableRuntime):
         the steps whose function only this process holds (lambdas, closures)."""
         queues: dict[str, list[CompiledApp]] = {}
         for app in self.apps.values():
-            queues.setdefault(self.task_queue(app.name), []).append(app)
+            queues.setdefault(self.task_queue(app), []).append(app)
         serving = {w.task_queue for w, _ in self._workers}
+        for app in self.apps.values():
+            entities = self.entity_queue(app)
+            if entities not in serving:
+                serving.add(entities)
+                if self._host is None:
+                    self._host = _WorkerHost()
+                worker = Worker(self.client, task_queue=entities, workflows=[EntityWorkflow],
+                                workflow_runner=UnsandboxedWorkflowRunner(), graceful_shutdown_timeout=timedelta(seconds=1),
+                                workflow_failure_exception_types=[RoostError])
+                self._workers.append((worker, self._host.start(worker)))
         for queue, apps in queues.items():
             for app in apps:
                 APPS[(queue, app.name)] = app
@@ -200,15 +218,17 @@ class TemporalRuntime(DurableRuntime):
             "input": json.loads(submission.input_json), "input_hash": submission.input_hash,
             "created_at": time.time(), "max_activations": app.max_activations,
             "entries": [{"agent": agent, "payload": payload} for agent, payload in submission.entries],
+            "entity_queue": self.entity_queue(app),
         }
         if self.history_limit is not None:
             body["history_limit"] = self.history_limit
         try:
             await self.client.start_workflow(
-                run_workflow(app.name), body, id=run_id, task_queue=self.task_queue(app.name),
+                run_workflow(app.name), body, id=run_id, task_queue=self.task_queue(app),
                 id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE, id_conflict_policy=WorkflowIDConflictPolicy.FAIL,
                 task_timeout=WORKFLOW_TASK_TIMEOUT,
-                memo={"roost_app": app.name, "roost_input_hash": submission.input_hash, "roost_created_at": body["created_at"]},
+                memo={"roost_app": app.name, "roost_input_hash": submission.input_hash, "roost_created_at": body["created_at"],
+                      "roost_fingerprint": app.fingerprint},
             )
             return True
         except WorkflowAlreadyStartedError:
@@ -294,7 +314,8 @@ class TemporalRuntime(DurableRuntime):
             out.append(RunSummary(
                 wf.id, str(memo.get("roost_app", wf.workflow_type[6:])), status,
                 float(memo.get("roost_created_at", wf.start_time.timestamp())),
-                wf.close_time.timestamp() if wf.close_time else None, "temporal"))
+                wf.close_time.timestamp() if wf.close_time else None, "temporal",
+                str(memo.get("roost_fingerprint") or "")[:8] or None))
             if len(out) >= limit:
                 break
         return out

@@ -552,6 +552,7 @@ class RunWorkflow:
                     try:
                         await workflow.start_child_workflow(
                             ENTITY_WORKFLOW, {"state": {}, "queue": []}, id=eid,
+                            task_queue=self.run.get("entity_queue"),  # every version's workers poll it
                             parent_close_policy=workflow.ParentClosePolicy.ABANDON,
                             id_reuse_policy=WorkflowIDReusePolicy.ALLOW_DUPLICATE)
                     except WorkflowAlreadyStartedError:
