@@ -15,7 +15,6 @@ waits on a promise or finishes) and ``promise`` (a keyed agent's ``ctx.promise``
 from __future__ import annotations
 
 import asyncio
-import collections
 import json
 from datetime import timedelta
 from typing import Any
@@ -45,6 +44,7 @@ from ..._engine import (
 from ..._graph import CompiledApp
 from .._base import RunAborted
 from .._branches import detached
+from .._slots import Slots, outcome
 from ._context import JSON, Host, MemoryState, RunContext, restate_signal, run_activation
 from ._driver import Cancelled, Driver
 from ._names import ACTIVATE, CHANGED, agent_service, run_service
@@ -84,8 +84,7 @@ class WorkflowRun(Host):
         self._locks: dict[tuple[str, str], tuple[asyncio.Lock, int]] = {}
         self._replies: dict[str, asyncio.Future[Reply]] = {}
         self._aborted: set[str] = set()
-        self._queue: collections.deque[Activation] = collections.deque()
-        self._running = 0
+        self._slots = Slots(MAX_RUNNING, self._start)
         self._info: dict[str, dict[str, Any]] = {}
         self._dirty: dict[str, None] = {}
         self._unwritten: dict[str, dict[str, Any]] = {}
@@ -134,7 +133,7 @@ class WorkflowRun(Host):
             if self.engine.finished or self.broken is not None:
                 return
             self._flush(idle=not self.driver.requested)
-            if not self.driver.busy and not self._queue:
+            if not self.driver.busy and not self._slots.queue:
                 self._break(RuntimeError("the run has nothing left to run or wait for, yet is not finished"))
                 continue
             self.driver.issue()
@@ -160,7 +159,7 @@ class WorkflowRun(Host):
             if isinstance(c, StartActivation):
                 self._info[c.activation.id] = {"id": c.activation.id, "agent": c.activation.agent,
                                                "kind": c.activation.kind, "cause": c.activation.cause}
-                self._admit(c.activation)
+                self._slots.admit(c.activation)
             elif isinstance(c, AwaitApproval):
                 self._dirty[c.activation] = None
                 self._approvals[c.activation] = c.name
@@ -181,37 +180,17 @@ class WorkflowRun(Host):
 
     # -- activations ------------------------------------------------------------------------
 
-    def _admit(self, spec: Activation) -> None:
-        if self._running >= MAX_RUNNING:
-            self._queue.append(spec)
-            return
-        self._running += 1
+    def _start(self, spec: Activation) -> None:
         self.driver.spawn(self._activate(spec), f"roost:{spec.id}", context=detached())
 
-    def _release_slot(self) -> None:
-        self._running -= 1
-        while self._queue and self._running < MAX_RUNNING:
-            self._admit(self._queue.popleft())
-
     def pause(self, activation: str, on: bool) -> None:
-        if on:
-            self._release_slot()
-        else:
-            self._running += 1
+        self._slots.pause(on)
 
     def aborted(self, activation: str) -> bool:
         return activation in self._aborted
 
     async def _activate(self, spec: Activation) -> None:
-        event: ActivationFinished
-        try:
-            event = await self._run(spec)
-        except RunAborted:
-            event = ActivationFinished(spec.id, "cancelled")
-        except Exception as exc:  # roost's own code around the activation failed: the run learns why
-            event = failed_activation(spec, None, 1, exc)
-        finally:
-            self._release_slot()
+        event = await outcome(spec, self._run(spec), self._slots)
         info = self._info.get(spec.id)
         if info is not None:
             info["output"] = event.output
@@ -300,11 +279,8 @@ class WorkflowRun(Host):
         for key, waiter in list(self._replies.items()):
             if key.startswith(prefixes) and not waiter.done():
                 waiter.set_exception(RunAborted())
-        queued = [spec for spec in self._queue if spec.id in self._aborted]
-        if queued:
-            self._queue = collections.deque(spec for spec in self._queue if spec.id not in self._aborted)
-            for spec in queued:
-                self._events.append(((spec.id, "1", ""), ActivationFinished(spec.id, "cancelled")))
+        for spec in self._slots.drop(self._aborted):
+            self._events.append(((spec.id, "1", ""), ActivationFinished(spec.id, "cancelled")))
 
     # -- what activations ask for -----------------------------------------------------------
 

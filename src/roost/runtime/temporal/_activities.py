@@ -57,11 +57,12 @@ MOVED = "StepMoved"
 moved to another process meanwhile): the workflow schedules the step again where it is now."""
 
 
-def find_app(task_queue: str, name: str) -> CompiledApp:
+def find_app(task_queue: str, name: str, fingerprint: str | None = None) -> CompiledApp:
     app = APPS.get((task_queue, name))
-    if app is None:  # a Replayer runs workflows under a task queue of its own
-        same = {id(a): a for (_, n), a in APPS.items() if n == name}
-        app = next(iter(same.values())) if len(same) == 1 else None
+    if app is None:  # a Replayer runs workflows under a task queue of its own: the run's version
+        same = {id(a): a for (_, n), a in APPS.items()
+                if n == name and (fingerprint is None or a.fingerprint == fingerprint)}
+        app = next(iter(same.values())) if len(same) == 1 or fingerprint is not None and same else None
     if app is None:
         raise ApplicationError(
             f"this worker (task queue {task_queue!r}) does not serve app {name!r}; start one with "

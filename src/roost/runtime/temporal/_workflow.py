@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import collections
 import contextlib
 import json
 import zlib
@@ -57,6 +56,7 @@ from ...errors import RoostError, StepFailedError
 from .._base import RunAborted
 from .._branches import fork_on_create, root
 from .._retry import RetryPolicy
+from .._slots import Slots, outcome
 from ._activities import BATCH_SIZE, find_app
 from ._context import HEARTBEAT_TIMEOUT, STEP_TIMEOUT, TemporalContext, temporal_retry
 from ._continue import CARRY_LIMIT, due, pack, unpack
@@ -114,8 +114,7 @@ class RunWorkflow:
         self.engine: RunEngine | None = None
         self.replies: dict[str, asyncio.Future[Reply]] = {}
         self.aborted: set[str] = set()
-        self.queue: collections.deque[Activation] = collections.deque()
-        self.running = 0
+        self.slots = Slots(MAX_RUNNING, self._start)
         self.approvals: dict[str, str] = {}
         self.broken: dict[str, Any] | None = None
         self.steps: dict[tuple[str, RetryPolicy], list[tuple[dict[str, Any], asyncio.Future[dict[str, Any]]]]] = {}
@@ -138,7 +137,7 @@ class RunWorkflow:
     @workflow.run
     async def main(self, args: Sequence[RawValue]) -> dict[str, Any]:
         sub: dict[str, Any] = workflow.payload_converter().from_payload(args[0].payload, dict)
-        self.app = app = find_app(workflow.info().task_queue, sub["app"])
+        self.app = app = find_app(workflow.info().task_queue, sub["app"], sub.get("fingerprint"))
         carried = sub.pop("carry", None)
         self.run.update({k: v for k, v in sub.items() if k != "entries"})
         self.run.update(status="running", finished_at=None)
@@ -226,7 +225,7 @@ class RunWorkflow:
         self.started_entities.update(carried["started_entities"])
         self.aborted.update(carried["aborted"])
         for spec in engine.pending():
-            self._admit(spec)
+            self.slots.admit(spec)
 
     def _cancel(self, reason: str) -> None:
         """The run ends cancelled: the engine aborts what runs (waits raise RunAborted), and the
@@ -305,7 +304,7 @@ class RunWorkflow:
             acts[spec.id] = {"id": spec.id, "agent": spec.agent, "kind": spec.kind, "status": "pending",
                              "cause": spec.cause, "output": None, "error": None, "attempts": 0, "started": None,
                              "finished": None, "seq": len(acts)}
-            self._admit(spec)
+            self.slots.admit(spec)
         elif isinstance(c, AwaitApproval):
             self.approvals[c.activation] = c.name
             agent = self.run["activations"].get(c.activation, {}).get("agent")
@@ -327,42 +326,20 @@ class RunWorkflow:
             for key, waiter in list(self.replies.items()):
                 if key.startswith(prefixes) and not waiter.done():
                     waiter.set_exception(RunAborted())
-            queued = [spec for spec in self.queue if spec.id in self.aborted]
-            if queued:
-                self.queue = collections.deque(spec for spec in self.queue if spec.id not in self.aborted)
-                for spec in queued:
-                    self._apply(ActivationFinished(spec.id, "cancelled"))
+            for spec in self.slots.drop(self.aborted):
+                self._apply(ActivationFinished(spec.id, "cancelled"))
 
     # -- activations -------------------------------------------------------------------------
 
-    def _admit(self, spec: Activation) -> None:
-        if self.running >= MAX_RUNNING:
-            self.queue.append(spec)
-            return
-        self.running += 1
+    def _start(self, spec: Activation) -> None:
         asyncio.get_running_loop().create_task(self._activate(spec))
 
     def pause(self, on: bool) -> None:
         """An activation waits on a timer, a promise or a reply: its slot is free meanwhile."""
-        if on:
-            self._release_slot()
-        else:
-            self.running += 1
-
-    def _release_slot(self) -> None:
-        self.running -= 1
-        while self.queue and self.running < MAX_RUNNING:
-            self._admit(self.queue.popleft())
+        self.slots.pause(on)
 
     async def _activate(self, spec: Activation) -> None:
-        try:
-            event = await self._run_activation(spec)
-        except RunAborted:
-            event = ActivationFinished(spec.id, "cancelled")
-        except Exception as exc:  # roost's own code around the activation failed: the run learns why
-            event = failed_activation(spec, None, 1, exc)
-        finally:
-            self._release_slot()
+        event = await outcome(spec, self._run_activation(spec), self.slots)
         self.journals.pop(spec.id, None)
         record = self.run["activations"].get(spec.id)
         if record is not None:
