@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import json
 import os
 import shlex
@@ -79,13 +80,15 @@ class BadInputError(CliError):
 class RunInterruptedError(CliError):
     """Ctrl-C interrupted a run this process followed. ``elsewhere``: the run goes on elsewhere (a
     prod runtime retries the steps this process was running), so the process exits without
-    waiting for steps still running in its threads."""
+    waiting for steps still running in its threads. ``abandon_threads``: exit without waiting
+    for them (they are not journaled; on the local runtime they run again on resume)."""
 
     exit_code = EXIT_INTERRUPTED
 
-    def __init__(self, message: str, *, elsewhere: bool = False) -> None:
+    def __init__(self, message: str, *, elsewhere: bool = False, abandon_threads: bool = False) -> None:
         super().__init__(message)
         self.elsewhere = elsewhere
+        self.abandon_threads = elsewhere or abandon_threads
 
 
 class RunTerminatedError(RunInterruptedError):
@@ -221,7 +224,13 @@ def _interrupted(run_id: str, journal: Path, runtime: str = "local", signum: int
 
 
 def _run_async(coro: Coroutine[Any, Any, T], run_id: str | None, journal: Path, runtime: str = "local") -> T:
+    """Run ``coro``. A local command following a run (``run_id``) stops on SIGINT or SIGTERM as
+    ``_stopped_gracefully`` says; one following a run on a prod runtime as ``_stopped_by_signals``
+    says; any other is just interrupted by Ctrl-C."""
+    stop = _Stop(run_id, journal) if runtime == "local" and run_id is not None else None
     try:
+        if stop is not None:
+            return asyncio.run(_stopped_gracefully(coro, stop))
         return asyncio.run(coro if runtime == "local" else _stopped_by_signals(coro, runtime))
     except KeyboardInterrupt:
         if run_id is None:
@@ -230,7 +239,129 @@ def _run_async(coro: Coroutine[Any, Any, T], run_id: str | None, journal: Path, 
     except _Stopped as stopped:
         if run_id is None:
             raise click.exceptions.Exit(128 + stopped.signum) from None
+        if stop is not None:
+            raise stop.outcome(stopped.signum) from None
         raise _interrupted(run_id, journal, runtime, stopped.signum) from None
+
+
+STOP_GRACE = 30.0
+"""Seconds the first SIGINT or SIGTERM waits for the sync steps running in a local command to
+finish (``ROOST_STOP_GRACE`` overrides it)."""
+
+
+def _stop_grace() -> float:
+    raw = os.environ.get("ROOST_STOP_GRACE")
+    return STOP_GRACE if not raw else parse_duration(raw, "ROOST_STOP_GRACE")
+
+
+def _listed(items: list[str]) -> str:
+    return items[0] if len(items) == 1 else ", ".join(items[:-1]) + " and " + items[-1]
+
+
+class _Stop:
+    """A local command that follows run ``run_id``, as signals stop it: its runtime (set by
+    ``_follow`` once open), where it prints, and the first signal received."""
+
+    def __init__(self, run_id: str, journal: Path) -> None:
+        self.run_id = run_id
+        self.journal = journal
+        self.runtime: LocalRuntime | None = None
+        self.console: Console | None = None
+        self.signum: int | None = None
+        self.grace = _stop_grace()
+        self.finishing = False
+
+    def say(self, text: str) -> None:
+        (self.console or _stderr()).print(Text(text, style="yellow"), soft_wrap=True)
+
+    def _hint(self) -> str:
+        hint = f"roost runs resume {self.run_id}" + (
+            "" if _journal_hint(self.journal) is None else f" --journal {self.journal}")
+        return f"run {self.run_id} is kept in the journal: continue it with {hint}"
+
+    def running(self) -> list[str]:
+        """The sync steps running in this process: awaited by the runtime, or detached by its close."""
+        if self.runtime is None:
+            return []
+        return list(dict.fromkeys([*self.runtime.running_steps(), *self.runtime.detached_steps.running()]))
+
+    def first(self, signum: int, task: asyncio.Task[Any]) -> None:
+        """Stop starting work (the runtime closes: activations are cancelled, async steps with them)
+        and let the sync steps running finish; ``_stopped_gracefully`` waits for them."""
+        self.signum = signum
+        if self.finishing:
+            return  # the run has ended here: it is reported, its runtime closes as usual
+        running = self.running()
+        if running:
+            self.say(f"stopping: waiting for {_listed(running)} to finish — Ctrl-C again to stop now")
+        task.cancel()
+
+    def now(self, signum: int) -> None:
+        """A second signal: exit at once, leaving the sync steps still running unrecorded."""
+        running = self.running()
+        lost = (f"; {_listed(running)} {'was' if len(running) == 1 else 'were'} still running and "
+                f"{'is' if len(running) == 1 else 'are'} not recorded: {'it runs' if len(running) == 1 else 'they run'} "
+                "again when the run resumes") if running else ""
+        if self.console is not None:
+            self.console.show_cursor(True)  # the progress view hid it on a terminal; it never stops now
+        CliError(f"stopped at once{lost}; {self._hint()}").show()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(128 + signum)
+
+    def outcome(self, signum: int) -> RunInterruptedError:
+        """The error the command ends with once it has wound down."""
+        error, what = (RunTerminatedError, "stopped by SIGTERM") if signum == signal.SIGTERM else \
+            (RunInterruptedError, "interrupted")
+        parts: list[str] = []
+        detached = self.runtime.detached_steps if self.runtime is not None else None
+        if detached is not None and detached.recorded:
+            one = len(detached.recorded) == 1
+            parts.append(f"{_listed(detached.recorded)} finished and {'is' if one else 'are'} recorded "
+                         f"(never run again)")
+        running = detached.running() if detached is not None else []
+        if running:
+            one = len(running) == 1
+            parts.append(f"{_listed(running)} still {'runs' if one else 'run'} after {self.grace:g} s and "
+                         f"{'is' if one else 'are'} not recorded: {'it runs' if one else 'they run'} again when "
+                         "the run resumes")
+        if detached is not None and detached.refused:
+            parts.append(f"{_listed(detached.refused)} finished after another process had taken the run over, "
+                         "which runs it itself")
+        return error("; ".join([what, *parts, self._hint()]), abandon_threads=bool(running))
+
+
+_STOP: contextvars.ContextVar[_Stop | None] = contextvars.ContextVar("roost_cli_stop", default=None)
+"""The ``_Stop`` of the command running (for ``_follow``, which opens the runtime)."""
+
+
+async def _stopped_gracefully(coro: Awaitable[T], stop: _Stop) -> T:
+    """``coro`` (a local command following a run), stopped by the first SIGINT or SIGTERM:
+    nothing new starts (the runtime closes, cancelling activations and their async steps), the
+    sync steps running are waited for, up to ``stop.grace`` seconds, and journaled (so a resume
+    never runs them again), then :class:`_Stopped`. A second signal exits at once (``_Stop.now``)."""
+    loop = asyncio.get_running_loop()
+    task = asyncio.current_task()
+    assert task is not None
+    _STOP.set(stop)
+
+    def on_signal(signum: int) -> None:
+        if stop.signum is None:
+            stop.first(signum, task)
+        else:
+            stop.now(signum)
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, on_signal, sig)
+    try:
+        return await coro
+    except asyncio.CancelledError:
+        if stop.signum is None:
+            raise
+        task.uncancel()
+    if stop.runtime is not None:  # closed by now: what it left running is journaled as it returns
+        await asyncio.to_thread(stop.runtime.detached_steps.wait, stop.grace)
+    raise _Stopped(stop.signum)
 
 
 async def _stopped_by_signals(coro: Awaitable[T], runtime: str = "restate") -> T:
@@ -373,6 +504,9 @@ async def _follow(app: App, run_id: str, console: Console, journal: Path,
     try:
         with view:
             runtime = await _open_runtime(app, mode, runtime_name)
+            stop = _STOP.get()
+            if stop is not None and isinstance(runtime, LocalRuntime):
+                stop.runtime, stop.console = runtime, console
             follower = asyncio.create_task(view.follow(runtime))
             try:
                 await drive()
@@ -381,6 +515,8 @@ async def _follow(app: App, run_id: str, console: Console, journal: Path,
             finally:
                 follower.cancel()
                 await asyncio.gather(follower, return_exceptions=True)
+            if stop is not None:
+                stop.finishing = True  # the run ended: a signal from now on lets it be reported
             record = await runtime.get(run_id)
             view.finish(record)
         return record
@@ -1304,7 +1440,7 @@ def main(argv: list[str] | None = None) -> None:
     except click.ClickException as exc:
         exc.show()
         code = exc.exit_code
-        abandon_threads = isinstance(exc, RunInterruptedError) and exc.elsewhere
+        abandon_threads = isinstance(exc, RunInterruptedError) and exc.abandon_threads
     except click.exceptions.Abort:
         click.echo("Aborted!", err=True)
         code = 1

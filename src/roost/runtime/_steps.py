@@ -21,12 +21,14 @@ _EXECUTOR = concurrent.futures.ThreadPoolExecutor(max_workers=min(32, (os.cpu_co
                                                   thread_name_prefix="roost-step")
 """Sync steps run here, not in the loop's default executor: a run that times out or is closed
 returns at once (``asyncio.run`` joins only the default executor), while a step still running
-finishes in its thread (the interpreter joins these threads at exit) and is journaled then."""
+finishes in its thread (the interpreter joins these threads at exit) and is journaled then, by
+the backend's ``on_detached``."""
 _INFLIGHT: dict[str, concurrent.futures.Future[Any]] = {}
 """Sync attempts still running, by idempotency key: a step resumed in the same process (after a
 timeout or a closed runtime) waits for the attempt still running, never doubles it."""
 
 Detached = Callable[["concurrent.futures.Future[Any]"], None]
+"""Called with a sync attempt still running (or just finished) when its caller is cancelled."""
 
 
 def _forget(key: str, cf: concurrent.futures.Future[Any]) -> None:
@@ -37,6 +39,12 @@ def _forget(key: str, cf: concurrent.futures.Future[Any]) -> None:
 def _really_cancelled() -> bool:
     task = asyncio.current_task()
     return task is not None and task.cancelling() > 0
+
+
+def attempt_running(idempotency_key: str) -> bool:
+    """Whether a sync attempt of the step with ``idempotency_key`` is running in a thread."""
+    cf = _INFLIGHT.get(idempotency_key)
+    return cf is not None and not cf.done()
 
 
 async def _in_thread(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any], info: StepInfo,
@@ -53,7 +61,7 @@ async def _in_thread(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict
         return await asyncio.wrap_future(cf)  # cancelling this never stops a running attempt
     except asyncio.CancelledError:
         if on_detached is not None and _really_cancelled():
-            cf.add_done_callback(on_detached)
+            on_detached(cf)  # the backend journals the attempt's result when it returns
         raise
 
 
@@ -61,8 +69,9 @@ async def call_step(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[
                     on_detached: Detached | None = None) -> Any:
     """Call ``fn`` once with ``info`` visible through ``current_step()``; sync code runs in a thread.
 
-    ``on_detached(future)`` is called when a sync attempt finishes after its caller was
-    cancelled (a timeout, a closed runtime), so the backend can still journal its result."""
+    ``on_detached(future)`` is called when the caller of a sync attempt is cancelled (a timeout,
+    a closed runtime) with the attempt's future, still running or just done, so the backend can
+    still journal its result when it returns."""
     token = _current_step.set(info)
     try:
         with internal():

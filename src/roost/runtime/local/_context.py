@@ -149,14 +149,15 @@ class LocalContext(DurableContext):
                     await retrying.pop()
             await self._wait_abortable(delay)
 
-        path = self._rt.journal.path
+        what = f"step {name!r} of agent {self.agent!r}"
 
         def detached(attempt: int) -> Detached:
-            def journal(cf: concurrent.futures.Future[Any]) -> None:
-                if not cf.cancelled() and cf.exception() is None:
-                    encoded = dumps(cf.result(), what=where)
-                    Journal.record_detached(path, self._row(pos, "step", name, "done", encoded, attempt, started))
-            return journal
+            def detach(cf: concurrent.futures.Future[Any]) -> None:
+                # The activation stops (a timeout, a closed runtime, Ctrl-C) while the attempt runs:
+                # it is journaled when it returns, and its run stays this process's until then.
+                self._rt.detached_steps.add(self.run_id, what, cf, lambda result: self._row(
+                    pos, "step", name, "done", dumps(result, what=where), attempt, started))
+            return detach
 
         try:
             attempts_of = run_with_retry(fn, args, kwargs, policy=policy, info=info, wait=back_off,
@@ -164,7 +165,11 @@ class LocalContext(DurableContext):
             if inspect.iscoroutinefunction(fn):
                 result, attempts = await self._cancellable(attempts_of)
             else:  # a sync step cannot be stopped: a cancelled run still journals it when it finishes
-                result, attempts = await attempts_of
+                self._rt.sync_steps[info.idempotency_key] = (self.run_id, what)
+                try:
+                    result, attempts = await attempts_of
+                finally:
+                    self._rt.sync_steps.pop(info.idempotency_key, None)
         except StepFailedError as exc:
             # The step's record shows the attempts the error names (the last one included).
             self.attempts = max(self.attempts, exc.attempts)

@@ -323,18 +323,6 @@ class Journal:
             (value, time.time(), run_id, activation, position),
         )
 
-    @staticmethod
-    def record_detached(path: str, row: tuple[Any, ...]) -> None:
-        """Journal a step result from a worker thread, on a connection of its own (the loop that
-        waited for it is gone: the run timed out or the runtime was closed)."""
-        if path == ":memory:":
-            return
-        db = sqlite3.connect(path, isolation_level=None, timeout=BUSY_MS / 1000)
-        try:
-            retry_sync(path, lambda: db.execute("INSERT OR REPLACE INTO journal VALUES(?,?,?,?,?,?,?,?,?,?)", row))
-        finally:
-            db.close()
-
     # -- reads ----------------------------------------------------------------------------------
 
     def entries(self, run_id: str, activation: str) -> dict[str, tuple[str, str, str, str | None, int]]:

@@ -89,6 +89,9 @@ class Owner:
         self._fd: int | None = None
         self._heartbeat: _Heartbeat | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        self.kept = False
+        """Its runtime closed while sync steps still ran (``_detached.py``): it lives on, keeping
+        their runs, until the last of them is journaled."""
 
     # -- registration: lock file, then the row (an op), then the heartbeat ---------------------
 
@@ -124,11 +127,17 @@ class Owner:
 
     def live(self) -> bool:
         """Seen from this process: registered, and its event loop still runs (a runtime dropped
-        without being closed stops renewing once its loop is closed)."""
-        return self.registered and self._loop is not None and not self._loop.is_closed()
+        without being closed stops renewing once its loop is closed), or ``kept``."""
+        return self.registered and (self.kept or (self._loop is not None and not self._loop.is_closed()))
 
-    def release(self, db: sqlite3.Connection) -> None:
-        """Give up everything this owner holds (an op; closing)."""
+    def release(self, db: sqlite3.Connection, keep: frozenset[str] = frozenset()) -> None:
+        """Give up everything this owner holds (an op; closing), but the runs in ``keep``: while
+        it keeps some, it also keeps its entities and its lease (``_detached.py`` gives them back)."""
+        if keep:
+            marks = ",".join("?" * len(keep))
+            db.execute(f"UPDATE runs SET owner=NULL WHERE owner=? AND status='running' AND run_id NOT IN ({marks})",
+                       (self.id, *sorted(keep)))
+            return
         db.execute("UPDATE runs SET owner=NULL WHERE owner=? AND status='running'", (self.id,))
         db.execute("DELETE FROM entity_owners WHERE owner=?", (self.id,))
         db.execute("DELETE FROM owners WHERE owner=?", (self.id,))
@@ -136,6 +145,7 @@ class Owner:
     def close(self) -> None:
         _LOCAL.pop(self.id, None)
         self.registered = False
+        self.kept = False
         if self._heartbeat is not None:
             self._heartbeat.stop()
             self._heartbeat = None

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import functools
 import json
 import logging
 import os
@@ -58,8 +59,10 @@ from ...errors import (
 from ...result import FINISHED, ActivationRecord, RunRecord, StepRecord
 from .._base import DurableRuntime, PruneReport, RunAborted, RunSummary, Submission
 from .._branches import detached, install, internal, root
+from .._steps import attempt_running
 from ._busy import delays
 from ._context import LocalContext
+from ._detached import DetachedSteps
 from ._journal import Committer, Durability, Journal, Op
 from ._lease import (
     LostRun,
@@ -148,6 +151,11 @@ class LocalRuntime(DurableRuntime):
         self._queue = _Queue()
         self._owner: Owner | None = None
         self._registering: asyncio.Future[None] | None = None
+        self.sync_steps: dict[str, tuple[str, str]] = {}
+        """Sync steps awaited now: idempotency key -> (run id, "step 'x' of agent 'a'")."""
+        self.detached_steps = DetachedSteps(Owner(":memory:", self.lease_seconds))
+        """Sync steps whose activation stopped while they ran (see ``_detached.py``); kept after
+        ``close``, which leaves them running, so that a caller can wait for them."""
 
     # -- lifecycle --------------------------------------------------------------------------
 
@@ -172,6 +180,7 @@ class LocalRuntime(DurableRuntime):
                                 wal_limit=self.wal_limit)
         self._committer = Committer(self._journal)
         self._owner = Owner(self._journal.path, self.lease_seconds)
+        self.detached_steps = DetachedSteps(self._owner)
         self._spawn(self._watch_cancels(), "roost:cancels")
         if self.auto_resume:
             for run_id, app_name, owner in self.journal.unfinished():
@@ -199,19 +208,29 @@ class LocalRuntime(DurableRuntime):
         for t in tasks:
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        # Sync steps still running were detached by the cancellation: their runs stay this
+        # owner's until they are journaled (_detached.py), the others go back now.
+        kept = self.detached_steps.close()
         if self._committer is not None:
             if self._owner is not None and self._owner.registered:  # its runs and entities go back
-                self._committer.submit(self._owner.release).add_done_callback(_quiet)
+                self._committer.submit(functools.partial(self._owner.release, keep=kept)).add_done_callback(_quiet)
             await self._committer.drain()
         if self._owner is not None:
-            self._owner.close()
+            if not kept:  # else the last detached step closes it
+                self._owner.close()
             self._owner = None
+        self.sync_steps.clear()
         self._registering = None
         self._journal.close()
         self._journal = None
         self._live.clear()
         self._running = 0
         self.max_running = self._max_running
+
+    def running_steps(self) -> list[str]:
+        """The sync steps running in a thread now ("step 'x' of agent 'a'"): what stopping the
+        runtime leaves to finish (they are journaled when they return, see ``_detached.py``)."""
+        return [what for key, (_, what) in self.sync_steps.items() if attempt_running(key)]
 
     def emit(self, event: str, run_id: str, agent: str, detail: str | None = None, **extra: Any) -> None:
         if self.listeners:
