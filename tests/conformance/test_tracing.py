@@ -34,12 +34,6 @@ def has_run_span(app: str) -> Callable[[list[Any]], bool]:
     return lambda spans: any(s.name == f"run {app}" for s in spans)
 
 
-@pytest.fixture(autouse=True)
-def _wip(runtime_name: str) -> None:
-    if runtime_name.startswith("temporal"):
-        pytest.skip("WIP")
-
-
 async def test_spans_of_a_run(make_app: MakeApp, model_server: FakeModelServer, uid: Callable[[str], str]) -> None:
     exporter()
     model = uid("traced")

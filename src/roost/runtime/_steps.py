@@ -136,15 +136,17 @@ async def run_with_retry(
         attempt += 1
 
 
-def log_attempt(info: StepInfo, attempt: int, cause: BaseException, retry_in: float | None,
+def log_attempt(info: StepInfo, attempt: int, cause: BaseException, retry_in: float | str | None,
                 logger: logging.Logger = _log) -> None:
-    """Log a failed attempt of a step: WARNING when it is retried (``retry_in`` seconds), ERROR
-    when it was the last. The record carries ``run_id``, ``agent``, ``step`` and ``attempt``."""
+    """Log a failed attempt of a step: WARNING when it is retried (in ``retry_in`` seconds, or as
+    ``retry_in`` says), ERROR when it was the last. The record carries ``run_id``, ``agent``,
+    ``activation_id``, ``step``, ``attempt`` and ``cause`` (``extra=`` fields)."""
     extra = {"run_id": info.run_id, "agent": info.agent, "activation_id": info.activation_id, "step": info.name,
              "attempt": attempt, "cause": f"{type(cause).__name__}: {cause}"}
     if retry_in is not None:
-        logger.warning("run %s, agent %s, step %r: attempt %d failed (%s: %s); retrying in %.2fs",
-                       info.run_id, info.agent, info.name, attempt, type(cause).__name__, cause, retry_in, extra=extra)
+        when = f"in {retry_in:.2f}s" if isinstance(retry_in, float | int) else retry_in
+        logger.warning("run %s, agent %s, step %r: attempt %d failed (%s: %s); retried %s",
+                       info.run_id, info.agent, info.name, attempt, type(cause).__name__, cause, when, extra=extra)
     else:
         logger.error("run %s, agent %s, step %r: attempt %d failed (%s: %s); not retried",
                      info.run_id, info.agent, info.name, attempt, type(cause).__name__, cause, extra=extra)
