@@ -57,6 +57,8 @@ class CompiledApp:
             )
         self.name = name
         self.max_activations = max_activations
+        self.tracing = True
+        """OpenTelemetry spans on (``App(tracing=False)`` turns them off; see ``roost._tracing``)."""
         self.agents: dict[str, Agent] = {}
         for a in agents:
             if not isinstance(a, Agent):

@@ -121,6 +121,8 @@ class App:
     ``"12h"``, seconds, a timedelta, or ``"forever"``; default: the ``retention`` setting,
     ``ROOST_RETENTION``, else 7 days). On Restate and Temporal the server keeps runs, for the
     ``retention`` setting (docs/operations.md, Retention).
+    ``tracing``: emit OpenTelemetry spans of runs, agents, steps, model and tool calls through the
+    global tracer provider (needs ``roost[otel]``; docs/observability.md). ``False``: none.
     An App may be used from several threads and event loops: each loop gets its own runtime.
     """
 
@@ -135,8 +137,10 @@ class App:
         entry: Sequence[Agent] | None = None,
         runtime: DurableRuntime | None = None,
         retention: Duration | None = None,
+        tracing: bool = True,
     ) -> None:
         self.compiled = CompiledApp(name, agents, max_activations, entry)
+        self.compiled.tracing = bool(tracing)
         self.name = name
         self.journal = journal
         self.durability = durability

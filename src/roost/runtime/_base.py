@@ -38,6 +38,9 @@ class StepInfo:
     attempt: int
     idempotency_key: str
     """Stable across retries and recoveries: pass it to external APIs to deduplicate."""
+    activation_id: str = ""
+    caused_by: str | None = None
+    """The activation whose output caused this step's activation (None for entry activations)."""
 
 
 _current_step: contextvars.ContextVar[StepInfo | None] = contextvars.ContextVar("roost_step", default=None)

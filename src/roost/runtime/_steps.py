@@ -5,13 +5,16 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextvars
+import dataclasses
 import functools
 import inspect
+import logging
 import os
 import typing
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from .. import _tracing
 from ..errors import SerializationError, StepFailedError
 from ._base import RunAborted, StepInfo, _current_step
 from ._branches import internal
@@ -26,6 +29,8 @@ the backend's ``on_detached``."""
 _INFLIGHT: dict[str, concurrent.futures.Future[Any]] = {}
 """Sync attempts still running, by idempotency key: a step resumed in the same process (after a
 timeout or a closed runtime) waits for the attempt still running, never doubles it."""
+
+_log = logging.getLogger("roost.steps")
 
 Detached = Callable[["concurrent.futures.Future[Any]"], None]
 """Called with a sync attempt still running (or just finished) when its caller is cancelled."""
@@ -66,15 +71,18 @@ async def _in_thread(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict
 
 
 async def call_step(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any], info: StepInfo,
-                    on_detached: Detached | None = None) -> Any:
+                    on_detached: Detached | None = None, *, traced: bool = True) -> Any:
     """Call ``fn`` once with ``info`` visible through ``current_step()``; sync code runs in a thread.
+
+    Every runtime calls this only for an attempt that really runs (never for a journaled result),
+    so this is where the attempt's ``step <name>`` span is made (``traced=False``: none).
 
     ``on_detached(future)`` is called when the caller of a sync attempt is cancelled (a timeout,
     a closed runtime) with the attempt's future, still running or just done, so the backend can
     still journal its result when it returns."""
     token = _current_step.set(info)
     try:
-        with internal():
+        with internal(), _tracing.step_span(info, on=traced):
             if inspect.iscoroutinefunction(fn):
                 return await fn(*args, **kwargs)
             result = await _in_thread(fn, args, kwargs, info, on_detached)
@@ -96,6 +104,7 @@ async def run_with_retry(
     first_attempt: int = 1,
     on_retry: Callable[[int, BaseException], None] | None = None,
     on_detached: Callable[[int], Detached] | None = None,
+    traced: bool = True,
 ) -> tuple[Any, int]:
     """Try ``fn`` per ``policy``; returns (result, attempts) or raises StepFailedError.
 
@@ -113,9 +122,9 @@ async def run_with_retry(
                               cause=RuntimeError("the process stopped after the last attempt had failed"))
     while True:
         try:
-            step_info = info if attempt == 1 else StepInfo(info.run_id, info.agent, info.name, attempt, info.idempotency_key)
+            step_info = info if attempt == 1 else dataclasses.replace(info, attempt=attempt)
             detached = on_detached(attempt) if on_detached is not None else None
-            return await call_step(fn, args, kwargs, step_info, detached), attempt
+            return await call_step(fn, args, kwargs, step_info, detached, traced=traced), attempt
         except (SerializationError, KeyboardInterrupt, SystemExit, RunAborted):
             raise
         except asyncio.CancelledError as exc:
@@ -125,12 +134,31 @@ async def run_with_retry(
         except BaseException as exc:
             failure = exc
         if not policy.is_retryable(failure) or attempt >= policy.max_attempts:
+            log_attempt(info, attempt, failure, None)
             raise StepFailedError(run_id=info.run_id, agent=info.agent, step=info.name, attempts=attempt,
                                   cause=failure) from failure
         if on_retry is not None:
             on_retry(attempt, failure)
-        await wait(policy.delay(attempt, failure))
+        delay = policy.delay(attempt, failure)
+        log_attempt(info, attempt, failure, delay)
+        await wait(delay)
         attempt += 1
+
+
+def log_attempt(info: StepInfo, attempt: int, cause: BaseException, retry_in: float | str | None,
+                logger: logging.Logger = _log) -> None:
+    """Log a failed attempt of a step: WARNING when it is retried (in ``retry_in`` seconds, or as
+    ``retry_in`` says), ERROR when it was the last. The record carries ``run_id``, ``agent``,
+    ``activation_id``, ``step``, ``attempt`` and ``cause`` (``extra=`` fields)."""
+    extra = {"run_id": info.run_id, "agent": info.agent, "activation_id": info.activation_id, "step": info.name,
+             "attempt": attempt, "cause": f"{type(cause).__name__}: {cause}"}
+    if retry_in is not None:
+        when = f"in {retry_in:.2f}s" if isinstance(retry_in, float | int) else retry_in
+        logger.warning("run %s, agent %s, step %r: attempt %d failed (%s: %s); retried %s",
+                       info.run_id, info.agent, info.name, attempt, type(cause).__name__, cause, when, extra=extra)
+    else:
+        logger.error("run %s, agent %s, step %r: attempt %d failed (%s: %s); not retried",
+                     info.run_id, info.agent, info.name, attempt, type(cause).__name__, cause, extra=extra)
 
 
 @functools.lru_cache(maxsize=1024)

@@ -12,12 +12,14 @@ from __future__ import annotations
 
 import json
 import logging
+import urllib.parse
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import pydantic
 import pydantic_core
 
+from ... import _tracing
 from ..._codec import type_name
 from ...errors import ContractViolationError, DefinitionError, TerminalError
 from .._base import Engine
@@ -171,26 +173,35 @@ class LLMEngine(Engine):
         if s.max_tokens is not None:
             body["max_tokens"] = s.max_tokens
         body.update(s.params)
-        try:  # making the client can fail on the base URL too: its error goes through translate
-            client = await client_for(endpoint)
-            async with await limit_for(endpoint, self.ref.name):
-                log.debug("agent %s: model call to %s at %s", self.agent, self.ref.name, endpoint.shown_url)
-                response = await client.chat.completions.create(**body, timeout=endpoint.timeout)
-        except Exception as exc:
-            err = translate(exc, model=str(self.ref), endpoint=endpoint)
-            if err is exc:
-                raise
-            log.debug("agent %s: %s", self.agent, err)
-            raise err from None
-        return _reply(response)
+        attrs = {"gen_ai.operation.name": "chat", "gen_ai.provider.name": self.ref.provider,
+                 "gen_ai.request.model": self.ref.name, "gen_ai.agent.name": self.agent,
+                 "gen_ai.request.temperature": s.temperature, "gen_ai.request.max_tokens": s.max_tokens,
+                 "server.address": urllib.parse.urlsplit(endpoint.shown_url).hostname}
+        with _tracing.call_span(f"chat {self.ref.name}", attrs) as span:
+            try:  # making the client can fail on the base URL too: its error goes through translate
+                client = await client_for(endpoint)
+                async with await limit_for(endpoint, self.ref.name):
+                    log.debug("agent %s: model call to %s at %s", self.agent, self.ref.name, endpoint.shown_url)
+                    response = await client.chat.completions.create(**body, timeout=endpoint.timeout)
+            except Exception as exc:
+                err = translate(exc, model=str(self.ref), endpoint=endpoint)
+                if err is exc:
+                    raise
+                log.debug("agent %s: %s", self.agent, err)
+                raise err from None
+            reply = _reply(response)
+            span.update(usage_attributes(reply, getattr(response, "model", None)))
+        return reply
 
     async def call_tool(self, name: str, arguments: dict[str, Any]) -> str:
         """Run tool ``name``; its result as the text the model reads."""
         tool = self.tools.get(name)
         if tool is None:
             raise TerminalError(f"agent {self.agent!r} has no tool named {name!r}")
+        attrs = {"gen_ai.operation.name": "execute_tool", "gen_ai.tool.name": name, "gen_ai.agent.name": self.agent}
         try:
-            return await tool.invoke(arguments)
+            with _tracing.call_span(f"execute_tool {name}", attrs, kind="INTERNAL"):
+                return await tool.invoke(arguments)
         except pydantic.ValidationError as exc:  # checked before the step; only if the tool changed
             return f"Error: invalid arguments for tool {name!r}: {field_errors(exc)}."
 
@@ -204,6 +215,20 @@ def render_inputs(args: tuple[Any, ...]) -> str:
             f"list[{type(value[0]).__name__}]" if value else "list")
         blocks.append(f"{label}:\n{text}")
     return "\n\n".join(blocks)
+
+
+def usage_attributes(reply: dict[str, Any], model: Any) -> dict[str, Any]:
+    """The GenAI semantic-convention attributes of a completion: token usage when the provider
+    reports it, the model that answered, why it stopped."""
+    usage = reply.get("usage") or {}
+    attrs: dict[str, Any] = {"gen_ai.response.model": model if isinstance(model, str) else None}
+    if isinstance(usage.get("prompt_tokens"), int):
+        attrs["gen_ai.usage.input_tokens"] = usage["prompt_tokens"]
+    if isinstance(usage.get("completion_tokens"), int):
+        attrs["gen_ai.usage.output_tokens"] = usage["completion_tokens"]
+    if reply.get("finish_reason"):
+        attrs["gen_ai.response.finish_reasons"] = [str(reply["finish_reason"])]
+    return attrs
 
 
 def _assistant(reply: dict[str, Any]) -> Message:

@@ -130,7 +130,8 @@ class LocalContext(DurableContext):
                                            recorded.get("traceback")])
                 raise StepFailedError(run_id=self.run_id, agent=self.agent, step=name, attempts=entry[4], cause=cause)
             failed_before = entry[4]  # 'retrying': attempts that failed before a restart still count
-        info = StepInfo(self.run_id, self.agent, name, 1, f"{self.run_id}/{self.activation_id}/{pos}")
+        info = StepInfo(self.run_id, self.agent, name, 1, f"{self.run_id}/{self.activation_id}/{pos}",
+                        self.activation_id, self.caused_by)
         started = time.time()
         policy = retry or self._live.app.specs[self.agent].retry
         where = f"run {self.run_id!r}, agent {self.agent!r}, step {name!r}"
@@ -161,7 +162,8 @@ class LocalContext(DurableContext):
 
         try:
             attempts_of = run_with_retry(fn, args, kwargs, policy=policy, info=info, wait=back_off,
-                                         first_attempt=failed_before + 1, on_retry=failed, on_detached=detached)
+                                         first_attempt=failed_before + 1, on_retry=failed, on_detached=detached,
+                                         traced=self._live.app.tracing)
             if inspect.iscoroutinefunction(fn):
                 result, attempts = await self._cancellable(attempts_of)
             else:  # a sync step cannot be stopped: a cancelled run still journals it when it finishes

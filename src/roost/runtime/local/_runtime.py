@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ... import _tracing
 from ..._activation import key_of, perform, shared_entity
 from ..._codec import dumps
 from ..._config import Duration, load_retention, parse_retention
@@ -233,6 +234,12 @@ class LocalRuntime(DurableRuntime):
         return [what for key, (_, what) in self.sync_steps.items() if attempt_running(key)]
 
     def emit(self, event: str, run_id: str, agent: str, detail: str | None = None, **extra: Any) -> None:
+        failed = extra.get("status") == "failed" or detail == "failed"
+        if failed or _log.isEnabledFor(logging.DEBUG):
+            error = extra.get("error") or {}
+            _log.log(logging.WARNING if failed else logging.DEBUG, "run %s: %s %s %s%s", run_id, event, agent or "-",
+                     detail or "", f" ({error.get('error_type')}: {error.get('error_message')})" if error else "",
+                     extra={"run_id": run_id, "agent": agent or None, "event": event, "detail": detail})
         if self.listeners:
             data = {"event": event, "run_id": run_id, "agent": agent, "detail": detail, "at": time.time(), **extra}
             for listener in self.listeners:
@@ -332,9 +339,11 @@ class LocalRuntime(DurableRuntime):
         with internal():
             await done
 
-    def apply_soon(self, live: _LiveRun, event: Event, extra: list[Op] | None, then: Callable[[], None]) -> None:
+    def apply_soon(self, live: _LiveRun, event: Event, extra: list[Op] | None, then: Callable[[], None],
+                   on_commit: Callable[[], None] | None = None) -> None:
         """``apply`` without waiting: the commands are carried out once the event has committed,
-        and then ``then()`` is called (also when the run stopped or broke instead)."""
+        and then ``then()`` is called (also when the run stopped or broke instead); ``on_commit()``
+        only when the event committed."""
         if live.broken is not None or live.engine.finished:
             then()
             return
@@ -366,6 +375,8 @@ class LocalRuntime(DurableRuntime):
                     self._break(live, fut.exception() or RuntimeError("commit failed"), _agent_of(live, event))
                     return
                 self._execute(live, event, commands)
+                if on_commit is not None:
+                    on_commit()
                 if isinstance(event, PromiseResolved):  # an approval decided: the output is final
                     for aid in touched:
                         agent, status = live.engine.status_of(aid) or ("", "pending")
@@ -417,7 +428,17 @@ class LocalRuntime(DurableRuntime):
                 self._abort(live, c.ids)
             elif isinstance(c, FinishRun):
                 live.finished_here = True
+                self._trace_run(live, c)
                 self._finish(live)
+
+    def _trace_run(self, live: _LiveRun, end: FinishRun) -> None:
+        """The run's span: made by the process that committed the run's end, once."""
+        if not (live.app.tracing and _tracing.enabled()):
+            return
+        row = self.journal.run_row(live.run_id)
+        start = float(row["created_at"]) if row is not None else time.time()
+        error = f"{end.error.error_type}: {end.error.error_message}" if end.error else None
+        _tracing.run_span(live.app.name, live.run_id, end.status, start, error=error)
 
     def _break(self, live: _LiveRun, exc: BaseException, agent: str | None = None) -> None:
         """The journal cannot be written, or roost itself failed: the run stops here, failed in this
@@ -905,7 +926,15 @@ class LocalRuntime(DurableRuntime):
                 self.emit("finished", live.run_id, spec.agent, spec.id, status=event.status,
                           error=event.error.to_json() if event.error else None)
 
-        self.apply_soon(live, event, extra, then)
+        def traced() -> None:
+            # Once its outcome is journaled: an activation cut short by a crash has no span, and
+            # the one that reruns after it (replaying its journal) has exactly one.
+            if live.app.tracing:
+                err = f"{event.error.error_type}: {event.error.error_message}" if event.error else None
+                _tracing.activation_span(live.run_id, spec.id, spec.agent, spec.cause, status, started,
+                                         attempts=attempts, error=err)
+
+        self.apply_soon(live, event, extra, then, traced)
 
     async def _perform(self, live: _LiveRun, ctx: LocalContext, spec: Activation) -> ActivationFinished:
         """Run the activation; any failure, whatever raised it, becomes a failed activation."""

@@ -203,7 +203,8 @@ class RunContext(DurableContext):
                    retry: RetryPolicy | None = None, **kwargs: Any) -> T:
         pos = self._position("step")
         policy = retry or self.host.app.specs[self.agent].retry
-        info = StepInfo(self.run_id, self.agent, name, 1, f"{self.run_id}/{self.activation_id}/{pos}")
+        info = StepInfo(self.run_id, self.agent, name, 1, f"{self.run_id}/{self.activation_id}/{pos}",
+                        self.activation_id, self.caused_by)
         where = f"run {self.run_id!r}, agent {self.agent!r}, step {name!r}"
 
         key = info.idempotency_key
@@ -230,7 +231,8 @@ class RunContext(DurableContext):
             budget = replace(policy, max_attempts=started + max(policy.max_attempts - failures, 0)) if started else policy
             try:
                 attempts_of = run_with_retry(counted, args, kwargs, policy=budget, info=info, wait=_sleep,
-                                             first_attempt=started + 1, on_retry=failed_attempt)
+                                             first_attempt=started + 1, on_retry=failed_attempt,
+                                             traced=self.host.app.tracing)
                 if not inspect.iscoroutinefunction(fn):  # a sync step cannot be stopped: it runs to its end
                     result, attempts = await attempts_of
                 else:  # an async one is cancelled with the run: a task the run can cancel

@@ -21,6 +21,7 @@ from typing import Any
 
 import restate
 
+from ... import _tracing
 from ..._activation import key_of
 from ..._engine import (
     AbortActivations,
@@ -96,6 +97,8 @@ class WorkflowRun(Host):
         self._approvals: dict[str, str] = {}  # activation -> the approval its output waits on
         self._waits = 0
         self._waiting_changed = False
+        self._traced: list[dict[str, Any]] = []
+        """Records of the activations that ended, for their spans once the run has."""
 
     # -- the loop ---------------------------------------------------------------------------
 
@@ -119,7 +122,27 @@ class WorkflowRun(Host):
             self.driver.issue()
         except Exception as exc:  # the record could not be written: the workflow's output still says why
             self._break(exc)
-        return self._final()
+        final = self._final()
+        self._trace(final["run"])
+        return final
+
+    def _trace(self, run: dict[str, Any]) -> None:
+        """The spans of the run and its activations, made once the run has finished: code up to
+        here is replayed on every attempt of the invocation, this part runs in the one attempt
+        that ends it (the step spans were made where the steps ran)."""
+        if not (self.app.tracing and _tracing.enabled()):
+            return
+        created = float(run["created_at"])
+        end = float(run.get("finished_at") or created)
+        for r in self._traced:
+            start = r.get("started") or created
+            error = r.get("error") or None
+            _tracing.activation_span(self.run_id, r["id"], r["agent"], r.get("cause"), r["status"], start,
+                                     r.get("finished") or start, attempts=int(r.get("attempts") or 1),
+                                     error=f"{error.get('error_type')}: {error.get('error_message')}" if error else None)
+        error = run.get("error") or None
+        _tracing.run_span(self.app.name, self.run_id, run["status"], created, max(end, created),
+                          error=f"{error.get('error_type')}: {error.get('error_message')}" if error else None)
 
     async def _loop(self) -> None:
         while True:
@@ -337,6 +360,8 @@ class WorkflowRun(Host):
                 if self._written_at == 0.0:
                     self._written_at = finished_at  # the clock of the chunks starts with the first record
             if known[1] != "waiting":
+                if record.get("started") is not None or record.get("status") != "cancelled":
+                    self._traced.append(record)  # it ran (a cancelled one that never started did not)
                 self._info.pop(aid, None)
                 self._approvals.pop(aid, None)
                 if self._records is not None:

@@ -17,6 +17,7 @@ import contextlib
 import importlib
 import inspect
 import json
+import logging
 import os
 import sys
 import time
@@ -36,8 +37,9 @@ from ...errors import ConfigError, RetryableError, SerializationError, TerminalE
 from .._base import StepInfo
 from .._remote import step_failure
 from .._retry import RetryPolicy
-from .._steps import call_step
+from .._steps import call_step, log_attempt
 
+_log = logging.getLogger("roost.temporal")
 HEARTBEAT_EVERY = 0.5
 """Seconds between heartbeats of a running step (the workflow sets a heartbeat timeout of a few
 seconds, so a step whose worker was killed is retried elsewhere within that time)."""
@@ -211,10 +213,10 @@ async def run_batch(req: dict[str, Any]) -> dict[str, Any]:
         first = attempt
         where = f"run {item['run_id']!r}, agent {item['agent']!r}, step {item['step']!r}"
         while True:
-            step = StepInfo(item["run_id"], item["agent"], item["step"], attempt, item["key"])
+            step = _info(item, attempt)
             try:
                 fn, fargs, fkwargs = _function(app, item)
-                result = await call_step(fn, fargs, fkwargs, step)
+                result = await call_step(fn, fargs, fkwargs, step, traced=item.get("traced", True))
                 done[str(i)] = {"v": jsonable(result, what=where), "t0": t0, "t1": time.time(), "n": attempt}
                 return
             except SerializationError as exc:
@@ -222,9 +224,12 @@ async def run_batch(req: dict[str, Any]) -> dict[str, Any]:
                 return
             except Exception as exc:
                 if _non_retryable(exc, item.get("non_retryable", [])) or attempt - first + 1 >= policy.max_attempts:
+                    log_attempt(step, attempt, exc, None, logger=_log)
                     done[str(i)] = {"e": step_failure(exc), "t0": t0, "t1": time.time(), "n": attempt}
                     return
-                await asyncio.sleep(policy.delay(attempt - first + 1, exc))
+                delay = policy.delay(attempt - first + 1, exc)
+                log_attempt(step, attempt, exc, delay, logger=_log)
+                await asyncio.sleep(delay)
                 attempt += 1
 
     async def beat() -> None:
@@ -242,6 +247,11 @@ async def run_batch(req: dict[str, Any]) -> dict[str, Any]:
     return {"results": [done[str(i)] for i in range(len(req["batch"]))]}
 
 
+def _info(req: dict[str, Any], attempt: int) -> StepInfo:
+    return StepInfo(req["run_id"], req["agent"], req["step"], attempt, req["key"], req.get("activation", ""),
+                    req.get("cause"))
+
+
 @activity.defn(dynamic=True)
 async def run_step(args: Sequence[RawValue]) -> dict[str, Any]:
     """Every step: find the function, call it once, return its JSON result with its timings."""
@@ -250,7 +260,7 @@ async def run_step(args: Sequence[RawValue]) -> dict[str, Any]:
         return await run_batch(req)
     info = activity.info()
     attempt = info.attempt
-    step = StepInfo(req["run_id"], req["agent"], req["step"], attempt, req["key"])
+    step = _info(req, attempt)
     if LOCAL_KEY in req:
         found = LOCAL.get(req[LOCAL_KEY])
         if found is None:  # the workflow moved to another process between scheduling and running
@@ -262,16 +272,19 @@ async def run_step(args: Sequence[RawValue]) -> dict[str, Any]:
     beats = asyncio.create_task(_heartbeat())
     t0 = time.time()
     try:
-        result = await call_step(fn, fargs, fkwargs, step)
+        result = await call_step(fn, fargs, fkwargs, step, traced=req.get("traced", True))
         encoded = dumps(result, what=f"run {step.run_id!r}, agent {step.agent!r}, step {step.name!r}")
     except SerializationError as exc:
         raise ApplicationError(str(exc), {"attempt": attempt}, type="SerializationError", non_retryable=True) from None
     except Exception as exc:
         delay = exc.retry_after if isinstance(exc, RetryableError) and exc.retry_after else None
+        non_retryable = _non_retryable(exc, req.get("non_retryable", []))
+        # Temporal retries the activity (per the step's policy): whether this attempt was the last, it decides.
+        log_attempt(step, attempt, exc, None if non_retryable else "by Temporal", logger=_log)
         raise ApplicationError(
             str(exc), {"attempt": attempt, "traceback": user_traceback(exc)},
             type=getattr(exc, "kind", None) or type(exc).__name__,
-            non_retryable=_non_retryable(exc, req.get("non_retryable", [])),
+            non_retryable=non_retryable,
             next_retry_delay=timedelta(seconds=delay) if delay else None,
         ) from exc
     finally:

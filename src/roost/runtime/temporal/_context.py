@@ -157,6 +157,7 @@ class TemporalContext(DurableContext):
         key = f"{self.run_id}/{self.activation_id}/{pos}"
         req: dict[str, Any] = {
             "app": self._app.name, "agent": self.agent, "step": name, "run_id": self.run_id, "key": key,
+            "activation": self.activation_id, "cause": self.caused_by, "traced": self._app.tracing,
             "non_retryable": [f"{t.__module__}.{t.__qualname__}" for t in policy.non_retryable],
         }
         if inspect.iscoroutinefunction(fn):

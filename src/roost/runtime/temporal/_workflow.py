@@ -30,6 +30,7 @@ from temporalio.common import RawValue, WorkflowIDReusePolicy
 from temporalio.common import RetryPolicy as TemporalRetryPolicy
 from temporalio.exceptions import ApplicationError, WorkflowAlreadyStartedError
 
+from ... import _tracing
 from ..._activation import key_of, perform
 from ..._engine import (
     AbortActivations,
@@ -164,6 +165,9 @@ class RunWorkflow:
         run["waiting"] = []
         run["finished_at"] = max([a.get("finished") or 0 for a in run["activations"].values()] + [run["created_at"]])
         final = self._final()
+        if app.tracing and not workflow.unsafe.is_replaying():
+            message = f"{error['error_type']}: {error['error_message']}" if error else None
+            _tracing.run_span(app.name, run["run_id"], run["status"], run["created_at"], run["finished_at"], message)
         if run["status"] == "cancelled":
             workflow.upsert_memo({"roost_status": "cancelled"})  # the workflow itself completes
         if run["status"] == "failed" and error:
@@ -350,6 +354,19 @@ class RunWorkflow:
             record = self.run["activations"].get(spec.id)
             if record is not None:
                 record["status"] = "waiting"
+        if record is not None and record.get("started") is not None:
+            self._trace_activation(spec, record, event)
+
+    def _trace_activation(self, spec: Activation, record: dict[str, Any], event: ActivationFinished) -> None:
+        """Its span, made when the workflow code first reaches its end (never while Temporal
+        replays the history; its steps' spans were made where the activities ran)."""
+        assert self.app is not None
+        if not self.app.tracing or workflow.unsafe.is_replaying():
+            return
+        status = "waiting" if record.get("status") == "waiting" else event.status
+        error = f"{event.error.error_type}: {event.error.error_message}" if event.error else None
+        _tracing.activation_span(self.run["run_id"], spec.id, spec.agent, spec.cause, status, record["started"],
+                                 record.get("finished"), attempts=int(record.get("attempts") or 1), error=error)
 
     async def _run_activation(self, spec: Activation) -> ActivationFinished:
         assert self.app is not None

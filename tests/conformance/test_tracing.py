@@ -1,0 +1,128 @@
+"""OpenTelemetry spans on every runtime: names, GenAI attributes, one trace per run, and no span
+twice although durable code replays (``restate-replay`` replays at every step,
+``temporal-continue`` carries runs into new workflow runs)."""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from roost import DurableContext, RetryPolicy, agent, tool
+from roost._tracing import activation_span_id, run_span_id, trace_id
+from roost.testing import FakeModelServer, Reply
+
+from ..tracing_support import exporter, spans_of, wait_spans
+from .conftest import MakeApp
+from .models import Done, Draft, Idea, Review
+
+pytest.importorskip("opentelemetry.sdk")
+pytestmark = pytest.mark.asyncio(loop_scope="session")
+
+FAST = RetryPolicy(max_attempts=3, initial_interval=0.01)
+
+
+@pytest.fixture(scope="session")
+def model_server() -> Any:
+    with FakeModelServer() as server:
+        yield server
+
+
+def has_run_span(app: str) -> Callable[[list[Any]], bool]:
+    return lambda spans: any(s.name == f"run {app}" for s in spans)
+
+
+async def test_spans_of_a_run(make_app: MakeApp, model_server: FakeModelServer, uid: Callable[[str], str]) -> None:
+    exporter()
+    model = uid("traced")
+    failures: list[int] = []
+
+    def flaky(topic: str) -> str:
+        if not failures:
+            failures.append(1)
+            raise ConnectionError("hiccup")
+        return f"draft about {topic}"
+
+    async def writer(idea: Idea, ctx: DurableContext) -> Draft:
+        title = await ctx.step("title", lambda: idea.topic.title())
+        body = await ctx.step("body", flaky, idea.topic, retry=FAST)
+        return Draft(title=title, body=body)
+
+    @tool
+    def multiply(a: int, b: int) -> int:
+        """Multiply."""
+        return a * b
+
+    model_server.script(model, Reply.tool_call("multiply", a=6, b=7), Reply.answer(Review(score=8, notes="ok")))
+    critic = (agent("critic").contracts(input=Draft, output=Review)
+              .model(f"openai/{model}", base_url=model_server.base_url).with_tools(multiply).retry(FAST))
+    writer_agent = agent("writer").contracts(input=Idea, output=Draft).engine(writer).retry(FAST)
+    app = make_app([writer_agent, critic.reacts_to(writer_agent)])
+    run_id = uid("r-traced")
+    result = await app.arun(Idea(topic="otel"), run_id=run_id)
+    assert result["critic"] == Review(score=8, notes="ok")
+
+    spans = await wait_spans(run_id, has_run_span(app.name))
+    names = Counter(s.name for s in spans)
+    assert names == Counter({f"run {app.name}": 1, "invoke_agent writer": 1, "invoke_agent critic": 1,
+                             "step title": 1, "step body": 2, "step model call 1": 1, "step model call 2": 1,
+                             "step tool multiply": 1, f"chat {model}": 2, "execute_tool multiply": 1}), names
+
+    tid = trace_id(run_id)
+    assert {s.context.trace_id for s in spans} == {tid}  # one trace per run
+    by_name = {s.name: s for s in spans}
+    run_span = by_name[f"run {app.name}"]
+    assert run_span.context.span_id == run_span_id(run_id) and run_span.parent is None
+    assert run_span.attributes["roost.run.status"] == "completed"
+
+    writer_span, critic_span = by_name["invoke_agent writer"], by_name["invoke_agent critic"]
+    for span, name in ((writer_span, "writer"), (critic_span, "critic")):
+        assert span.attributes["gen_ai.agent.name"] == name
+        assert span.attributes["gen_ai.operation.name"] == "invoke_agent"
+        assert span.parent is not None and span.parent.span_id == run_span_id(run_id)
+        assert span.context.span_id == activation_span_id(run_id, span.attributes["roost.activation_id"])
+    writer_id = writer_span.attributes["roost.activation_id"]
+    assert writer_span.attributes.get("roost.caused_by") is None
+    assert critic_span.attributes["roost.caused_by"] == writer_id  # causation
+
+    body_attempts = sorted(s.attributes["roost.step.attempt"] for s in spans if s.name == "step body")
+    assert body_attempts == [1, 2]
+    for s in spans:
+        assert s.attributes["roost.run_id"] == run_id
+        if s.name.startswith("step "):
+            parent = writer_span if s.name in ("step title", "step body") else critic_span
+            assert s.parent is not None and s.parent.span_id == parent.context.span_id, s.name
+            assert s.attributes["roost.activation_id"] == parent.attributes["roost.activation_id"]
+    failed = [s for s in spans if s.name == "step body" and s.attributes["roost.step.attempt"] == 1]
+    assert not failed[0].status.is_ok and "hiccup" in (failed[0].status.description or "")
+
+    chats = [s for s in spans if s.name == f"chat {model}"]
+    steps = {s.context.span_id: s.name for s in spans if s.name.startswith("step model call")}
+    for chat in chats:
+        assert chat.attributes["gen_ai.operation.name"] == "chat"
+        assert chat.attributes["gen_ai.request.model"] == model
+        assert chat.attributes["gen_ai.usage.input_tokens"] == 10
+        assert chat.attributes["gen_ai.usage.output_tokens"] > 0
+        assert chat.attributes["roost.caused_by"] == writer_id
+        assert chat.parent is not None and chat.parent.span_id in steps
+    tool_span = by_name["execute_tool multiply"]
+    assert tool_span.attributes["gen_ai.tool.name"] == "multiply"
+    assert tool_span.parent is not None and tool_span.parent.span_id == by_name["step tool multiply"].context.span_id
+
+
+async def test_tracing_false_emits_nothing(make_app: MakeApp, uid: Callable[[str], str]) -> None:
+    exporter()
+
+    async def work(idea: Idea, ctx: DurableContext) -> Done:
+        return Done(value=await ctx.step("upper", lambda: idea.topic.upper()))
+
+    traced = make_app([agent("a").contracts(input=Idea, output=Done).engine(work)])
+    quiet = make_app([agent("a").contracts(input=Idea, output=Done).engine(work)], tracing=False)
+    on, off = uid("r-on"), uid("r-off")
+    assert (await quiet.arun(Idea(topic="x"), run_id=off))["a"] == Done(value="X")
+    assert (await traced.arun(Idea(topic="x"), run_id=on))["a"] == Done(value="X")
+    spans = await wait_spans(on, has_run_span(traced.name))
+    assert sorted(s.name for s in spans) == sorted([f"run {traced.name}", "invoke_agent a", "step upper"])
+    assert spans_of(off) == []  # the traced run came after it: its spans would be there by now
