@@ -8,7 +8,7 @@ BIN     = $(VENV)/bin
 $(BIN)/.roost-base: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e ".[restate,llm]"
+	$(BIN)/pip install -q -e ".[restate,llm,ui]"
 	touch $@
 
 $(BIN)/.roost-dev: $(BIN)/.roost-base
