@@ -16,6 +16,7 @@ import shutil
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -97,14 +98,24 @@ def _wait(driver: WebDriver, what: str, condition: object) -> object:
     return WebDriverWait(driver, WAIT, poll_frequency=0.1).until(condition, message=f"the page did not show {what}")
 
 
+def _js(driver: WebDriver, script: str) -> Any:
+    """Read the page in one script: the pages redraw every second, so elements found one call
+    earlier may be gone (stale) by the next."""
+    return driver.execute_script(script)
+
+
 def _rows(driver: WebDriver) -> dict[str, str]:
-    return {r.get_attribute("data-run-id") or "": r.get_attribute("data-status") or ""
-            for r in driver.find_elements(By.CSS_SELECTOR, "#runs tbody tr")}
+    return dict(_js(driver, "return [...document.querySelectorAll('#runs tbody tr')]"
+                            ".map(r => [r.dataset.runId, r.dataset.status])"))
 
 
 def _nodes(driver: WebDriver) -> dict[str, str]:
-    return {g.get_attribute("data-agent") or "": g.get_attribute("data-status") or ""
-            for g in driver.find_elements(By.CSS_SELECTOR, "#graph svg g.node")}
+    return dict(_js(driver, "return [...document.querySelectorAll('#graph svg g.node')]"
+                            ".map(g => [g.dataset.agent, g.dataset.status])"))
+
+
+def _texts(driver: WebDriver, selector: str) -> list[str]:
+    return list(_js(driver, f"return [...document.querySelectorAll({selector!r})].map(e => e.textContent)"))
 
 
 def test_runs_list_and_run_page(tmp_path: Path, browser: WebDriver) -> None:
@@ -129,13 +140,13 @@ def test_runs_list_and_run_page(tmp_path: Path, browser: WebDriver) -> None:
         browser.get(base + "/runs/r-waiting")
         _wait(browser, "the graph's three agents", lambda d: set(_nodes(d)) == {"writer", "editor", "publisher"})
         assert _nodes(browser) == {"writer": "completed", "editor": "waiting", "publisher": "idle"}
-        edges = {(e.get_attribute("data-source"), e.get_attribute("data-target"))
-                 for e in browser.find_elements(By.CSS_SELECTOR, "#graph svg path.edge")}
-        assert edges == {("writer", "editor"), ("editor", "publisher")}
+        edges = _js(browser, "return [...document.querySelectorAll('#graph svg path.edge')]"
+                             ".map(e => e.dataset.source + '>' + e.dataset.target)")
+        assert set(edges) == {"writer>editor", "editor>publisher"}
         assert browser.find_element(By.ID, "status").text == "waiting"
         assert '"title": "bats"' in browser.find_element(By.ID, "input").text
         assert browser.find_elements(By.CSS_SELECTOR, "#approval-list li[data-name=editor] button.approve")
-        timeline = [r.get_attribute("data-agent") for r in browser.find_elements(By.CSS_SELECTOR, "#timeline .tl-activation")]
+        timeline = _js(browser, "return [...document.querySelectorAll('#timeline .tl-activation')].map(r => r.dataset.agent)")
         assert timeline[:2] == ["writer", "editor"]
         _screenshot(browser, tmp_path, "ui-run-waiting.png")
 
@@ -175,8 +186,7 @@ def test_approving_from_the_page_resumes_the_run(tmp_path: Path, browser: WebDri
         _wait(browser, "every agent completed", lambda d: _nodes(d) == dict.fromkeys(
             ("writer", "editor", "publisher"), "completed"))
         assert browser.find_element(By.ID, "approvals").get_attribute("hidden") is not None
-        publisher = browser.find_element(By.CSS_SELECTOR, "#outputs .output[data-agent=publisher]").text
-        assert '"words": 2' in publisher
+        assert any('"words": 2' in t for t in _texts(browser, "#outputs .output[data-agent=publisher]"))
         _screenshot(browser, tmp_path, "ui-run-completed.png")
 
     async def record() -> object:
