@@ -1150,6 +1150,7 @@ def ui(port: int, runtime_name: str | None, journal: Path) -> None:
     name = _runtime_name(runtime_name)
     if name == "local":
         _existing(journal)
+    _check_ports({"--port": port}, "another roost ui")
     _stdout().print(Text.assemble("roost ui on ", (f"http://127.0.0.1:{port}", "bold"), f" ({_title(name)} runs; "
                                   "Ctrl-C stops it)"), soft_wrap=True)
     try:

@@ -209,7 +209,8 @@ def _until(what: str, check: Callable[[], bool]) -> None:
 
 def test_roost_ui_command(tmp_path: Path) -> None:
     """``roost ui`` as a user starts it: it says where it listens, answers the API on 127.0.0.1,
-    resumes a run whose approval it resolves, refuses other Host headers, and stops on SIGTERM."""
+    resumes a run whose approval it resolves, refuses other Host headers, says when its port is
+    taken, and stops on SIGTERM."""
     journal = tmp_path / "roost.db"
     app_file = write_app(tmp_path, approval=True)
     asyncio.run(leave_waiting(app_file, journal, "r-cli"))
@@ -229,6 +230,14 @@ def test_roost_ui_command(tmp_path: Path) -> None:
         answered = httpx.post(f"{base}/api/runs/r-cli/resolve", json={"name": "editor", "value": True}, timeout=30)
         assert answered.status_code == 200, answered.text
         _until("the run completes", lambda: httpx.get(f"{base}/api/runs/r-cli", timeout=10).json()["status"] == "completed")
+        busy = spawn(clean_env(), tmp_path / "busy.out", tmp_path, "ui", "--port", str(port), "--journal", journal)
+        try:
+            busy.wait(WAIT)
+        finally:
+            stop(busy)
+        assert busy.returncode == 1
+        said = (tmp_path / "busy.out").read_text()
+        assert f"port {port} (--port) of 127.0.0.1 is in use" in said and "Traceback" not in said
     finally:
         code = stop(proc)
     assert code == 0, out.read_text()
