@@ -1268,6 +1268,33 @@ async def _run_temporal_worker(runtime: TemporalRuntime, apps: list[App], consol
     sys.stdout.flush()
 
 
+# -- the run inspector in the browser -------------------------------------------------------------------
+
+
+@cli.command()
+@click.option("--port", default=8700, show_default=True, type=click.IntRange(1, 65535), help="Port on 127.0.0.1.")
+@runtime_option
+@journal_option
+def ui(port: int, runtime_name: str | None, journal: Path) -> None:
+    """A run inspector in the browser, at http://127.0.0.1:PORT (this machine only): runs by status,
+    each run's graph, timeline, inputs, outputs and errors, and its approvals to answer.
+
+    Needs the ui extra (pip install "roost[ui]"). On the local journal, an approval answered for a run
+    no process runs any more resumes the run in this process, as 'roost resolve' does."""
+    from .ui import RunSource, serve  # the ui extra: imported only here
+
+    name = _runtime_name(runtime_name)
+    if name == "local":
+        _existing(journal)
+    _check_ports({"--port": port}, "another roost ui")
+    _stdout().print(Text.assemble("roost ui on ", (f"http://127.0.0.1:{port}", "bold"), f" ({_title(name)} runs; "
+                                  "Ctrl-C stops it)"), soft_wrap=True)
+    try:
+        asyncio.run(serve(RunSource(name, journal), port))
+    except OSError as exc:
+        raise CliError(f"cannot serve on 127.0.0.1:{port}: {exc.strerror or exc}") from None
+
+
 # -- local servers of the production runtimes ---------------------------------------------------------
 
 
