@@ -96,6 +96,13 @@ def journaled(path: Path) -> set[str]:
     return {r[0] for r in rows}
 
 
+def run_status(path: Path) -> str | None:
+    with sqlite3.connect(path) as db:
+        row = db.execute("SELECT status FROM runs WHERE run_id='r'").fetchone()
+    db.close()
+    return None if row is None else str(row[0])
+
+
 def finish_after_fault(path: Path, counts: Counter[str]) -> None:
     """The fault is gone: a resume (or the recorded result) completes the run, and no step whose
     result was journaled before runs again (one whose result was lost with the write may)."""
@@ -113,6 +120,7 @@ def test_journal_write_faults(tmp_path: Path, fast_retries: None, once: bool) ->
     total = calls_in_a_clean_run(tmp_path, Journal, "run_ops")
     assert total >= 5
     full = lambda: sqlite3.OperationalError("database or disk is full")  # noqa: E731
+    outcomes: list[str] = []
     for at in range(1, total + 1):
         path, counts = tmp_path / f"j{at}.db", Counter[str]()
         with pytest.MonkeyPatch.context() as mp:
@@ -131,11 +139,17 @@ def test_journal_write_faults(tmp_path: Path, fast_retries: None, once: bool) ->
                 outcome = "failed"
         if once:
             assert outcome == "completed", f"fault at write {at}"
-        elif at == total:  # the last write gives the runtime's lease back as it closes, after the run
-            assert outcome == "completed", f"fault at write {at}"
+        elif outcome == "completed":
+            # Group commit batches the writes of concurrent activations by timing, so the k-th
+            # write is not always the same one: a fault that came only after the run's end was
+            # durable (the lease given back at close) leaves it completed, and truly so.
+            assert run_status(path) == "completed", f"fault at write {at}: reported completed, journal disagrees"
         else:
             assert outcome in ("failed", "not started"), f"fault at write {at}: {outcome}"
+        outcomes.append(outcome)
         finish_after_fault(path, counts)
+    if not once:  # a disk that stays full mid-run fails it, visibly, at most write positions
+        assert outcomes.count("completed") <= max(2, total // 4) and "failed" in outcomes, outcomes
 
 
 def test_a_bug_in_the_engine_never_strands_a_run(tmp_path: Path) -> None:
