@@ -207,8 +207,9 @@ def test_kill_worker_during_a_sleep(harness: Harness, baseline: dict[str, Any]) 
     check_recovery(h, baseline, before, completed, h.finish())
 
 
-def test_kill_worker_mid_fan_out(harness: Harness, baseline: dict[str, Any]) -> None:
-    h = harness
+def _kill_mid_fan_out(h: Harness, baseline: dict[str, Any], latency: str) -> None:
+    """Kill the worker while fact is inside its step and style has finished; a new worker
+    starts fact again and the run finishes as an uninterrupted one would."""
     proc = h.start("fanout")
     h.submit()
     h.wait_until(proc, "fact inside its step", lambda: h.marker("fanout"))
@@ -221,29 +222,21 @@ def test_kill_worker_mid_fan_out(harness: Harness, baseline: dict[str, Any]) -> 
     h.wait_until(again, "fact started again", lambda: h.first_start(killed), timeout=LIVENESS + 5)
     restart = h.first_start(killed)
     assert restart is not None and restart["step"] == "fact"
-    LATENCIES["kill_worker_mid_fan_out"] = {"after_kill": restart["at"] - killed,
-                                            "after_worker_up": restart["at"] - serving}
+    LATENCIES[latency] = {"after_kill": restart["at"] - killed, "after_worker_up": restart["at"] - serving}
     h.approve_when_waiting(again)
     check_recovery(h, baseline, before, completed, h.finish())
+
+
+def test_kill_worker_mid_fan_out(harness: Harness, baseline: dict[str, Any]) -> None:
+    _kill_mid_fan_out(harness, baseline, "kill_worker_mid_fan_out")
 
 
 def test_kill_worker_mid_fan_out_of_a_run_that_continues_as_new(harness: Harness, baseline: dict[str, Any]) -> None:
     """The fan-out kill in a run that continues as new every few dozen history events: the
     steps it finished before (in earlier workflow runs, or in the current one) never run again."""
-    h = harness
-    h.history_limit = 24
-    proc = h.start("fanout")
-    h.submit()
-    h.wait_until(proc, "fact inside its step", lambda: h.marker("fanout"))
-    h.wait_until(proc, "style finished", lambda: "style" in h.completed_steps().__str__())
-    before, completed = h.counters(), h.completed_steps()
-    assert "style.style" in completed and "fact.fact" not in completed
-    killed = h.kill(proc)
-    again = h.start("none", block=False)
-    h.wait_until(again, "fact started again", lambda: h.first_start(killed), timeout=LIVENESS + 5)
-    h.approve_when_waiting(again)
-    check_recovery(h, baseline, before, completed, h.finish())
-    runs = h.client(lambda app: _statuses(app, h.run_id))
+    harness.history_limit = 24
+    _kill_mid_fan_out(harness, baseline, "kill_worker_mid_fan_out (continues as new)")
+    runs = harness.client(lambda app: _statuses(app, harness.run_id))
     assert runs.count("CONTINUED_AS_NEW") >= 1 and runs.count("COMPLETED") == 1, runs
 
 
