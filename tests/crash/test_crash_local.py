@@ -220,9 +220,17 @@ def test_kill_during_retry_backoff(harness: Harness, baseline: dict[str, Any]) -
 
 def test_retry_attempts_survive_kill(harness: Harness, baseline: dict[str, Any]) -> None:
     """RetryPolicy: 'a step is tried at most max_attempts times in all'. A failed attempt that
-    the runtime saw before the kill counts: after the restart the step continues with attempt 2
-    (current_step().attempt), and is tried no more often in all than in the uninterrupted run."""
-    crash_at(harness, "retry", journaled={"plan.outline", "plan.research"})
+    the runtime journaled before the kill counts: after the restart the step continues with
+    attempt 2 (current_step().attempt), and is tried no more often in all than in the
+    uninterrupted run. (The failure is journaled before the back-off starts; the kill waits for
+    that row, not only for the failure to reach the runtime: a kill between the two cannot be
+    counted, and the attempt runs again, at least once as for any unrecorded outcome.)"""
+
+    def failure_journaled() -> bool:
+        return ("draft", "retrying") in {(n, s) for n, s, _ in harness.journal_entries("plan", "step")}
+
+    crash_at(harness, "retry", journaled={"plan.outline", "plan.research"},
+             then=("draft's failed attempt journaled", failure_journaled))
     harness.run("none")
     tries = [e["attempt"] for e in harness.counters()["plan.draft"] if e["event"] == "start"]
     assert len(tries) <= DRAFT_MAX_ATTEMPTS, f"draft tried {len(tries)} times (attempts {tries}), max_attempts={DRAFT_MAX_ATTEMPTS}"
