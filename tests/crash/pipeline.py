@@ -26,6 +26,8 @@ blocks for an hour, waiting to be killed:
 ROOST_CRASH_APPROVE: ``auto`` (default) makes this process approve 'publish' when the run waits
 for it; ``external`` leaves that to someone else (the test resolves it through the journal).
 
+CRASH_SPANS_FILE: every span this process ends, as one JSON line (tests/crash/_spans.py).
+
 On completion the last stdout line is JSON: {"status", "outputs", "agent_status", "pid"}.
 """
 
@@ -247,34 +249,12 @@ async def main(journal: str, run_id: str) -> dict[str, object]:
         }
 
 
-def export_spans(path: str) -> None:
-    """CRASH_SPANS_FILE: every span this process ends, as one JSON line (flushed at once, so a
-    span ended before a kill -9 is in the file)."""
-    from opentelemetry import trace
-    from opentelemetry.sdk.trace import TracerProvider
-    from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExporter, SpanExportResult
-
-    class Jsonl(SpanExporter):
-        def export(self, spans):  # type: ignore[no-untyped-def]
-            with open(path, "a") as f:
-                for s in spans:
-                    f.write(json.dumps({"name": s.name, "trace_id": s.context.trace_id, "span_id": s.context.span_id,
-                                        "parent": s.parent.span_id if s.parent else None, "pid": os.getpid(),
-                                        "attributes": dict(s.attributes or {})}, default=str) + "\n")
-                f.flush()
-                os.fsync(f.fileno())
-            return SpanExportResult.SUCCESS
-
-    provider = TracerProvider()
-    provider.add_span_processor(SimpleSpanProcessor(Jsonl()))
-    trace.set_tracer_provider(provider)
-
-
 if __name__ == "__main__":
     if len(sys.argv) != 5:
         sys.exit("usage: pipeline.py JOURNAL RUN_ID COUNTER_DIR SCENARIO")
-    if os.environ.get("CRASH_SPANS_FILE"):
-        export_spans(os.environ["CRASH_SPANS_FILE"])
+    from _spans import export_from_env  # the script's directory is on sys.path
+
+    export_from_env()
     journal_path, run, counters, SCENARIO = sys.argv[1:]
     COUNTER_DIR = Path(counters)
     COUNTER_DIR.mkdir(parents=True, exist_ok=True)

@@ -34,6 +34,9 @@ by the file ``COUNTER_DIR/release``:
 points): a restarted process runs the same scenario without stopping anywhere, so the handlers
 execute exactly the same Restate operations as before the kill (the sleep's length depends on
 the scenario only, never on that switch).
+
+``CRASH_SPANS_FILE`` in the environment: the process writes every span it ends to that file,
+one JSON line each (tests/crash/_spans.py).
 """
 
 from __future__ import annotations
@@ -68,8 +71,6 @@ SCENARIOS = {"step", "sleep", "fanout", "converge", "server", "server-step", "se
 
 SCENARIO = "none"
 COUNTER_DIR = Path(".")
-
-
 
 
 def effect(step: str, event: str) -> None:
@@ -214,6 +215,9 @@ async def serve(endpoint: str, admin: str) -> None:
 if __name__ == "__main__":
     if len(sys.argv) != 5 or sys.argv[4] not in SCENARIOS:
         sys.exit(f"usage: restate_pipeline.py ENDPOINT_URL ADMIN_URL COUNTER_DIR {{{'|'.join(sorted(SCENARIOS))}}}")
+    from _spans import export_from_env  # the script's directory is on sys.path
+
+    export_from_env()
     endpoint_url, admin_url, counters, SCENARIO = sys.argv[1:]
     COUNTER_DIR = Path(counters)
     COUNTER_DIR.mkdir(parents=True, exist_ok=True)

@@ -6,6 +6,7 @@ It builds the pipeline of tests/crash/restate_pipeline.py (the same agents, step
 markers and scenarios; see that module), runs a roost worker for it on Temporal at ADDRESS,
 polling TASK_QUEUE, writes the marker ``COUNTER_DIR/at-serving`` once the worker polls, and
 serves until it is killed. It starts no run: the test process does (a client-only runtime).
+``CRASH_SPANS_FILE``: as in restate_pipeline.py (the spans it ends, as JSON lines).
 """
 
 from __future__ import annotations
@@ -32,6 +33,9 @@ async def serve(address: str, task_queue: str) -> None:
 if __name__ == "__main__":
     if len(sys.argv) != 5 or sys.argv[4] not in pipeline.SCENARIOS:
         sys.exit(f"usage: temporal_pipeline.py ADDRESS TASK_QUEUE COUNTER_DIR {{{'|'.join(sorted(pipeline.SCENARIOS))}}}")
+    from _spans import export_from_env
+
+    export_from_env()
     address, queue, counters, pipeline.SCENARIO = sys.argv[1:]
     pipeline.COUNTER_DIR = Path(counters)
     pipeline.COUNTER_DIR.mkdir(parents=True, exist_ok=True)

@@ -62,6 +62,8 @@ from roost.runtime.restate._server import RestateServer, admin_query, free_port
 from tests.restate_support import start_test_server
 
 from ._harness import RUN_PLACEHOLDER, PipelineHarness, print_latencies
+from ._spans import ENV as SPANS_ENV
+from ._spans import check_resumed_spans, read_spans
 from .restate_pipeline import APP_NAME, STEPS
 
 pytestmark = [pytest.mark.crash, pytest.mark.restate]
@@ -442,6 +444,33 @@ def test_kill_mid_fanout(harness: Harness, baseline: dict[str, Any]) -> None:
     endpoint_latency(f"kill mid fan-out ({OUTAGE:.0f} s outage)", h, new, at)
     final = approve_and_finish(h, new)
     check_recovered(h, baseline, final, [snap], {"fact.fact": 1})
+
+
+def test_kill_mid_fanout_traces_nothing_twice(harness: Harness, baseline: dict[str, Any],
+                                             tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The mid fan-out kill, with both serving processes exporting their spans to one file: one
+    ``invoke_agent`` span per activation and one run span (the activation spans come from the
+    attempt that ends the run, so the killed process made none), one trace, and the steps
+    journaled before the kill are not traced again."""
+    pytest.importorskip("opentelemetry.sdk")
+    spans_file = tmp_path / "spans.jsonl"
+    monkeypatch.setenv(SPANS_ENV, str(spans_file))
+    h = harness
+    proc = h.start("fanout")
+    h.submit()
+    h.wait_marker(proc, "fanout")
+    h.wait_until(proc, "style's activation completed",
+                 lambda: ("style", "completed") in [(a, s) for a, _, s in h.activations()])
+    snap = crash_at(h, proc, journaled=PLAN_STEPS | {"style.style"})
+    before = read_spans(spans_file)
+    assert {s["pid"] for s in before} == {proc.pid}
+    assert sorted(s["name"] for s in before) == sorted(
+        ["step outline", "step research", "step draft", "step draft", "step style"]), before
+    new = h.start("fanout", block=False)
+    final = approve_and_finish(h, new)
+    check_recovered(h, baseline, final, [snap], {"fact.fact": 1})
+    check_resumed_spans(spans_file, h.run_id, APP_NAME, AGENTS, journaled=snap.journaled,
+                        interrupted={"fact.fact"}, killed_pid=proc.pid)
 
 
 def test_kill_with_converge_half_complete(harness: Harness, baseline: dict[str, Any]) -> None:

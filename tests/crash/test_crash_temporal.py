@@ -36,7 +36,9 @@ from roost.runtime import DurableRuntime
 from roost.runtime.temporal import TemporalDevServer, TemporalRuntime
 
 from ._harness import MARKER_TIMEOUT, PipelineHarness, print_latencies
-from .restate_pipeline import LONG_SLEEP, STEPS
+from ._spans import ENV as SPANS_ENV
+from ._spans import check_resumed_spans, read_spans
+from .restate_pipeline import APP_NAME, LONG_SLEEP, STEPS
 
 pytestmark = [pytest.mark.crash, pytest.mark.temporal]
 
@@ -45,6 +47,7 @@ SCRIPT = HERE / "temporal_pipeline.py"
 FINISH_TIMEOUT = 40.0
 LIVENESS = 10.0
 AGENTS = {"plan", "fact", "style", "merge", "publish"}
+PLAN_STEPS = {"plan.outline", "plan.research", "plan.draft"}
 LATENCIES: dict[str, dict[str, float]] = {}
 
 
@@ -88,6 +91,22 @@ class Harness(PipelineHarness):
                 done |= {types[e.activity_task_completed_event_attributes.scheduled_event_id]
                          for e in history.events if e.HasField("activity_task_completed_event_attributes")}
             return done
+
+        return self.client(go)
+
+    def task_completed_after(self, step: str) -> bool:
+        """Whether a workflow task completed after the activity ``step`` ('agent.step') did: the
+        workflow code that took its result (and made its activation's span) is in the history."""
+
+        async def go(app: App) -> bool:
+            client = (await app.runtime()).client  # type: ignore[attr-defined]
+            events = (await client.get_workflow_handle(self.run_id).fetch_history()).events
+            types = {e.event_id: e.activity_task_scheduled_event_attributes.activity_type.name
+                     for e in events if e.HasField("activity_task_scheduled_event_attributes")}
+            done = [e.event_id for e in events if e.HasField("activity_task_completed_event_attributes")
+                    and types[e.activity_task_completed_event_attributes.scheduled_event_id] == step]
+            return bool(done) and any(e.event_id > done[0] and e.HasField("workflow_task_completed_event_attributes")
+                                      for e in events)
 
         return self.client(go)
 
@@ -238,6 +257,36 @@ def test_kill_worker_mid_fan_out_of_a_run_that_continues_as_new(harness: Harness
     _kill_mid_fan_out(harness, baseline, "kill_worker_mid_fan_out (continues as new)")
     runs = harness.client(lambda app: _statuses(app, harness.run_id))
     assert runs.count("CONTINUED_AS_NEW") >= 1 and runs.count("COMPLETED") == 1, runs
+
+
+def test_kill_worker_mid_fan_out_traces_nothing_twice(harness: Harness, baseline: dict[str, Any], tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """The mid fan-out kill, with both workers exporting their spans to one file: the new
+    worker replays the history of plan's and style's activations and traces neither again; fact
+    is traced once, by its retried attempt; one run span, one trace."""
+    pytest.importorskip("opentelemetry.sdk")
+    spans_file = tmp_path / "spans.jsonl"
+    monkeypatch.setenv(SPANS_ENV, str(spans_file))
+    h = harness
+    proc = h.start("fanout")
+    h.submit()
+    h.wait_until(proc, "fact inside its step", lambda: h.marker("fanout"))
+    # Killed once the workflow task that ended style's activation is in the history: its span
+    # was made then (a kill between the two is the gap docs/observability.md describes).
+    h.wait_until(proc, "style's activation ended in a completed workflow task",
+                 lambda: h.task_completed_after("style.style"))
+    before, completed = h.counters(), h.completed_steps()
+    assert completed == PLAN_STEPS | {"style.style"}, completed
+    h.kill(proc)
+    assert {s["name"] for s in read_spans(spans_file) if s["name"].startswith("invoke_agent")} == \
+        {"invoke_agent plan", "invoke_agent style"}
+    again = h.start("none", block=False)
+    h.approve_when_waiting(again)
+    check_recovery(h, baseline, before, completed, h.finish())
+    spans = check_resumed_spans(spans_file, h.run_id, APP_NAME, AGENTS, journaled=completed,
+                                interrupted={"fact.fact"}, killed_pid=proc.pid)
+    fact = [s["attributes"]["roost.step.attempt"] for s in spans if s["name"] == "step fact"]
+    assert fact == [2], fact  # the killed attempt 1 ended no span
 
 
 async def _statuses(app: App, run_id: str) -> list[str]:

@@ -6,25 +6,20 @@ Each process of tests/crash/pipeline.py writes the spans it ends to a JSON-lines
 
 from __future__ import annotations
 
-import json
 from collections import Counter
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from roost._tracing import run_span_id, trace_id
 
+from ._spans import read_spans
 from .conftest import Harness
 from .pipeline import APP_NAME
 from .test_crash_local import AGENTS, PLAN_STEPS, crash_at
 
 pytest.importorskip("opentelemetry.sdk")
 pytestmark = pytest.mark.crash
-
-
-def read_spans(path: Path) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
 
 
 def test_no_duplicate_agent_spans_after_kill_and_resume(harness: Harness, tmp_path: Path,
