@@ -1,12 +1,15 @@
 """Each optional extra installs and works alone (issue 11).
 
-For no extra and for each of ``restate``, ``temporal`` and ``llm``, a fresh venv gets roost's wheel
+For no extra and for each of ``restate``, ``temporal``, ``llm``, ``ui`` and ``otel``, a fresh venv gets roost's wheel
 (built once per session, ``pip wheel --no-deps``) installed with that extra only, and a check runs
 inside it: ``import roost``, a tiny App run on the embedded runtime, ``get_runtime(extra)``
 constructs the backend, every other backend raises MissingExtraError naming the pip command, and
 the ``roost`` console script runs a run. The llm venv also runs a model agent against the
-scripted model server; the others refuse a model agent with MissingExtraError. The CLI's commands
-for a backend whose extra is missing end with the pip command, not a traceback.
+scripted model server; the others refuse a model agent with MissingExtraError. The ui venv starts
+``roost ui`` on the check's journal and reads its run from the JSON API; the others refuse
+``import roost.ui`` with MissingExtraError. Every venv runs with tracing on: the otel venv through
+opentelemetry-api with no tracer provider configured (a no-op), the others without importing it.
+The CLI's commands for a backend whose extra is missing end with the pip command, not a traceback.
 
 pip's cache holds the dependencies' wheels after the first run (about 10 s a venv then); nothing
 here talks to anything but pip's configured index and 127.0.0.1. Select with ``-m extras``,
@@ -29,7 +32,7 @@ import pytest
 pytestmark = [pytest.mark.extras, pytest.mark.timeout(900)]
 
 ROOT = Path(__file__).resolve().parents[2]
-EXTRAS = ("restate", "temporal", "llm")
+EXTRAS = ("restate", "temporal", "llm", "ui", "otel")
 PIP_TIMEOUT = 600.0
 """Seconds for one ``pip install`` (from the cache: about 10 s; a cold cache downloads ~100 MB)."""
 CHECK_TIMEOUT = 180.0
@@ -39,7 +42,12 @@ CHECK = textwrap.dedent('''
     import importlib.util
     import json
     import os
+    import signal
+    import socket
+    import subprocess
     import sys
+    import time
+    import urllib.request
     from pathlib import Path
 
     from pydantic import BaseModel
@@ -51,14 +59,15 @@ CHECK = textwrap.dedent('''
 
     extra = sys.argv[1]
     work = Path(sys.argv[2])
-    DISTS = {"restate": ["restate", "hypercorn"], "temporal": ["temporalio"], "llm": ["openai"]}
+    # The top-level modules each extra installs (hypercorn is in two of them).
+    DISTS = {"restate": {"restate", "hypercorn"}, "temporal": {"temporalio"}, "llm": {"openai"},
+             "ui": {"starlette", "hypercorn"}, "otel": {"opentelemetry"}}
     BACKENDS = ("restate", "temporal")
 
-    # The venv holds this extra's packages and none of the others' (else the check proves nothing).
-    for name, modules in DISTS.items():
-        for module in modules:
-            found = importlib.util.find_spec(module) is not None
-            assert found == (name == extra), f"{module} installed: {found}, with extra {extra!r}"
+    # The venv holds exactly this extra's packages of all the extras' (else the check proves nothing).
+    for module in sorted(set().union(*DISTS.values())):
+        found = importlib.util.find_spec(module) is not None
+        assert found == (module in DISTS.get(extra, ())), f"{module} installed: {found}, with extra {extra!r}"
 
     class Topic(BaseModel):
         title: str
@@ -74,11 +83,22 @@ CHECK = textwrap.dedent('''
 
     writer = agent("writer").contracts(input=Topic, output=Draft).engine(write)
     editor = agent("editor").contracts(input=Draft, output=Draft).engine(edit).reacts_to(writer)
-    app = App([writer, editor], name="extras", journal=work / "roost.db")
+    app = App([writer, editor], name="extras", journal=work / "roost.db", tracing=True)
     result = app.run({"title": "ducks"}, timeout=60)
     assert result.status == "completed", result.status
     assert result["editor"] == Draft(text="ABOUT DUCKS"), result["editor"]
     checked = ["embedded run"]
+
+    # Tracing is on: through the API's default (no-op) provider with otel, not imported without it.
+    if extra == "otel":
+        from opentelemetry import trace
+
+        assert type(trace.get_tracer_provider()).__name__ == "ProxyTracerProvider", trace.get_tracer_provider()
+        assert not trace.get_current_span().get_span_context().is_valid  # no span left open
+        checked.append("traced run, no provider: no-op")
+    else:
+        assert not any(m.split(".")[0] == "opentelemetry" for m in sys.modules), "opentelemetry imported"
+        checked.append("traced run without opentelemetry")
 
     for name in BACKENDS:
         if name == extra:
@@ -127,6 +147,46 @@ CHECK = textwrap.dedent('''
             checked.append("model agent -> MissingExtraError")
         else:
             raise AssertionError("a model agent was defined without the llm extra")
+
+    if extra == "ui":
+        import roost.ui  # noqa: F401
+
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        roost_cli = str(Path(sys.executable).parent / "roost")
+        shown = subprocess.run([roost_cli, "ui", "--help"], capture_output=True, text=True, timeout=60)
+        assert shown.returncode == 0 and "--port" in shown.stdout, shown
+        with open(work / "ui.out", "wb") as out:
+            ui = subprocess.Popen([roost_cli, "ui", "--port", str(port), "--journal", str(work / "roost.db")],
+                                  stdout=out, stderr=subprocess.STDOUT)
+        try:
+            deadline, runs = time.monotonic() + 60, None
+            while runs is None and time.monotonic() < deadline and ui.poll() is None:
+                try:
+                    with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/runs", timeout=10) as answer:
+                        runs = json.load(answer)["runs"]
+                except OSError:
+                    time.sleep(0.2)
+            assert runs is not None, (ui.poll(), (work / "ui.out").read_text())
+            assert [(r["run_id"], r["status"]) for r in runs] == [(result.run_id, "completed")], runs
+        finally:
+            ui.send_signal(signal.SIGTERM)  # by pid; SIGKILL if it lingers
+            try:
+                ui.wait(30)
+            except subprocess.TimeoutExpired:
+                ui.kill()
+                ui.wait(10)
+        assert ui.returncode == 0, (ui.returncode, (work / "ui.out").read_text())
+        checked.append("roost ui answers")
+    else:
+        try:
+            import roost.ui  # noqa: F401
+        except MissingExtraError as exc:
+            assert exc.extra == "ui" and 'pip install "roost[ui]"' in str(exc), str(exc)
+            checked.append("roost.ui -> MissingExtraError")
+        else:
+            raise AssertionError("roost.ui imported without the ui extra")
 
     print(json.dumps({"roost": roost.__version__, "extra": extra, "checked": checked}))
 ''')
@@ -259,4 +319,16 @@ def test_cli_names_the_missing_extra(extra: str, backend: str, command: tuple[st
     done = _run([str(bin_dir / "roost"), *args], timeout=CHECK_TIMEOUT, cwd=tmp_path, env=env)
     assert done.returncode == 1, _shown(done)
     assert f'pip install "roost[{backend}]"' in done.stderr, _shown(done)
+    assert "Traceback" not in done.stderr, _shown(done)
+
+
+@pytest.mark.parametrize("extra", ["", "restate"], ids=["core", "restate"])
+def test_cli_ui_names_the_missing_extra(extra: str, venv_with: Callable[[str], Path], tmp_path: Path) -> None:
+    """``roost ui`` without the ui extra (the restate venv has hypercorn, not Starlette) ends with the
+    pip command, not a traceback."""
+    bin_dir = venv_with(extra)
+    done = _run([str(bin_dir / "roost"), "ui", "--port", "9", "--journal", str(tmp_path / "none.db")],
+                timeout=CHECK_TIMEOUT, cwd=tmp_path, env=_clean_env())
+    assert done.returncode == 1, _shown(done)
+    assert 'pip install "roost[ui]"' in done.stderr, _shown(done)
     assert "Traceback" not in done.stderr, _shown(done)
