@@ -126,3 +126,32 @@ async def test_tracing_false_emits_nothing(make_app: MakeApp, uid: Callable[[str
     spans = await wait_spans(on, has_run_span(traced.name))
     assert sorted(s.name for s in spans) == sorted([f"run {traced.name}", "invoke_agent a", "step upper"])
     assert spans_of(off) == []  # the traced run came after it: its spans would be there by now
+
+
+async def test_spans_come_as_activations_end(make_app: MakeApp, uid: Callable[[str], str]) -> None:
+    """A run waiting on an approval already shows what ran before it; resuming it (a replay on
+    Restate and Temporal) makes no span twice."""
+    exporter()
+
+    async def write(idea: Idea, ctx: DurableContext) -> Draft:
+        body = await ctx.step("body", lambda: f"about {idea.topic}")
+        return Draft(title=idea.topic, body=body)
+
+    w = agent("writer").contracts(input=Idea, output=Draft).engine(write)
+    e = agent("editor").contracts(input=Draft, output=Review).engine(lambda d: Review(score=9, notes=d.body))
+    e.needs_approval().reacts_to(w)
+    app = make_app([w, e])
+    handle = await app.start(Idea(topic="spans"), run_id=uid("r-waiting"))
+    assert await handle.approval(timeout=30) == "editor"
+    waiting = await wait_spans(handle.run_id, lambda spans: {"invoke_agent writer", "step body"}
+                               <= {s.name for s in spans})
+    assert {"invoke_agent writer", "step body"} <= {s.name for s in waiting}, [s.name for s in waiting]
+    assert f"run {app.name}" not in {s.name for s in waiting}  # the run is not over
+
+    await app.aresolve(handle.run_id, "editor", True)
+    assert (await handle.result(timeout=30)).status == "completed"
+    spans = await wait_spans(handle.run_id, lambda spans: has_run_span(app.name)(spans)
+                             and "invoke_agent editor" in {s.name for s in spans})
+    names = Counter(s.name for s in spans)
+    assert names == Counter({f"run {app.name}": 1, "invoke_agent writer": 1, "invoke_agent editor": 1,
+                             "step body": 1, "step editor": 1}), names

@@ -97,8 +97,6 @@ class WorkflowRun(Host):
         self._approvals: dict[str, str] = {}  # activation -> the approval its output waits on
         self._waits = 0
         self._waiting_changed = False
-        self._traced: list[dict[str, Any]] = []
-        """Records of the activations that ended, for their spans once the run has."""
 
     # -- the loop ---------------------------------------------------------------------------
 
@@ -123,23 +121,35 @@ class WorkflowRun(Host):
         except Exception as exc:  # the record could not be written: the workflow's output still says why
             self._break(exc)
         final = self._final()
-        self._trace(final["run"])
+        self._trace_run(final["run"])
         return final
 
-    def _trace(self, run: dict[str, Any]) -> None:
-        """The spans of the run and its activations, made once the run has finished: code up to
-        here is replayed on every attempt of the invocation, this part runs in the one attempt
-        that ends it (the step spans were made where the steps ran)."""
+    def _traced(self) -> bool:
+        """Spans are made here: tracing is on, and this attempt runs new code, not a replay of
+        its journal (Restate's own replay-aware logging asks the same question)."""
+        if not (self.app.tracing and _tracing.enabled()):
+            return False
+        vm = getattr(self.ctx, "vm", None)
+        return vm is None or not vm.is_replaying()
+
+    def _trace_activation(self, r: dict[str, Any]) -> None:
+        """The span of an activation whose outcome this round learned. On replay the same round
+        comes again, but the commands that followed it are still in the journal, so Restate is
+        replaying and no span is made twice (the step spans were made where the steps ran)."""
+        if not self._traced():
+            return
+        start = r.get("started") or self.sub["created_at"]
+        error = r.get("error") or None
+        _tracing.activation_span(self.run_id, r["id"], r["agent"], r.get("cause"), r["status"], start,
+                                 r.get("finished") or start, attempts=int(r.get("attempts") or 1),
+                                 error=f"{error.get('error_type')}: {error.get('error_message')}" if error else None)
+
+    def _trace_run(self, run: dict[str, Any]) -> None:
+        """The run's span, made in the one attempt that ends it."""
         if not (self.app.tracing and _tracing.enabled()):
             return
         created = float(run["created_at"])
         end = float(run.get("finished_at") or created)
-        for r in self._traced:
-            start = r.get("started") or created
-            error = r.get("error") or None
-            _tracing.activation_span(self.run_id, r["id"], r["agent"], r.get("cause"), r["status"], start,
-                                     r.get("finished") or start, attempts=int(r.get("attempts") or 1),
-                                     error=f"{error.get('error_type')}: {error.get('error_message')}" if error else None)
         error = run.get("error") or None
         _tracing.run_span(self.app.name, self.run_id, run["status"], created, max(end, created),
                           error=f"{error.get('error_type')}: {error.get('error_message')}" if error else None)
@@ -361,7 +371,7 @@ class WorkflowRun(Host):
                     self._written_at = finished_at  # the clock of the chunks starts with the first record
             if known[1] != "waiting":
                 if record.get("started") is not None or record.get("status") != "cancelled":
-                    self._traced.append(record)  # it ran (a cancelled one that never started did not)
+                    self._trace_activation(record)  # it ran (a cancelled one that never started did not)
                 self._info.pop(aid, None)
                 self._approvals.pop(aid, None)
                 if self._records is not None:
