@@ -80,8 +80,9 @@ class Driver:
 
     @property
     def requested(self) -> bool:
-        """Commands were requested since the last round."""
-        return bool(self._new)
+        """Commands were requested since the last round, and the next ``issue`` will issue some
+        (a request failed meanwhile is dropped there)."""
+        return any(not fut.done() for _, _, fut in self._new)
 
     @property
     def busy(self) -> bool:
