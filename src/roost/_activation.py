@@ -6,18 +6,21 @@ runs, this runs it.
 
 from __future__ import annotations
 
+import asyncio
 import json
+from collections.abc import Callable
 from typing import Any
 
 import pydantic
 import pydantic_core
 
 from ._codec import adapter, dumps, list_item_type, type_name
-from ._engine import Activation
+from ._engine import Activation, ActivationFinished, failed_activation
 from ._engine import entity_key as batch_entity_key
 from ._graph import AgentSpec, CompiledApp
-from .errors import ContractViolationError, TerminalError
-from .runtime._base import DurableContext
+from .errors import ContractViolationError, StepFailedError, TerminalError
+from .runtime._base import DurableContext, RunAborted
+from .runtime._branches import root
 
 
 def message_body(app: CompiledApp, ctx: DurableContext, agent: str, payload: Any) -> Any:
@@ -105,3 +108,35 @@ async def perform(app: CompiledApp, ctx: DurableContext, spec: Activation) -> An
     agent = app.specs[spec.agent]
     raw = await agent.engine.run(ctx, agent, inputs(app, spec, ctx.run_id))
     return check_output(agent, raw, ctx.run_id)[1]
+
+
+def _never(exc: BaseException) -> bool:
+    return False
+
+
+async def outcome_of(app: CompiledApp, ctx: DurableContext, spec: Activation,
+                     passes: Callable[[BaseException], bool] = _never) -> ActivationFinished:
+    """``perform`` the activation as the root of its branches; whatever ends it becomes its
+    outcome: aborted, it is ``cancelled``; any failure is a failed activation naming run, agent,
+    step and cause. Only what ends the process or the runtime's own work goes through: an
+    interrupt, the cancellation of the task itself (the runtime is closing), and what ``passes``
+    says (Restate's signal that the invocation is suspending)."""
+    try:
+        with root(ctx):
+            output = await perform(app, ctx, spec)
+        return ActivationFinished(spec.id, "completed", output)
+    except RunAborted:
+        return ActivationFinished(spec.id, "cancelled")
+    except StepFailedError as exc:
+        return failed_activation(spec, exc.step, exc.attempts, exc.cause)
+    except (KeyboardInterrupt, SystemExit):
+        raise
+    except asyncio.CancelledError as exc:
+        task = asyncio.current_task()
+        if task is not None and task.cancelling():
+            raise  # the runtime is closing, or the invocation ending: the activation stays unfinished
+        return failed_activation(spec, None, 1, exc)
+    except BaseException as exc:  # outside any step: the agent's code ran once
+        if passes(exc):
+            raise
+        return failed_activation(spec, None, 1, exc)

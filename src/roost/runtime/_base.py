@@ -7,14 +7,16 @@ each backend under ``roost.runtime.<name>`` implements them.
 from __future__ import annotations
 
 import contextvars
+import json
 import random as _random
 import uuid as _uuid
 from abc import ABC, abstractmethod
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from .._codec import dumps
 from ._retry import RetryPolicy
 
 if TYPE_CHECKING:
@@ -68,6 +70,37 @@ class State(ABC):
 
     @abstractmethod
     async def keys(self) -> list[str]: ...
+
+
+class BufferedState(State):
+    """Writes kept in ``writes`` (JSON text; None for a cleared key) over the state the runtime
+    stored, which it reads only when asked; the runtime commits ``writes`` with the activation."""
+
+    def __init__(self, agent: str) -> None:
+        self.agent = agent
+        self.writes: dict[str, str | None] = {}
+
+    @abstractmethod
+    async def stored(self, key: str) -> str | None:
+        """The stored value of ``key`` (JSON text), None if it has none."""
+
+    @abstractmethod
+    async def stored_keys(self) -> Iterable[str]: ...
+
+    async def get(self, key: str, default: Any = None) -> Any:
+        raw = self.writes[key] if key in self.writes else await self.stored(key)
+        return default if raw is None else json.loads(raw)
+
+    def set(self, key: str, value: Any) -> None:
+        self.writes[key] = dumps(value, what=f"state {key!r} of agent {self.agent!r}")
+
+    def clear(self, key: str) -> None:
+        self.writes[key] = None
+
+    async def keys(self) -> list[str]:
+        live = {k for k in await self.stored_keys() if k not in self.writes}
+        live |= {k for k, v in self.writes.items() if v is not None}
+        return sorted(k for k in live if not k.startswith("__roost."))
 
 
 class DurableContext(ABC):

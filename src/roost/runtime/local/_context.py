@@ -23,7 +23,7 @@ from ..._codec import dumps, revive
 from ..._engine import Activation, MessageSent
 from ...engines.function import FunctionEngine
 from ...errors import CallCycleError, CallFailedError, NonDeterminismError, StepFailedError
-from .._base import DurableContext, RunAborted, State, StepInfo
+from .._base import BufferedState, DurableContext, RunAborted, StepInfo
 from .._branches import internal, position
 from .._remote import failed_step_error, step_failure
 from .._retry import RetryPolicy, checked_seconds
@@ -37,32 +37,24 @@ T = TypeVar("T")
 Entry = tuple[str, str, str, str | None, int]
 
 
-class LocalState(State):
+class LocalState(BufferedState):
     """A snapshot read on first use; writes are buffered and committed with the activation."""
 
     def __init__(self, runtime: LocalRuntime, agent: str, key: str) -> None:
-        self._rt, self.agent, self.key = runtime, agent, key
+        super().__init__(agent)
+        self._rt, self.key = runtime, key
         self._snapshot: dict[str, str] | None = None
-        self.writes: dict[str, str | None] = {}
 
     def _load(self) -> dict[str, str]:
         if self._snapshot is None:
             self._snapshot = self._rt.journal.state(self.agent, self.key)
         return self._snapshot
 
-    async def get(self, key: str, default: Any = None) -> Any:
-        raw = self.writes[key] if key in self.writes else self._load().get(key)
-        return default if raw is None else json.loads(raw)
+    async def stored(self, key: str) -> str | None:
+        return self._load().get(key)
 
-    def set(self, key: str, value: Any) -> None:
-        self.writes[key] = dumps(value, what=f"state {key!r} of agent {self.agent!r}")
-
-    def clear(self, key: str) -> None:
-        self.writes[key] = None
-
-    async def keys(self) -> list[str]:
-        live = {k for k in self._load() if k not in self.writes} | {k for k, v in self.writes.items() if v is not None}
-        return sorted(k for k in live if not k.startswith("__roost."))
+    async def stored_keys(self) -> list[str]:
+        return list(self._load())
 
 
 class LocalContext(DurableContext):

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from ... import _tracing
-from ..._activation import key_of, perform, shared_entity
+from ..._activation import key_of, outcome_of, shared_entity
 from ..._codec import dumps
 from ..._config import Duration, load_retention, parse_retention
 from ..._engine import (
@@ -55,11 +55,10 @@ from ...errors import (
     RunConflictError,
     RunNotFoundError,
     RunTimeoutError,
-    StepFailedError,
 )
 from ...result import FINISHED, ActivationRecord, RunRecord, StepRecord
 from .._base import DurableRuntime, PruneReport, RunAborted, RunSummary, Submission
-from .._branches import detached, install, internal, root
+from .._branches import detached, install, internal
 from .._steps import attempt_running
 from ._busy import delays
 from ._context import LocalContext
@@ -905,7 +904,7 @@ class LocalRuntime(DurableRuntime):
         entries = self.journal.entries(live.run_id, spec.id) if replay else {}
         ctx = LocalContext(self, live, spec, key, entries)
         self.emit("started", live.run_id, spec.agent, spec.id)
-        event = await self._perform(live, ctx, spec)
+        event = await outcome_of(live.app, ctx, spec)
         error = json.dumps(event.error.to_json()) if event.error else None
         output = json.dumps(event.output) if event.output is not None else None
         status = "waiting" if event.status == "completed" and live.app.specs[spec.agent].approval else event.status
@@ -935,26 +934,6 @@ class LocalRuntime(DurableRuntime):
                                          attempts=attempts, error=err)
 
         self.apply_soon(live, event, extra, then, traced)
-
-    async def _perform(self, live: _LiveRun, ctx: LocalContext, spec: Activation) -> ActivationFinished:
-        """Run the activation; any failure, whatever raised it, becomes a failed activation."""
-        try:
-            with root(ctx):
-                output = await perform(live.app, ctx, spec)
-            return ActivationFinished(spec.id, "completed", output)
-        except RunAborted:
-            return ActivationFinished(spec.id, "cancelled")
-        except StepFailedError as exc:
-            return failed_activation(spec, exc.step, exc.attempts, exc.cause)
-        except (KeyboardInterrupt, SystemExit):
-            raise
-        except asyncio.CancelledError as exc:
-            task = asyncio.current_task()
-            if task is not None and task.cancelling():
-                raise  # the runtime is closing: the activation stays unfinished in the journal
-            return failed_activation(spec, None, 1, exc)
-        except BaseException as exc:  # outside any step: the agent's code ran once
-            return failed_activation(spec, None, 1, exc)
 
 
 class _Queue:

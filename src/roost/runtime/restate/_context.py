@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import inspect
-import json
 import threading
 import time
 from collections.abc import Awaitable, Callable
@@ -25,12 +24,12 @@ from restate.exceptions import is_internal_exception
 from restate.serde import Serde
 from restate.server_context import DisconnectedException
 
-from ..._activation import message_body, perform
-from ..._codec import dumps, jsonable, revive
-from ..._engine import Activation, ActivationFinished, MessageSent, Reply, failed_activation
+from ..._activation import message_body, outcome_of
+from ..._codec import jsonable, revive
+from ..._engine import Activation, ActivationFinished, MessageSent, Reply
 from ...errors import CallCycleError, CallFailedError, SerializationError, StepFailedError
-from .._base import DurableContext, RunAborted, State, StepInfo
-from .._branches import internal, position, root
+from .._base import BufferedState, DurableContext, RunAborted, StepInfo
+from .._branches import internal, position
 from .._remote import failed_step_error, step_failure
 from .._retry import RetryPolicy, checked_seconds
 from .._steps import return_type, run_with_retry
@@ -103,56 +102,37 @@ class Host:
         return value
 
 
-class MemoryState(State):
+class MemoryState(BufferedState):
     """State of an entity that lives inside the run (not ``keyed_by``): kept by the workflow in
     memory, rebuilt by replay; writes are buffered and applied when the activation completes."""
 
     def __init__(self, snapshot: dict[str, Any], agent: str) -> None:
+        super().__init__(agent)
         self._snapshot = snapshot
-        self.agent = agent
-        self.writes: dict[str, Any] = {}
 
-    async def get(self, key: str, default: Any = None) -> Any:
-        raw = self.writes[key] if key in self.writes else self._snapshot.get(key)
-        return default if raw is None else json.loads(raw)
+    async def stored(self, key: str) -> str | None:
+        value: str | None = self._snapshot.get(key)
+        return value
 
-    def set(self, key: str, value: Any) -> None:
-        self.writes[key] = dumps(value, what=f"state {key!r} of agent {self.agent!r}")
-
-    def clear(self, key: str) -> None:
-        self.writes[key] = None
-
-    async def keys(self) -> list[str]:
-        live = {k for k in self._snapshot if k not in self.writes} | {k for k, v in self.writes.items() if v is not None}
-        return sorted(k for k in live if not k.startswith("__roost."))
+    async def stored_keys(self) -> list[str]:
+        return list(self._snapshot)
 
 
-class ObjectState(State):
+class ObjectState(BufferedState):
     """A keyed agent's state: its Virtual Object's state, read through the driver; writes are
     buffered and set when the activation completes (Restate commits them with the invocation)."""
 
     def __init__(self, ctx: RunContext, agent: str) -> None:
+        super().__init__(agent)
         self._ctx = ctx
-        self.agent = agent
-        self.writes: dict[str, Any] = {}
 
-    async def get(self, key: str, default: Any = None) -> Any:
-        if key in self.writes:
-            raw = self.writes[key]
-        else:
-            raw = await self._ctx.ask("state", lambda: self._ctx.host.ctx.get(key, type_hint=str))
-        return default if raw is None else json.loads(raw)
+    async def stored(self, key: str) -> str | None:
+        value: str | None = await self._ctx.ask("state", lambda: self._ctx.host.ctx.get(key, type_hint=str))
+        return value
 
-    def set(self, key: str, value: Any) -> None:
-        self.writes[key] = dumps(value, what=f"state {key!r} of agent {self.agent!r}")
-
-    def clear(self, key: str) -> None:
-        self.writes[key] = None
-
-    async def keys(self) -> list[str]:
-        stored: list[str] = await self._ctx.ask("state", lambda: self._ctx.host.ctx.state_keys())
-        live = {k for k in stored if k not in self.writes} | {k for k, v in self.writes.items() if v is not None}
-        return sorted(k for k in live if not k.startswith("__roost."))
+    async def stored_keys(self) -> list[str]:
+        keys: list[str] = await self._ctx.ask("state", lambda: self._ctx.host.ctx.state_keys())
+        return keys
 
 
 class RunContext(DurableContext):
@@ -347,29 +327,7 @@ async def run_activation(ctx: RunContext, spec: Activation) -> ActivationFinishe
     """Run one activation's engine (``perform``); any failure, whatever raised it, becomes a
     failed activation naming run, agent, step and cause. A failed activation's record shows the
     attempts its error names (``ctx.attempts``)."""
-    event = await _run_activation(ctx, spec)
+    event = await outcome_of(ctx.host.app, ctx, spec, passes=is_internal_exception)
     if event.error is not None:
         ctx.attempts = event.error.attempts
     return event
-
-
-async def _run_activation(ctx: RunContext, spec: Activation) -> ActivationFinished:
-    try:
-        with root(ctx):
-            output = await perform(ctx.host.app, ctx, spec)
-        return ActivationFinished(spec.id, "completed", output)
-    except RunAborted:
-        return ActivationFinished(spec.id, "cancelled")
-    except StepFailedError as exc:
-        return failed_activation(spec, exc.step, exc.attempts, exc.cause)
-    except (KeyboardInterrupt, SystemExit):
-        raise
-    except asyncio.CancelledError as exc:
-        task = asyncio.current_task()
-        if task is not None and task.cancelling():
-            raise  # the invocation is ending (suspended, or its connection lost): Restate retries it
-        return failed_activation(spec, None, 1, exc)
-    except BaseException as exc:  # outside any step: the agent's code ran once
-        if is_internal_exception(exc):
-            raise
-        return failed_activation(spec, None, 1, exc)
