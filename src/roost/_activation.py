@@ -14,13 +14,13 @@ from typing import Any
 import pydantic
 import pydantic_core
 
-from ._codec import adapter, dumps, list_item_type, type_name
-from ._engine import Activation, ActivationFinished, failed_activation
+from ._codec import adapter, dumps, list_item_type, revive, type_name
+from ._engine import Activation, ActivationFinished, Reply, failed_activation
 from ._engine import entity_key as batch_entity_key
 from ._graph import AgentSpec, CompiledApp
-from .errors import ContractViolationError, StepFailedError, TerminalError
+from .errors import CallFailedError, ContractViolationError, StepFailedError, TerminalError
 from .runtime._base import DurableContext, RunAborted
-from .runtime._branches import root
+from .runtime._branches import internal, root
 
 
 def message_body(app: CompiledApp, ctx: DurableContext, agent: str, payload: Any) -> Any:
@@ -32,6 +32,19 @@ def message_body(app: CompiledApp, ctx: DurableContext, agent: str, payload: Any
         raise TerminalError(f"run {ctx.run_id!r}: agent {agent!r} converges inputs and cannot be sent messages")
     check_input(spec, spec.input_type, payload, source=ctx.agent, run_id=ctx.run_id)
     return json.loads(dumps(payload, what=f"message from {ctx.agent!r} to {agent!r}"))
+
+
+def call_reply(app: CompiledApp, ctx: DurableContext, callee: str, reply: Reply) -> Any:
+    """What ``ctx.call`` returns for the callee's ``reply``: its output, revived to its contract;
+    a cancelled callee aborts the caller; any other end is a ``CallFailedError`` naming it."""
+    if reply.status == "cancelled":
+        raise RunAborted()
+    if reply.status != "completed":
+        cause = f": {reply.error.error_type}: {reply.error.error_message}" if reply.error else ""
+        raise CallFailedError(f"run {ctx.run_id!r}: ctx.call from {ctx.agent!r} to {callee!r}: the callee was "
+                              f"{reply.status}{cause}", run_id=ctx.run_id, callee=callee, status=reply.status)
+    with internal():
+        return revive(reply.output, app.specs[callee].output_type)
 
 
 def _keyed(spec: AgentSpec, payload: Any, run_id: str) -> str:

@@ -18,11 +18,11 @@ from collections.abc import Awaitable, Callable, Coroutine
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from ..._activation import message_body
+from ..._activation import call_reply, message_body
 from ..._codec import dumps, revive
 from ..._engine import Activation, MessageSent
 from ...engines.function import FunctionEngine
-from ...errors import CallCycleError, CallFailedError, NonDeterminismError, StepFailedError
+from ...errors import CallCycleError, NonDeterminismError, StepFailedError
 from .._base import BufferedState, DurableContext, RunAborted, StepInfo
 from .._branches import internal, position
 from .._remote import failed_step_error, step_failure
@@ -264,11 +264,4 @@ class LocalContext(DurableContext):
         if entry is None or entry[2] != "done":
             raw = json.dumps(reply.output)
             await self._write(lambda db: Journal.finish_entry(db, self.run_id, self.activation_id, pos, raw))
-        if reply.status == "cancelled":
-            raise RunAborted()
-        if reply.status != "completed":
-            cause = f": {reply.error.error_type}: {reply.error.error_message}" if reply.error else ""
-            raise CallFailedError(f"run {self.run_id!r}: ctx.call from {self.agent!r} to {agent!r}: the callee was "
-                                  f"{reply.status}{cause}", run_id=self.run_id, callee=agent, status=reply.status)
-        with internal():
-            return revive(reply.output, self._live.app.specs[agent].output_type)
+        return call_reply(self._live.app, self, agent, reply)

@@ -24,10 +24,10 @@ from restate.exceptions import is_internal_exception
 from restate.serde import Serde
 from restate.server_context import DisconnectedException
 
-from ..._activation import message_body, outcome_of
+from ..._activation import call_reply, message_body, outcome_of
 from ..._codec import jsonable, revive
 from ..._engine import Activation, ActivationFinished, MessageSent, Reply
-from ...errors import CallCycleError, CallFailedError, SerializationError, StepFailedError
+from ...errors import CallCycleError, SerializationError, StepFailedError
 from .._base import BufferedState, DurableContext, RunAborted, StepInfo
 from .._branches import internal, position
 from .._remote import failed_step_error, step_failure
@@ -304,14 +304,7 @@ class RunContext(DurableContext):
             reply: Reply = await waiter
         finally:
             self.host.pause(self.activation_id, False)
-        if reply.status == "cancelled":
-            raise RunAborted()
-        if reply.status != "completed":
-            cause = f": {reply.error.error_type}: {reply.error.error_message}" if reply.error else ""
-            raise CallFailedError(f"run {self.run_id!r}: ctx.call from {self.agent!r} to {agent!r}: the callee was "
-                                  f"{reply.status}{cause}", run_id=self.run_id, callee=agent, status=reply.status)
-        with internal():
-            return revive(reply.output, self.host.app.specs[agent].output_type)
+        return call_reply(self.host.app, self, agent, reply)
 
 
 def _started(key: str) -> None:

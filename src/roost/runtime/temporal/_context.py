@@ -21,11 +21,11 @@ from temporalio.common import RetryPolicy as TemporalRetryPolicy
 from temporalio.exceptions import ActivityError, ApplicationError, TimeoutType
 from temporalio.exceptions import TimeoutError as TemporalTimeoutError
 
-from ..._activation import message_body
+from ..._activation import call_reply, message_body
 from ..._codec import dumps, revive
 from ..._engine import Activation, ErrorInfo, MessageSent, Reply
 from ..._graph import CompiledApp
-from ...errors import CallCycleError, CallFailedError, NonDeterminismError, SerializationError, StepFailedError
+from ...errors import CallCycleError, NonDeterminismError, SerializationError, StepFailedError
 from .._base import DurableContext, RunAborted, State
 from .._branches import internal, position
 from .._remote import RemoteStepError, failed_step_error, remote_error
@@ -316,11 +316,4 @@ class TemporalContext(DurableContext):
                 self._run.pause(False)
             self.journal[pos] = {"op": "call", "name": agent, "status": reply.status, "output": reply.output,
                                  "error": reply.error.to_json() if reply.error else None}
-        if reply.status == "cancelled":
-            raise RunAborted()
-        if reply.status != "completed":
-            cause = f": {reply.error.error_type}: {reply.error.error_message}" if reply.error else ""
-            raise CallFailedError(f"run {self.run_id!r}: ctx.call from {self.agent!r} to {agent!r}: the callee was "
-                                  f"{reply.status}{cause}", run_id=self.run_id, callee=agent, status=reply.status)
-        with internal():
-            return revive(reply.output, self._app.specs[agent].output_type)
+        return call_reply(self._app, self, agent, reply)
