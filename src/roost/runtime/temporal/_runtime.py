@@ -20,6 +20,7 @@ from typing import Any
 
 from temporalio.client import (
     Client,
+    WorkflowExecutionDescription,
     WorkflowExecutionStatus,
     WorkflowFailureError,
     WorkflowHandle,
@@ -279,14 +280,18 @@ class TemporalRuntime(DurableRuntime):
             run["activations"].update(page["activations"])
         return run
 
-    async def get(self, run_id: str) -> RunRecord:
-        handle = self._handle(run_id)
+    async def _describe(self, run_id: str, handle: WorkflowHandle[Any, Any]) -> WorkflowExecutionDescription:
+        """The run workflow's description; an unknown run is ``RunNotFoundError``."""
         try:
-            desc = await handle.describe()
+            return await handle.describe()
         except RPCError as exc:
             if exc.status == RPCStatusCode.NOT_FOUND:
                 raise self._not_found(run_id) from None
             raise BackendError(f"talking to Temporal failed: {exc}") from exc
+
+    async def get(self, run_id: str) -> RunRecord:
+        handle = self._handle(run_id)
+        desc = await self._describe(run_id, handle)
         if desc.status != WorkflowExecutionStatus.RUNNING:
             return await self._outcome(run_id)
         try:
@@ -350,12 +355,7 @@ class TemporalRuntime(DurableRuntime):
         """Temporal's own cancellation of the run workflow: the workflow turns it into the run
         engine's CancelRequested (so Temporal's tools cancel a run the same way)."""
         handle = self._handle(run_id)
-        try:
-            desc = await handle.describe()
-        except RPCError as exc:
-            if exc.status == RPCStatusCode.NOT_FOUND:
-                raise self._not_found(run_id) from None
-            raise BackendError(f"talking to Temporal failed: {exc}") from exc
+        desc = await self._describe(run_id, handle)
         if desc.status != WorkflowExecutionStatus.RUNNING:
             status = (await self._outcome(run_id)).status
             if status == "cancelled":
