@@ -143,9 +143,9 @@ async def test_spans_come_as_activations_end(make_app: MakeApp, uid: Callable[[s
     app = make_app([w, e])
     handle = await app.start(Idea(topic="spans"), run_id=uid("r-waiting"))
     assert await handle.approval(timeout=30) == "editor"
-    waiting = await wait_spans(handle.run_id, lambda spans: {"invoke_agent writer", "step body"}
-                               <= {s.name for s in spans})
-    assert {"invoke_agent writer", "step body"} <= {s.name for s in waiting}, [s.name for s in waiting]
+    before = {"invoke_agent writer", "step body", "invoke_agent editor", "step editor"}
+    waiting = await wait_spans(handle.run_id, lambda spans: before <= {s.name for s in spans})
+    assert before <= {s.name for s in waiting}, [s.name for s in waiting]
     assert f"run {app.name}" not in {s.name for s in waiting}  # the run is not over
 
     await app.aresolve(handle.run_id, "editor", True)
@@ -155,3 +155,6 @@ async def test_spans_come_as_activations_end(make_app: MakeApp, uid: Callable[[s
     names = Counter(s.name for s in spans)
     assert names == Counter({f"run {app.name}": 1, "invoke_agent writer": 1, "invoke_agent editor": 1,
                              "step body": 1, "step editor": 1}), names
+    # The editor's span is made as its activation ends, its output held for the approval.
+    editor = next(s for s in spans if s.name == "invoke_agent editor")
+    assert editor.attributes["roost.activation.status"] == "waiting"

@@ -95,6 +95,7 @@ class WorkflowRun(Host):
         self._records: dict[str, dict[str, Any]] | None = {}
         self._waiting: dict[str, int] = {}
         self._approvals: dict[str, str] = {}  # activation -> the approval its output waits on
+        self._held: set[str] = set()  # activations traced as they ended with their output held for approval
         self._waits = 0
         self._waiting_changed = False
 
@@ -369,8 +370,14 @@ class WorkflowRun(Host):
                 self._latest = finished_at
                 if self._written_at == 0.0:
                     self._written_at = finished_at  # the clock of the chunks starts with the first record
-            if known[1] != "waiting":
-                if record.get("started") is not None or record.get("status") != "cancelled":
+            if known[1] == "waiting":
+                if aid not in self._held:  # its span once, as it ends with its output held (as elsewhere)
+                    self._held.add(aid)
+                    self._trace_activation(record)
+            else:
+                held = aid in self._held
+                self._held.discard(aid)
+                if not held and (record.get("started") is not None or record.get("status") != "cancelled"):
                     self._trace_activation(record)  # it ran (a cancelled one that never started did not)
                 self._info.pop(aid, None)
                 self._approvals.pop(aid, None)
