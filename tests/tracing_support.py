@@ -42,3 +42,43 @@ async def wait_spans(run_id: str, until: Any, timeout: float = 30.0) -> list[Any
         if until(spans) or time.monotonic() > deadline:
             return spans
         await asyncio.sleep(0.05)
+
+
+class _Failing:
+    """A span processor that raises on the spans of the runs in ``runs`` (on start and on end)."""
+
+    def __init__(self) -> None:
+        self.runs: set[str] = set()
+        self.raised = 0
+
+    def _check(self, span: Any) -> None:
+        if (span.attributes or {}).get("roost.run_id") in self.runs:
+            self.raised += 1
+            raise RuntimeError("the span processor is broken")
+
+    def on_start(self, span: Any, parent_context: Any = None) -> None:
+        self._check(span)
+
+    def on_end(self, span: Any) -> None:
+        self._check(span)
+
+    def shutdown(self) -> None:
+        pass
+
+    def force_flush(self, timeout_millis: int = 30000) -> bool:
+        return True
+
+
+_FAILING: _Failing | None = None
+
+
+def failing_processor() -> _Failing:
+    """A processor on the global provider that breaks the spans of the runs it is given."""
+    global _FAILING
+    if _FAILING is None:
+        from opentelemetry import trace
+
+        exporter()
+        _FAILING = _Failing()
+        trace.get_tracer_provider().add_span_processor(_FAILING)  # type: ignore[attr-defined]
+    return _FAILING

@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import hashlib
+import logging
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -28,6 +29,8 @@ _MISSING: Any = object()
 _trace: Any = _MISSING  # the opentelemetry.trace module, None when not installed
 _fixed: contextvars.ContextVar[tuple[int, int] | None] = contextvars.ContextVar("roost_span_ids", default=None)
 _cache: tuple[Any, Any] | None = None  # (provider, tracer)
+_log = logging.getLogger("roost.tracing")
+_warned = False
 
 
 @dataclass(frozen=True)
@@ -85,7 +88,12 @@ def _tracer() -> Any:
         return None
     if _cache is not None and _cache[0] is provider:
         return _cache[1]
-    tracer = provider.get_tracer("roost")
+    try:
+        tracer = provider.get_tracer("roost")
+    except Exception as exc:  # a broken provider: no spans, never a failed run
+        _log.warning("no spans: the tracer provider failed to give a tracer (%s: %s)", type(exc).__name__, exc)
+        _cache = (provider, None)
+        return None
     inner = getattr(tracer, "id_generator", None)
     if inner is not None and not isinstance(inner, _Ids):
         # The SDK's tracer (ours alone: get_tracer made it) takes the ids roost derives.
@@ -117,6 +125,20 @@ def activation_span_id(run_id: str, activation_id: str) -> int:
 
 def _emit(tracer: Any, name: str, run_id: str, sid: int, parent: int | None, start: float, end: float,
           attrs: dict[str, Any], error: str | None = None, kind: str = "INTERNAL") -> None:
+    """Make one span. Tracing never changes what a run does: a failing tracer provider, span
+    processor or exporter loses the span, says so in the log, and the run goes on."""
+    global _warned
+    try:
+        _make(tracer, name, run_id, sid, parent, start, end, attrs, error, kind)
+    except Exception as exc:
+        level = logging.DEBUG if _warned else logging.WARNING
+        _warned = True
+        _log.log(level, "span %r of run %r was not made: the tracer provider failed (%s: %s)", name, run_id,
+                 type(exc).__name__, exc, extra={"run_id": run_id})
+
+
+def _make(tracer: Any, name: str, run_id: str, sid: int, parent: int | None, start: float, end: float,
+          attrs: dict[str, Any], error: str | None, kind: str) -> None:
     trace = _api()
     tid = trace_id(run_id)
     if parent is not None or not isinstance(getattr(tracer, "id_generator", None), _Ids):

@@ -4,6 +4,7 @@ twice although durable code replays (``restate-replay`` replays at every step,
 
 from __future__ import annotations
 
+import logging
 from collections import Counter
 from collections.abc import Callable
 from typing import Any
@@ -14,7 +15,7 @@ from roost import DurableContext, RetryPolicy, agent, tool
 from roost._tracing import activation_span_id, run_span_id, trace_id
 from roost.testing import FakeModelServer, Reply
 
-from ..tracing_support import exporter, spans_of, wait_spans
+from ..tracing_support import exporter, failing_processor, spans_of, wait_spans
 from .conftest import MakeApp
 from .models import Done, Draft, Idea, Review
 
@@ -158,3 +159,31 @@ async def test_spans_come_as_activations_end(make_app: MakeApp, uid: Callable[[s
     # The editor's span is made as its activation ends, its output held for the approval.
     editor = next(s for s in spans if s.name == "invoke_agent editor")
     assert editor.attributes["roost.activation.status"] == "waiting"
+
+
+async def test_a_broken_tracer_never_changes_a_run(make_app: MakeApp, uid: Callable[[str], str],
+                                                   caplog: pytest.LogCaptureFixture) -> None:
+    """Every span of the run raises in the provider's span processor: the run is unchanged
+    (its steps ran once, it completes), the spans are lost, and the log says so."""
+    broken = failing_processor()
+    runs: list[str] = []
+
+    async def write(idea: Idea, ctx: DurableContext) -> Draft:
+        body = await ctx.step("body", lambda: runs.append(idea.topic) or f"about {idea.topic}")
+        return Draft(title=idea.topic, body=body)
+
+    w = agent("writer").contracts(input=Idea, output=Draft).engine(write)
+    e = agent("editor").contracts(input=Draft, output=Review).engine(lambda d: Review(score=9, notes=d.body))
+    app = make_app([w, e.reacts_to(w)])
+    run_id = uid("r-broken-tracer")
+    broken.runs.add(run_id)
+    caplog.set_level(logging.DEBUG, logger="roost.tracing")
+    try:
+        result = await app.arun(Idea(topic="t"), run_id=run_id)
+    finally:
+        broken.runs.discard(run_id)
+    assert result["editor"] == Review(score=9, notes="about t")
+    assert runs == ["t"]
+    assert broken.raised > 0
+    lost = [r for r in caplog.records if r.name == "roost.tracing" and "was not made" in r.getMessage()]
+    assert lost and all(getattr(r, "run_id", None) == run_id for r in lost)
