@@ -103,7 +103,7 @@ def _promise_agent(record: RunRecord, name: str) -> str | None:
     """The agent an awaited promise belongs to when the record has no steps to say so (prod
     runtimes): an approval is named after its agent (``editor``, ``editor[key]``, ``editor#2``)."""
     base = name.split("[")[0].split("#")[0]
-    return base if any(a.agent == base and a.status == "pending" for a in record.activations) else None
+    return base if any(a.agent == base and a.status in ("pending", "running") for a in record.activations) else None
 
 
 def waiting_names(record: RunRecord) -> dict[str, str | None]:
@@ -238,12 +238,15 @@ class ProgressView:
             if act.status == "absorbed":
                 continue
             row = rows[act.id] = self.rows.get(act.id) or _Row(act.agent)
-            if act.status != "pending":
+            if act.status not in ("pending", "running"):
                 row.status, row.started_at, row.finished_at = act.status, act.started_at, act.finished_at
                 row.attempts = act.attempts
                 if self.polled and act.status in ("completed", "rejected", "failed", "cancelled"):
                     self._finished_line(act.id, row, act.error)
                 continue
+            if act.status == "running":  # it began, no outcome yet: it may still wait on a promise
+                row.started_at = row.started_at or act.started_at
+                row.status = "running" if row.status == "pending" else row.status
             row.attempts = max([row.attempts, *(s.attempts for s in act.steps)])
             if _waiting_step(act) is not None or (not act.steps and act.agent in waiting_agents):
                 row.status = "waiting"
@@ -428,7 +431,7 @@ def run_detail(record: RunRecord, app: CompiledApp | None = None, *, orphaned: b
         elif a.output is not None:
             output = compact_json(a.output)
         waits_here = _waiting_step(a) is not None or (not a.steps and a.agent in stepless)
-        act_status = "waiting" if a.status == "pending" and waits_here else a.status
+        act_status = "waiting" if a.status in ("pending", "running") and waits_here else a.status
         acts.add_row(a.agent, a.kind, status_text(act_status), a.cause or "-", str(a.attempts),
                      fmt_duration(a.duration), output)
     parts.append(acts)

@@ -199,6 +199,63 @@ def test_approving_from_the_page_resumes_the_run(tmp_path: Path, browser: WebDri
     assert outputs["publisher"] == {"text": "ABOUT OWLS", "words": 2}
 
 
+FREEZE_POLLS = """
+const done = arguments[arguments.length - 1];
+const real = window.fetch.bind(window);
+real("/api/runs/" + encodeURIComponent(arguments[0])).then((r) => r.text()).then((frozen) => {
+  window.roostPolls = 0;
+  window.fetch = (url, options) => {
+    if (options && options.method) return real(url, options);  // answers go to the server
+    window.roostPolls += 1;
+    return Promise.resolve(new Response(frozen, { status: 200, headers: { "Content-Type": "application/json" } }));
+  };
+  done(true);
+});
+"""
+"""Keep the page's polls answering the run as it is now (a page that has not caught up yet)."""
+
+
+def test_rejecting_from_the_page_and_a_refused_answer(tmp_path: Path, browser: WebDriver) -> None:
+    journal = tmp_path / "roost.db"
+    app_file = write_app(tmp_path, approval=True)
+    asyncio.run(leave_waiting(app_file, journal, "r-reject"))
+    asyncio.run(leave_waiting(app_file, journal, "r-stale", "bats"))
+
+    with ui_server(RunSource("local", journal)) as base:
+        browser.get(base + "/runs/r-reject")
+        reject = _wait(browser, "the Reject button", lambda d: d.find_element(
+            By.CSS_SELECTOR, "#approval-list li[data-name=editor] button.reject"))
+        reject.click()  # type: ignore[attr-defined]
+        _wait(browser, "the run completed", lambda d: d.find_element(By.TAG_NAME, "body").get_attribute(
+            "data-status") == "completed")
+        _wait(browser, "the editor rejected", lambda d: _nodes(d) == {
+            "writer": "completed", "editor": "rejected", "publisher": "idle"})
+
+        browser.get(base + "/runs/r-stale")
+        approve = _wait(browser, "the Approve button", lambda d: d.find_element(
+            By.CSS_SELECTOR, "#approval-list li[data-name=editor] button.approve"))
+        assert browser.execute_async_script(FREEZE_POLLS, "r-stale") is True
+        asyncio.run(_cancel(app_file, journal, "r-stale"))  # meanwhile, elsewhere
+        approve.click()  # type: ignore[attr-defined]
+        refused = "editor: run 'r-stale' is cancelled: nothing waits for 'editor'"
+        _wait(browser, "why the answer was refused", lambda d: _texts(d, "#refused") == [refused])
+        polls = int(_js(browser, "return window.roostPolls"))
+        _wait(browser, "two more polls", lambda d: int(_js(d, "return window.roostPolls")) >= polls + 2)
+        assert _texts(browser, "#refused") == [refused]  # the page's polling does not wipe it out
+        assert browser.find_element(By.ID, "refused").get_attribute("hidden") is None
+
+
+async def _cancel(app_file: Path, journal: Path, run_id: str) -> None:
+    from roost._loader import load_app
+
+    app = load_app(str(app_file))
+    app.journal = journal
+    try:
+        await app.acancel(run_id)
+    finally:
+        await app.aclose()
+
+
 def _until(what: str, check: Callable[[], bool]) -> None:
     deadline = time.monotonic() + WAIT
     while not check():

@@ -46,6 +46,8 @@ LIST_LIMIT = 200
 """Runs listed (the most recent; a status filter applies to these)."""
 _WAITING_CHECKS = 20
 """At most this many 'running' runs of a prod listing are asked whether they wait on an approval."""
+STATUSES = ("running", "waiting", *FINISHED)
+"""What the runs list filters on (a run's status as ``list_runs`` and ``get`` say it)."""
 
 
 class RunSource:
@@ -200,11 +202,22 @@ def create_app(source: RunSource) -> Starlette:
         return HTMLResponse(_page("runs.html"))
 
     async def run_page(request: Request) -> Response:
+        # The page fills itself from the API (and says what is wrong); its status says it too.
+        try:
+            await source.run(_run_id(request))
+        except RunNotFoundError:
+            return HTMLResponse(_page("run.html"), status_code=404)
+        except UsageError:
+            return HTMLResponse(_page("run.html"), status_code=400)
+        except (RoostError, TimeoutError):  # the runtime's server fails or is slow now: the page retries
+            pass
         return HTMLResponse(_page("run.html"))
 
     async def api_runs(request: Request) -> Response:
         async def answer() -> Response:
             status = request.query_params.get("status") or None
+            if status is not None and status not in STATUSES:
+                return _error(400, f"unknown status {status!r}: choose one of {', '.join(STATUSES)}")
             now = time.time()
             return _JSON({"runtime": source.runtime_name,
                           "runs": [summary_json(r, now) for r in await source.runs(status)]})
@@ -234,10 +247,11 @@ def create_app(source: RunSource) -> Starlette:
     return Starlette(
         routes=[
             Route("/", runs_page),
-            Route("/runs/{run_id}", run_page),
+            # ':path': a run id may hold a '/' (sent as %2F)
+            Route("/runs/{run_id:path}", run_page),
             Route("/api/runs", api_runs),
-            Route("/api/runs/{run_id}", api_run),
-            Route("/api/runs/{run_id}/resolve", api_resolve, methods=["POST"]),
+            Route("/api/runs/{run_id:path}/resolve", api_resolve, methods=["POST"]),
+            Route("/api/runs/{run_id:path}", api_run),
             Mount("/static", StaticFiles(directory=str(static)), name="static"),
         ],
         middleware=[Middleware(TrustedHostMiddleware, allowed_hosts=[HOST, "localhost"])],  # no DNS rebinding

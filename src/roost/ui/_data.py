@@ -1,6 +1,8 @@
 """What the UI's JSON API answers, built from the runtime-neutral RunSummary and RunRecord.
 
 Pure functions (no web framework here), so every runtime's runs look the same in the browser.
+A run's record goes out with the credentials of every URL in it masked (``_redact``): a page
+in a browser is easily shown or copied, ``roost runs show --json`` gives the record as stored.
 """
 
 from __future__ import annotations
@@ -8,6 +10,7 @@ from __future__ import annotations
 from dataclasses import asdict
 from typing import TYPE_CHECKING, Any
 
+from .._redact import redact_text
 from ..result import FINISHED, RunRecord
 from ..runtime import RunSummary
 
@@ -29,11 +32,14 @@ def summary_json(summary: RunSummary, now: float) -> dict[str, Any]:
 
 
 def agent_statuses(record: RunRecord) -> dict[str, str]:
-    """Per agent, its last activation's status; 'waiting' for an agent whose approval the run awaits."""
+    """Per agent, its last activation's status; 'waiting' for an agent whose approval the run
+    awaits, or whose code waits on a promise (``ctx.promise``) of it."""
     out: dict[str, str] = {}
     for a in record.activations:
         if a.status != "absorbed":
-            out[a.agent] = a.status
+            waits = a.status in ("pending", "running") and any(
+                s.kind == "promise" and s.status == "waiting" for s in a.steps)
+            out[a.agent] = "waiting" if waits and record.status not in FINISHED else a.status
     for name in record.waiting_on:
         if name in out and record.status not in FINISHED:
             out[name] = "waiting"
@@ -63,10 +69,23 @@ def graph_json(record: RunRecord, app: CompiledApp | None) -> dict[str, Any]:
     return {"nodes": nodes, "edges": edges, "source": source}
 
 
+def redacted(value: Any) -> Any:
+    """``value`` with the user info and secret query values of every URL in its strings masked."""
+    if isinstance(value, str):
+        return redact_text(value) if "://" in value else value
+    if isinstance(value, dict):
+        return {redacted(k): redacted(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [redacted(v) for v in value]
+    return value
+
+
 def record_json(record: RunRecord, app: CompiledApp | None, note: str | None = None) -> dict[str, Any]:
-    """The run record as JSON, its graph, the approvals it waits on (agents needing approval)
-    and ``finished``; ``note`` says what the page cannot show (e.g. no app code at hand)."""
-    data = asdict(record)
+    """The run record as JSON (URLs' credentials masked), its graph, the approvals it waits on
+    (agents needing approval) and ``finished``; ``note`` says what the page cannot show (e.g.
+    no app code at hand)."""
+    data: dict[str, Any] = redacted(asdict(record))
+    data["run_id"] = record.run_id  # the page addresses the run by it
     graph = graph_json(record, app)
     approvals = {n["id"] for n in graph["nodes"] if n["approval"]}
     data["graph"] = graph

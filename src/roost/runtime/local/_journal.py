@@ -280,6 +280,12 @@ class Journal:
         )
 
     @staticmethod
+    def mark_started(db: sqlite3.Connection, run_id: str, activation: str, started_at: float) -> None:
+        """An activation began running (its row stays 'pending' until its outcome): ``get`` shows it running."""
+        db.execute("UPDATE messages SET started_at=? WHERE run_id=? AND id=? AND status='pending'",
+                   (started_at, run_id, activation))
+
+    @staticmethod
     def update_activation(db: sqlite3.Connection, run_id: str, activation: str, status: str, *,
                           output: str | None = None, error: str | None = None, attempts: int | None = None,
                           started_at: float | None = None) -> None:

@@ -640,9 +640,12 @@ class LocalRuntime(DurableRuntime):
                 StepRecord(_position(j["position"]), j["kind"], j["name"], j["status"], j["attempts"], j["started_at"],
                            j["finished_at"], json.loads(j["value"]) if j["value"] is not None else None)
             )
+        running = row["status"] == "running"
         acts = [
             ActivationRecord(
-                id=a["id"], agent=a["target"], kind=a["kind"], status=a["status"], cause=a["cause"],
+                id=a["id"], agent=a["target"], kind=a["kind"], cause=a["cause"],
+                # 'pending' with a start time: it began and has no outcome yet (see Journal.mark_started)
+                status="running" if running and a["status"] == "pending" and a["started_at"] else a["status"],
                 started_at=a["started_at"], finished_at=a["finished_at"], attempts=a["attempts"],
                 output=json.loads(a["output"]) if a["output"] is not None else None,
                 error=json.loads(a["error"]) if a["error"] else None, steps=steps.get(a["id"], []),
@@ -901,6 +904,8 @@ class LocalRuntime(DurableRuntime):
             self.apply_soon(live, ActivationFinished(spec.id, "cancelled"), None, release)
             return
         started = time.time()
+        if self._committer is not None:  # for readers of the journal (roost ui, runs show): it runs now
+            self.write_later(_op(Journal.mark_started, live.run_id, spec.id, started))
         entries = self.journal.entries(live.run_id, spec.id) if replay else {}
         ctx = LocalContext(self, live, spec, key, entries)
         self.emit("started", live.run_id, spec.agent, spec.id)

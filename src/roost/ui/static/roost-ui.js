@@ -45,10 +45,11 @@ function showProblem(message) {
   p.hidden = !message;
 }
 
-async function getJSON(url) {
-  const res = await fetch(url, { headers: { Accept: "application/json" } });
-  const body = await res.json();
-  if (!res.ok) throw new Error(body.error || res.statusText);
+async function getJSON(url, options) {
+  const res = await fetch(url, { ...options, headers: { Accept: "application/json", ...(options || {}).headers } });
+  let body = null;
+  try { body = await res.json(); } catch (_) { /* not JSON: a proxy's or the server's own error page */ }
+  if (!res.ok || body === null) throw new Error((body && body.error) || `HTTP ${res.status} ${res.statusText}`.trim());
   return body;
 }
 
@@ -204,12 +205,16 @@ function drawOutputs(run) {
 }
 
 async function resolve(runId, name, value) {
-  const res = await fetch("/api/runs/" + encodeURIComponent(runId) + "/resolve", {
+  return getJSON("/api/runs/" + encodeURIComponent(runId) + "/resolve", {
     method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify({ name, value }),
   });
-  const body = await res.json();
-  if (!res.ok) throw new Error(body.error || res.statusText);
-  return body;
+}
+
+function showRefusal(message) {
+  // Why an answer was refused: stays until the next answer (polling clears only its own problems).
+  const p = document.getElementById("refused");
+  p.textContent = message || "";
+  p.hidden = !message;
 }
 
 function drawApprovals(run, redraw) {
@@ -225,8 +230,9 @@ function drawApprovals(run, redraw) {
     li.append(el("strong", {}, name));
     const act = async (value, buttons) => {
       buttons.forEach((b) => { b.disabled = true; });
+      showRefusal("");
       try { redraw(await resolve(run.run_id, name, value)); } catch (err) {
-        showProblem(String(err.message || err));
+        showRefusal(`${name}: ${err.message || err}`);
         buttons.forEach((b) => { b.disabled = false; });
       }
     };
