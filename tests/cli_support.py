@@ -22,12 +22,16 @@ import sys
 import time
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from click.testing import CliRunner, Result
 
 from roost.cli import cli
+from roost.runtime._process import free_port
 from tests.apps import pipeline_source
+
+if TYPE_CHECKING:
+    from roost.runtime.restate._server import RestateServer
 
 # what tests.apps' pipeline outputs for {"title": "owls"}
 OWLS = {"writer": {"text": "about owls"}, "editor": {"text": "ABOUT OWLS"},
@@ -45,6 +49,20 @@ def clean_env(**settings: str) -> dict[str, str]:
     """This process's environment without any ROOST_* variable, wide columns, then ``settings``."""
     base = {k: v for k, v in os.environ.items() if not k.startswith("ROOST_")}
     return {**base, "COLUMNS": "200", **settings}
+
+
+def restate_env(server: RestateServer, tmp_path: Path) -> dict[str, str]:
+    """:func:`clean_env` for commands on Restate: ``server``, a free endpoint port, and a local
+    journal in ``tmp_path`` that must not be touched."""
+    return clean_env(ROOST_RUNTIME="restate", ROOST_RESTATE_INGRESS=server.ingress_url,
+                     ROOST_RESTATE_ADMIN=server.admin_url, ROOST_RESTATE_ENDPOINT=f"http://127.0.0.1:{free_port()}",
+                     ROOST_JOURNAL=str(tmp_path / "unused.db"))
+
+
+def temporal_env(address: str, tmp_path: Path) -> dict[str, str]:
+    """:func:`clean_env` for commands on Temporal at ``address``, with a local journal in
+    ``tmp_path`` that must not be touched."""
+    return clean_env(ROOST_RUNTIME="temporal", ROOST_TEMPORAL_ADDRESS=address, ROOST_JOURNAL=str(tmp_path / "unused.db"))
 
 
 def invoke(*args: str | Path, env: Mapping[str, str | None] | None = None) -> Result:

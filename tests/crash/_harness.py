@@ -20,6 +20,7 @@ import pytest
 
 from roost import App, RunHandle
 from roost.runtime import DurableRuntime
+from roost.runtime._process import ServerProcess
 
 from .restate_pipeline import RUN_INPUT, build_app
 
@@ -27,6 +28,7 @@ REPO = Path(__file__).resolve().parent.parent.parent
 MARKER_TIMEOUT = 20.0  # seconds to reach a kill point (or to serve)
 RUN_PLACEHOLDER = "<run>"  # stands for the run id inside outputs (idempotency keys), to compare runs
 T = TypeVar("T")
+H = TypeVar("H", bound="WorkerHarness")
 
 
 class WorkerHarness:
@@ -159,6 +161,18 @@ class PipelineHarness(WorkerHarness):
                     "agent_status": result.agent_status}
 
         return self.client(go)
+
+
+def harness_on(server: ServerProcess, make: Callable[[], H]) -> Iterator[H]:
+    """Body of a test's harness fixture: the module's ``server`` started again if an earlier test
+    left it down, then ``make()``'s harness, whose processes are killed after the test."""
+    if not server.running:
+        server.start()
+    h = make()
+    try:
+        yield h
+    finally:
+        h.close()
 
 
 def print_latencies(request: pytest.FixtureRequest, title: str, latencies: dict[str, dict[str, float]]) -> Iterator[None]:

@@ -27,9 +27,9 @@ from roost import App, agent, current_step, tool
 
 # Counter lines are written the same way as the other crash pipelines' (fsync'ed appends).
 if __package__:
-    from .pipeline import _append
+    from ._steps import append as _append
 else:
-    from pipeline import _append
+    from _steps import append as _append
 
 APP_NAME = "crashllm"
 MODEL = "crash-model"

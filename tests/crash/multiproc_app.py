@@ -38,6 +38,12 @@ from pydantic import BaseModel
 
 from roost import App, DurableContext, agent, current_step
 
+# Counter lines are written the same way as the other crash pipelines' (fsync'ed appends).
+if __package__:
+    from ._steps import append as _append
+else:
+    from _steps import append as _append
+
 COUNTER_DIR = Path(".")
 WAIT_LIMIT = 60.0  # seconds any wait of this script gives up after (a test never hangs on it)
 
@@ -56,15 +62,6 @@ class Work(BaseModel):
 
 class Done(BaseModel):
     summary: str
-
-
-def _append(path: Path, line: str) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
-    try:
-        os.write(fd, line.encode())
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def effect(step: str, event: str) -> None:

@@ -7,18 +7,10 @@ It builds the pipeline below, serves it in-process with ``serve_app`` (hypercorn
 marker ``COUNTER_DIR/at-serving`` and serves until it is killed. It starts no run: the test
 process does (a client-only ``RestateRuntime``), and approves 'publish'.
 
-Wiring (the same as tests/crash/pipeline.py, the local suite's)::
-
-    plan (orchestration: outline, research, sleep, draft with retry) --+--> fact  --+--> merge --> publish (approval)
-                                                                       +--> style --+
-
-Every step appends one JSON line to ``COUNTER_DIR/<agent>.<step>.log`` (fsync'ed) when it
-starts and one just before it returns ('fail' when an attempt raises): these counters live
-outside Restate's journal, so the test sees each real execution, whichever process ran it.
-
-SCENARIO picks where the process signals (appends ``pid time`` to ``COUNTER_DIR/at-<point>``)
-and, for the step points, then holds the step (up to an hour) until it is killed, or released
-by the file ``COUNTER_DIR/release``:
+The pipeline of tests/crash/_steps.py (the same agents, steps and counters as the local suite's
+tests/crash/pipeline.py; see there) with plan's orchestration below. SCENARIO picks where the
+process signals (appends ``pid time`` to ``COUNTER_DIR/at-<point>``) and, for the step points,
+then holds the step (up to an hour) until it is killed, or released by the file ``COUNTER_DIR/release``:
 
     step         inside plan's 'research' step (async; its 'start' line written, nothing journaled)
     sleep        plan is about to enter its ctx.sleep (3 s in this scenario, 0.2 s otherwise)
@@ -42,150 +34,37 @@ one JSON line each (tests/crash/_spans.py).
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import sys
 import time
-from pathlib import Path
 from typing import Any
 
-from roost import App, DurableContext, RetryableError, agent, current_step
+from roost import App, DurableContext
 
-# The same models as the local suite's pipeline (imported as tests.crash.*, or run as a script).
+# The models, steps and counters shared with the local suite's pipeline (as tests.crash.*, or as a script).
 if __package__:
-    from .pipeline import Facts, Merged, Plan, Published, Style, Topic, _append
+    from . import _steps as steps
 else:
-    from pipeline import Facts, Merged, Plan, Published, Style, Topic, _append
+    import _steps as steps
 
-RUN_INPUT = {"text": "crash safety"}
 APP_NAME = "crashrestate"
-BLOCK_SECONDS = 3600.0
+RUN_INPUT = steps.RUN_INPUT
+STEPS = steps.STEPS  # every step of the pipeline, as named in the counter files
 LONG_SLEEP = 3.0  # plan's ctx.sleep in the 'sleep' scenario
 SERVER_SLEEP = 1.0  # ... in the 'server' scenario
 SHORT_SLEEP = 0.2  # ... otherwise
-DRAFT_MAX_ATTEMPTS = 2
-
-# Every step of the pipeline, as named in the counter files.
-STEPS = ["plan.outline", "plan.research", "plan.draft", "fact.fact", "style.style", "merge.merge", "publish.publish"]
 SCENARIOS = {"step", "sleep", "fanout", "converge", "server", "server-step", "server-sync", "approval", "none"}
 
-SCENARIO = "none"
-COUNTER_DIR = Path(".")
 
-
-def effect(step: str, event: str) -> None:
-    """Record one execution event of ``step`` (start | done | fail) with what the runtime said."""
-    info = current_step()
-    line = json.dumps({
-        "event": event, "pid": os.getpid(), "attempt": info.attempt, "key": info.idempotency_key,
-        "run": info.run_id, "step": info.name, "agent": info.agent, "at": time.time(),
-    })
-    _append(COUNTER_DIR / f"{step}.log", line + "\n")
-
-
-def marker(point: str) -> None:
-    _append(COUNTER_DIR / f"at-{point}", f"{os.getpid()} {time.time()!r}\n")
-
-
-def released() -> bool:
-    return (COUNTER_DIR / "release").exists()
-
-
-def blocks(*points: str) -> bool:
-    return SCENARIO in points and os.environ.get("ROOST_CRASH_BLOCK", "1") != "0" and not released()
-
-
-async def hold(point: str) -> None:
-    """Signal that this step is at ``point``, then wait (in the event loop) to be killed or released."""
-    marker(point)
-    deadline = time.monotonic() + BLOCK_SECONDS
-    while time.monotonic() < deadline:  # polls a file: the releaser is another process
-        if released():
-            return
-        await asyncio.sleep(0.02)
-
-
-def hold_sync(point: str) -> None:
-    """:func:`hold` for a sync step (in its executor thread)."""
-    marker(point)
-    deadline = time.monotonic() + BLOCK_SECONDS
-    while not released() and time.monotonic() < deadline:
-        time.sleep(0.02)
-
-
-# -- steps ------------------------------------------------------------------------------------
-
-
-def outline(topic: str) -> list[str]:  # sync: runs in the executor thread
-    effect("plan.outline", "start")
-    parts = [f"{topic}: why", f"{topic}: how", f"{topic}: proof"]
-    effect("plan.outline", "done")
-    return parts
-
-
-async def research(topic: str, parts: list[str]) -> dict[str, str]:
-    effect("plan.research", "start")
-    if blocks("step", "server-step"):
-        await hold(SCENARIO)
-    out = {"notes": f"{len(parts)} sections on {topic}", "key": current_step().idempotency_key}
-    effect("plan.research", "done")
-    return out
-
-
-async def draft(topic: str, notes: str) -> dict[str, str]:
-    """Fails its first attempt (a transient error), succeeds on the next."""
-    info = current_step()
-    effect("plan.draft", "start")
-    if info.attempt == 1:
-        effect("plan.draft", "fail")
-        raise RetryableError("transient failure", retry_after=0.05)
-    out = {"text": f"draft of {topic} ({notes})", "key": info.idempotency_key}
-    effect("plan.draft", "done")
-    return out
-
-
-async def plan_engine(topic: Topic, ctx: DurableContext) -> Plan:
-    parts = await ctx.step("outline", outline, topic.text)
-    found = await ctx.step("research", research, topic.text, parts)
-    if blocks("sleep", "server"):
-        marker(SCENARIO)  # (written again when a live process replays plan: harmless)
-    await ctx.sleep({"sleep": LONG_SLEEP, "server": SERVER_SLEEP}.get(SCENARIO, SHORT_SLEEP))
-    text = await ctx.step("draft", draft, topic.text, found["notes"])
-    return Plan(topic=topic.text, outline=parts, research=found["notes"], research_key=found["key"],
-                draft=text["text"], draft_key=text["key"])
-
-
-def fact_engine(plan: Plan) -> Facts:  # sync single-step agent
-    effect("fact.fact", "start")
-    if blocks("fanout", "server-sync"):
-        hold_sync(SCENARIO)
-    out = Facts(facts=[f"fact about {p}" for p in plan.outline], key=current_step().idempotency_key)
-    effect("fact.fact", "done")
-    return out
-
-
-async def style_engine(plan: Plan) -> Style:  # async single-step agent
-    effect("style.style", "start")
-    if blocks("converge"):
-        await hold("converge")
-    out = Style(tone="plain", words=len(plan.draft.split()), key=current_step().idempotency_key)
-    effect("style.style", "done")
-    return out
-
-
-def merge_engine(facts: Facts, style: Style) -> Merged:
-    effect("merge.merge", "start")
-    out = Merged(body=f"{'; '.join(facts.facts)} [{style.tone}, {style.words} words]", facts=len(facts.facts),
-                 tone=style.tone)
-    effect("merge.merge", "done")
-    return out
-
-
-def publish_engine(merged: Merged) -> Published:
-    effect("publish.publish", "start")
-    out = Published(title=f"{merged.facts} facts, {merged.tone}", body=merged.body)
-    effect("publish.publish", "done")
-    return out
+async def plan_engine(topic: steps.Topic, ctx: DurableContext) -> steps.Plan:
+    parts = await ctx.step("outline", steps.outline, topic.text)
+    found = await ctx.step("research", steps.research, topic.text, parts)
+    if steps.blocks("sleep", "server"):
+        steps.marker(steps.SCENARIO)  # (written again when a live process replays plan: harmless)
+    await ctx.sleep({"sleep": LONG_SLEEP, "server": SERVER_SLEEP}.get(steps.SCENARIO, SHORT_SLEEP))
+    text = await ctx.step("draft", steps.draft, topic.text, found["notes"])
+    return steps.Plan(topic=topic.text, outline=parts, research=found["notes"], research_key=found["key"],
+                      draft=text["text"], draft_key=text["key"])
 
 
 def build_app(runtime: Any = None) -> App:
@@ -193,14 +72,7 @@ def build_app(runtime: Any = None) -> App:
 
     App() records this file as the app's source, so every process building the app here gets
     the same code version, and so the same deployment URI."""
-    plan = (agent("plan").contracts(input=Topic, output=Plan).engine(plan_engine)
-            .retry(max_attempts=DRAFT_MAX_ATTEMPTS, initial_interval=0.05))
-    fact = agent("fact").contracts(input=Plan, output=Facts).engine(fact_engine).reacts_to(plan)
-    style = agent("style").contracts(input=Plan, output=Style).engine(style_engine).reacts_to(plan)
-    merge = agent("merge").contracts(input=(Facts, Style), output=Merged).engine(merge_engine).reacts_to(fact, style)
-    publish = (agent("publish").contracts(input=Merged, output=Published).engine(publish_engine)
-               .reacts_to(merge).needs_approval())
-    return App([plan, fact, style, merge, publish], name=APP_NAME, runtime=runtime)
+    return App(steps.agents(plan_engine), name=APP_NAME, runtime=runtime)
 
 
 async def serve(endpoint: str, admin: str) -> None:
@@ -208,7 +80,7 @@ async def serve(endpoint: str, admin: str) -> None:
 
     app = build_app()
     _, uri = await serve_app(app.compiled, endpoint=endpoint, admin=admin, app_ref=app.app_ref)
-    _append(COUNTER_DIR / "at-serving", f"{os.getpid()} {time.time()!r} {uri}\n")
+    steps.append(steps.COUNTER_DIR / "at-serving", f"{os.getpid()} {time.time()!r} {uri}\n")
     await asyncio.Event().wait()  # until killed
 
 
@@ -218,7 +90,6 @@ if __name__ == "__main__":
     from _spans import export_from_env  # the script's directory is on sys.path
 
     export_from_env()
-    endpoint_url, admin_url, counters, SCENARIO = sys.argv[1:]
-    COUNTER_DIR = Path(counters)
-    COUNTER_DIR.mkdir(parents=True, exist_ok=True)
+    endpoint_url, admin_url, counters, scenario = sys.argv[1:]
+    steps.configure(counters, scenario)
     asyncio.run(serve(endpoint_url, admin_url))

@@ -15,9 +15,9 @@ import asyncio
 import os
 import sys
 import time
-from pathlib import Path
 
-import restate_pipeline as pipeline  # the script's directory is on sys.path
+import _steps as steps  # the script's directory is on sys.path
+import restate_pipeline as pipeline
 
 from roost.runtime.temporal import TemporalRuntime
 
@@ -26,7 +26,7 @@ async def serve(address: str, task_queue: str) -> None:
     runtime = TemporalRuntime(address=address, task_queue=task_queue, serve=True)
     app = pipeline.build_app(runtime)
     await app.runtime()  # connects and starts the worker
-    pipeline._append(pipeline.COUNTER_DIR / "at-serving", f"{os.getpid()} {time.time()!r}\n")
+    steps.append(steps.COUNTER_DIR / "at-serving", f"{os.getpid()} {time.time()!r}\n")
     await asyncio.Event().wait()  # until killed
 
 
@@ -36,7 +36,6 @@ if __name__ == "__main__":
     from _spans import export_from_env
 
     export_from_env()
-    address, queue, counters, pipeline.SCENARIO = sys.argv[1:]
-    pipeline.COUNTER_DIR = Path(counters)
-    pipeline.COUNTER_DIR.mkdir(parents=True, exist_ok=True)
+    address, queue, counters, scenario = sys.argv[1:]
+    steps.configure(counters, scenario)
     asyncio.run(serve(address, queue))

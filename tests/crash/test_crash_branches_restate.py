@@ -43,7 +43,7 @@ from roost import App, RunHandle
 from roost.runtime.restate._server import RestateServer, admin_query, free_port
 from tests.restate_support import start_test_server
 
-from ._harness import WorkerHarness, print_latencies
+from ._harness import WorkerHarness, harness_on, print_latencies
 from .branches_restate_pipeline import APP_NAME, DELAYS, RUN_INPUT, build_app
 from .test_crash_restate import journal_rows, journaled_runs
 
@@ -157,23 +157,14 @@ class Harness(WorkerHarness):
 
 @pytest.fixture(scope="module")
 def restate_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RestateServer]:
-    server = start_test_server(tmp_path_factory.mktemp("restate-branches"))
-    try:
+    with start_test_server(tmp_path_factory.mktemp("restate-branches")) as server:
         yield server
-    finally:
-        server.stop()
 
 
 @pytest.fixture
 def harness(tmp_path: Path, restate_server: RestateServer, request: pytest.FixtureRequest) -> Iterator[Harness]:
-    if not restate_server.running:
-        restate_server.start()
     name = request.node.name.removeprefix("test_").replace("[", "-").replace("]", "")
-    h = Harness(tmp_path, restate_server, f"branches-{name}-{os.urandom(3).hex()}")
-    try:
-        yield h
-    finally:
-        h.close()
+    yield from harness_on(restate_server, lambda: Harness(tmp_path, restate_server, f"branches-{name}-{os.urandom(3).hex()}"))
 
 
 @pytest.fixture(scope="module", autouse=True)

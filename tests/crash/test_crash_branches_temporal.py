@@ -46,8 +46,8 @@ import pytest
 
 from roost.runtime.temporal import TemporalDevServer
 
-from ._harness import WorkerHarness, print_latencies
-from .branches_temporal_pipeline import DELAYS
+from ._branches import DELAYS
+from ._harness import WorkerHarness, harness_on, print_latencies
 
 pytestmark = [pytest.mark.crash, pytest.mark.temporal]
 
@@ -182,24 +182,14 @@ class Harness(WorkerHarness):
 
 @pytest.fixture(scope="module")
 def temporal(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TemporalDevServer]:
-    server = TemporalDevServer(tmp_path_factory.mktemp("temporal-branches"))
-    server.start()
-    try:
+    with TemporalDevServer(tmp_path_factory.mktemp("temporal-branches")) as server:
         yield server
-    finally:
-        server.stop()
 
 
 @pytest.fixture
 def harness(tmp_path: Path, temporal: TemporalDevServer, request: pytest.FixtureRequest) -> Iterator[Harness]:
-    if not temporal.running:
-        temporal.start()
     name = request.node.name.removeprefix("test_").replace("[", "-").replace("]", "")[-32:].strip("-_")
-    h = Harness(tmp_path, temporal, name)
-    try:
-        yield h
-    finally:
-        h.close()
+    yield from harness_on(temporal, lambda: Harness(tmp_path, temporal, name))
 
 
 @pytest.fixture(scope="module", autouse=True)

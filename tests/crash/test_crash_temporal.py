@@ -35,7 +35,7 @@ from roost import App
 from roost.runtime import DurableRuntime
 from roost.runtime.temporal import TemporalDevServer, TemporalRuntime
 
-from ._harness import MARKER_TIMEOUT, PipelineHarness, print_latencies
+from ._harness import MARKER_TIMEOUT, PipelineHarness, harness_on, print_latencies
 from ._spans import ENV as SPANS_ENV
 from ._spans import check_resumed_spans, read_spans
 from .restate_pipeline import APP_NAME, LONG_SLEEP, STEPS
@@ -135,23 +135,14 @@ class Harness(PipelineHarness):
 
 @pytest.fixture(scope="module")
 def temporal(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TemporalDevServer]:
-    server = TemporalDevServer(tmp_path_factory.mktemp("temporal-crash"))
-    server.start()
-    try:
+    with TemporalDevServer(tmp_path_factory.mktemp("temporal-crash")) as server:
         yield server
-    finally:
-        server.stop()
 
 
 @pytest.fixture
 def harness(tmp_path: Path, temporal: TemporalDevServer, request: pytest.FixtureRequest) -> Iterator[Harness]:
-    if not temporal.running:
-        temporal.start()
-    h = Harness(tmp_path, temporal, request.node.name.removeprefix("test_")[:24].replace("_", "-"))
-    try:
-        yield h
-    finally:
-        h.close()
+    name = request.node.name.removeprefix("test_")[:24].replace("_", "-")
+    yield from harness_on(temporal, lambda: Harness(tmp_path, temporal, name))
 
 
 @pytest.fixture(scope="module")

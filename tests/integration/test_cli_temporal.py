@@ -20,7 +20,7 @@ import pytest
 
 from tests import cli_support
 from tests.apps import pipeline_source
-from tests.cli_support import clean_env, outputs_of, roost, show, spawn, stop, wait_for, write_app
+from tests.cli_support import clean_env, outputs_of, roost, show, spawn, stop, temporal_env, wait_for, write_app
 
 pytest.importorskip("temporalio")
 
@@ -38,19 +38,14 @@ a speed bound, only one that no loaded 2-core machine should miss."""
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TemporalDevServer]:
-    started = TemporalDevServer(tmp_path_factory.mktemp("temporal-cli"))
-    started.start()
-    try:
+    with TemporalDevServer(tmp_path_factory.mktemp("temporal-cli")) as started:
         yield started
-    finally:
-        started.stop()
 
 
 @pytest.fixture
 def env(server: TemporalDevServer, tmp_path: Path) -> dict[str, str]:
     """Environment of the commands: the module's dev server, no project settings."""
-    return clean_env(ROOST_RUNTIME="temporal", ROOST_TEMPORAL_ADDRESS=server.address,
-                     ROOST_JOURNAL=str(tmp_path / "unused.db"))  # a local journal must not be touched
+    return temporal_env(server.address, tmp_path)
 
 
 def test_serve_run_list_show_resolve(env: dict[str, str], server: TemporalDevServer, tmp_path: Path) -> None:

@@ -5,17 +5,13 @@ no app code for a Temporal run), and resolving it from the API lets the run fini
 
 from __future__ import annotations
 
-import signal
-import subprocess
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
 import pytest
 
-from tests.cli_support import clean_env, spawn, stop, wait_for, write_app
-from tests.ui_support import free_port
+from tests.cli_support import temporal_env
+from tests.ui_support import check_waiting_run, resolve_to_completion, ui_of_a_waiting_run
 
 pytest.importorskip("temporalio")
 pytest.importorskip("starlette")
@@ -24,72 +20,15 @@ from roost.runtime.temporal import TemporalDevServer  # noqa: E402
 
 pytestmark = pytest.mark.temporal
 
-WAIT = 60.0
-"""Seconds for what the run or the UI should show (a bound for a loaded machine, not a speed check)."""
-
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TemporalDevServer]:
-    started = TemporalDevServer(tmp_path_factory.mktemp("temporal-ui"))
-    started.start()
-    try:
+    with TemporalDevServer(tmp_path_factory.mktemp("temporal-ui")) as started:
         yield started
-    finally:
-        started.stop()
-
-
-def _get(url: str, **params: str) -> httpx.Response:
-    return httpx.get(url, params=params, timeout=30)
-
-
-def _until(what: str, check: object) -> None:
-    deadline = time.monotonic() + WAIT
-    while True:
-        try:
-            if check():  # type: ignore[operator]
-                return
-        except httpx.TransportError:
-            pass
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what}: not within {WAIT} s")
-        time.sleep(0.2)
 
 
 def test_ui_api_on_temporal(server: TemporalDevServer, tmp_path: Path) -> None:
-    env = clean_env(ROOST_RUNTIME="temporal", ROOST_TEMPORAL_ADDRESS=server.address,
-                    ROOST_JOURNAL=str(tmp_path / "unused.db"))
-    app_file = write_app(tmp_path, name="ui_temporal", approval=True)
-    procs: list[tuple[subprocess.Popen[bytes], int]] = []
-    try:
-        serving = spawn(env, tmp_path / "serve.out", tmp_path, "serve", app_file)
-        procs.append((serving, signal.SIGTERM))
-        wait_for(tmp_path / "serve.out", "Ctrl-C stops", serving, timeout=WAIT)
-        running = spawn(env, tmp_path / "run.out", tmp_path, "run", app_file, "--prod", "-i", '{"title": "owls"}',
-                        "--run-id", "ui-t1")
-        procs.append((running, signal.SIGKILL))
-        wait_for(tmp_path / "run.out", "waiting for approval of 'editor'", running, timeout=WAIT)
-
-        port = free_port()
-        ui = spawn(env, tmp_path / "ui.out", tmp_path, "ui", "--runtime", "temporal", "--port", str(port))
-        procs.append((ui, signal.SIGTERM))
-        wait_for(tmp_path / "ui.out", f"http://127.0.0.1:{port}", ui, timeout=WAIT)
-        base = f"http://127.0.0.1:{port}"
-        _until("the ui lists the waiting run", lambda: [r["run_id"] for r in _get(
-            f"{base}/api/runs", status="waiting").json()["runs"]] == ["ui-t1"])
-
-        run = _get(f"{base}/api/runs/ui-t1").json()
-        assert run["runtime"] == "temporal" and run["app"] == "ui_temporal" and run["waiting_on"] == ["editor"]
-        assert run["graph"]["source"] == "activations"
-        assert {n["id"]: n["status"] for n in run["graph"]["nodes"]} == {"writer": "completed", "editor": "waiting"}
-        assert run["graph"]["edges"] == [{"source": "writer", "target": "editor"}]
-        assert _get(f"{base}/api/runs/nope").status_code == 404
-
-        answered = httpx.post(f"{base}/api/runs/ui-t1/resolve", json={"name": "editor", "value": True}, timeout=60)
-        assert answered.status_code == 200, answered.text
-        _until("the run completes", lambda: _get(f"{base}/api/runs/ui-t1").json()["status"] == "completed")
-        done = _get(f"{base}/api/runs/ui-t1").json()
-        assert {n["id"]: n["status"] for n in done["graph"]["nodes"]} == dict.fromkeys(
-            ("writer", "editor", "publisher"), "completed")
-    finally:
-        codes = [stop(proc, sig) for proc, sig in reversed(procs)]
-    assert codes[0] == 0, (tmp_path / "ui.out").read_text()
+    env = temporal_env(server.address, tmp_path)
+    with ui_of_a_waiting_run(env, tmp_path, "temporal", "ui_temporal", "ui-t1", served="Ctrl-C stops") as (base, _):
+        check_waiting_run(base, "ui-t1", "temporal", "ui_temporal")
+        resolve_to_completion(base, "ui-t1")
