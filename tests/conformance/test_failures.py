@@ -6,6 +6,7 @@ agent's code outside any step counts 1.
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Callable
 
@@ -175,3 +176,27 @@ async def test_a_failure_of_roost_itself_has_no_user_traceback(make_app: MakeApp
     err, _ = await _failed(app, uid("r-tb3"))
     assert err.error_type == "ContractViolationError"
     assert err.traceback is None and "raised at" not in str(err)
+
+
+async def test_credentials_in_an_error_are_masked(make_app: MakeApp, uid: Callable[[str], str],
+                                                 caplog: pytest.LogCaptureFixture) -> None:
+    """A step's error naming a URL with credentials: the run's error, its record, its
+    traceback and the retry log lines show the URL with the secrets masked."""
+    caplog.set_level(logging.WARNING, logger="roost")
+    url = "https://bob:hunter2@api.example.test/v1/chat?api_key=sk-live-123&x=1"
+
+    def call() -> str:
+        raise ConnectionError(f"cannot reach {url}")
+
+    async def work(idea: Idea, ctx: DurableContext) -> Done:
+        return Done(value=await ctx.step("call", call, retry=TWICE))
+
+    app = make_app([agent("caller").contracts(input=Idea, output=Done).engine(work)])
+    run_id = uid("r-secret")
+    err, record = await _failed(app, run_id)
+    shown = [str(err), err.traceback or "", str(record.error), str(record.activations[0].error)]
+    shown += [r.getMessage() + str(getattr(r, "cause", "")) for r in caplog.records if getattr(r, "run_id", None) == run_id]
+    assert len(shown) > 4, "the failed attempts were not logged"
+    for text in shown:
+        assert "hunter2" not in text and "sk-live-123" not in text, text
+    assert "https://***@api.example.test/v1/chat?api_key=***&x=1" in str(err)

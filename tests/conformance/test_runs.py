@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
+from typing import Any
 
 import pytest
 
@@ -116,3 +117,41 @@ async def test_many_runs_in_flight_do_not_mix(make_app: MakeApp) -> None:
     results = await asyncio.gather(*(app.arun(Idea(topic=t)) for t in topics))
     assert [r["editor"].title for r in results] == [t.title() for t in topics]
     assert len({r.run_id for r in results}) == 30
+
+
+_RELEASED: set[str] = set()
+
+
+async def test_the_record_shows_an_agent_at_work(make_app: MakeApp, uid: Callable[[str], str]) -> None:
+    """While an agent is inside a long step (a slow model call), the run's record already shows
+    its activation running, before it has an outcome (what roost ui and runs show read)."""
+    run_id = uid("r-at-work")
+
+    async def slow(topic: str) -> str:
+        for _ in range(1200):  # bounded: 60 s at most
+            if run_id in _RELEASED:
+                break
+            await asyncio.sleep(0.05)
+        return f"about {topic}"
+
+    async def write(idea: Idea, ctx: Any) -> Draft:
+        return Draft(title=idea.topic, body=await ctx.step("slow", slow, idea.topic))
+
+    w = agent("writer").contracts(input=Idea, output=Draft).engine(write)
+    c = agent("critic").contracts(input=Draft, output=Review).engine(lambda d: Review(score=1, notes=d.body))
+    app = make_app([w, c.reacts_to(w)])
+    handle = await app.start(Idea(topic="t"), run_id=run_id)
+    try:
+        statuses: dict[str, str] = {}
+        for _ in range(600):  # bounded: 30 s at most
+            statuses = {a.agent: a.status for a in (await handle.record()).activations}
+            if statuses.get("writer") == "running":
+                break
+            await asyncio.sleep(0.05)
+        assert statuses == {"writer": "running"}, statuses
+    finally:
+        _RELEASED.add(run_id)
+    result = await handle.result(timeout=60)
+    assert result.status == "completed"
+    assert {a.agent: a.status for a in (await handle.record()).activations} == {"writer": "completed",
+                                                                               "critic": "completed"}

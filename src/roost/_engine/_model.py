@@ -10,6 +10,7 @@ import hashlib
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from .._redact import redact_text
 from .._traceback import user_traceback
 
 ActivationKind = Literal["entry", "edge", "converge", "gather", "send", "call"]
@@ -136,8 +137,11 @@ def failed_activation(spec: Activation, step: str | None, attempts: int, exc: Ba
     cause and the user's traceback. A step that failed inside another engine carries its original
     type name (``kind``) and traceback text (``user_traceback``)."""
     kind = getattr(exc, "kind", None) or type(exc).__name__
-    return ActivationFinished(spec.id, "failed", error=ErrorInfo(spec.agent, step, max(1, attempts), str(kind),
-                                                                 str(exc) or repr(exc), user_traceback(exc)))
+    # What the run keeps and shows (journal, record, CLI, UI): credentials in URLs are masked.
+    trace = user_traceback(exc)
+    return ActivationFinished(spec.id, "failed", error=ErrorInfo(
+        spec.agent, step, max(1, attempts), str(kind), redact_text(str(exc) or repr(exc)),
+        redact_text(trace) if trace else trace))
 
 
 # -- commands -------------------------------------------------------------------------------

@@ -15,6 +15,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from .. import _tracing
+from .._redact import redact_text
 from ..errors import SerializationError, StepFailedError
 from ._base import RunAborted, StepInfo, _current_step
 from ._branches import internal
@@ -150,15 +151,16 @@ def log_attempt(info: StepInfo, attempt: int, cause: BaseException, retry_in: fl
     """Log a failed attempt of a step: WARNING when it is retried (in ``retry_in`` seconds, or as
     ``retry_in`` says), ERROR when it was the last. The record carries ``run_id``, ``agent``,
     ``activation_id``, ``step``, ``attempt`` and ``cause`` (``extra=`` fields)."""
+    text = redact_text(str(cause))  # credentials in URLs are masked, as in the run's record
     extra = {"run_id": info.run_id, "agent": info.agent, "activation_id": info.activation_id, "step": info.name,
-             "attempt": attempt, "cause": f"{type(cause).__name__}: {cause}"}
+             "attempt": attempt, "cause": f"{type(cause).__name__}: {text}"}
     if retry_in is not None:
         when = f"in {retry_in:.2f}s" if isinstance(retry_in, float | int) else retry_in
         logger.warning("run %s, agent %s, step %r: attempt %d failed (%s: %s); retried %s",
-                       info.run_id, info.agent, info.name, attempt, type(cause).__name__, cause, when, extra=extra)
+                       info.run_id, info.agent, info.name, attempt, type(cause).__name__, text, when, extra=extra)
     else:
         logger.error("run %s, agent %s, step %r: attempt %d failed (%s: %s); not retried",
-                     info.run_id, info.agent, info.name, attempt, type(cause).__name__, cause, extra=extra)
+                     info.run_id, info.agent, info.name, attempt, type(cause).__name__, text, extra=extra)
 
 
 @functools.lru_cache(maxsize=1024)

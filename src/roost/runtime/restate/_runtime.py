@@ -29,7 +29,7 @@ from ._endpoint import EndpointServer, release, serve_app
 from ._names import RUN_PATTERN, run_service
 from ._retention import prune_note
 from ._server import aadmin_query
-from ._workflow import CHUNK, chunk_number
+from ._workflow import CHUNK, LIVE, chunk_number
 
 _log = logging.getLogger("roost.restate")
 RESOLVE_WAIT = 10.0  # seconds to wait for the workflow's answer before leaving the resolution to Restate
@@ -137,6 +137,8 @@ class RestateRuntime(DurableRuntime):
                 entry["run"] = json.loads(row["value_utf8"])
             elif row["key"].startswith(CHUNK):
                 chunks.setdefault(row["service_name"], []).append((chunk_number(row["key"]), row["value_utf8"]))
+            elif row["key"] == LIVE:  # executing now: read first, any chunk's record is newer
+                chunks.setdefault(row["service_name"], []).append((-1, row["value_utf8"]))
         for service, parts in chunks.items():
             records: dict[str, Any] = {}
             for _, raw in sorted(parts):

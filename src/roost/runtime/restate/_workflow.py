@@ -55,6 +55,8 @@ MAX_RUNNING = 64
 """Activations executing at once in one run (more wait in order; one waiting on a timer, a
 promise or a reply does not count). It bounds the commands in flight, hence each round's cost."""
 CHUNK = "c:"
+LIVE = "live"
+"""State key: the activations executing now (no outcome yet), so readers see agents at work."""
 """State keys ``c:<n>``: the records of the activations that finished (or changed) since chunk n-1."""
 CHUNK_RECORDS = 256
 CHUNK_SECONDS = 0.5
@@ -95,6 +97,8 @@ class WorkflowRun(Host):
         self._records: dict[str, dict[str, Any]] | None = {}
         self._waiting: dict[str, int] = {}
         self._approvals: dict[str, str] = {}  # activation -> the approval its output waits on
+        self._live: dict[str, dict[str, Any]] = {}  # executing now, for readers (the LIVE key)
+        self._live_changed = False
         self._held: set[str] = set()  # activations traced as they ended with their output held for approval
         self._waits = 0
         self._waiting_changed = False
@@ -215,6 +219,9 @@ class WorkflowRun(Host):
     # -- activations ------------------------------------------------------------------------
 
     def _start(self, spec: Activation) -> None:
+        self._live[spec.id] = {"id": spec.id, "agent": spec.agent, "kind": spec.kind, "cause": spec.cause,
+                               "status": "running"}
+        self._live_changed = True
         self.driver.spawn(self._activate(spec), f"roost:{spec.id}", context=detached())
 
     def pause(self, activation: str, on: bool) -> None:
@@ -365,6 +372,8 @@ class WorkflowRun(Host):
                     "position": "approval", "kind": "promise", "name": name, "status": "done" if decided else "waiting",
                     "attempts": 0, "value": self.engine.promises.get(name)}]
             self._unwritten[aid] = record
+            if self._live.pop(aid, None) is not None:
+                self._live_changed = True
             finished_at = record.get("finished")
             if isinstance(finished_at, (int, float)) and finished_at > self._latest:
                 self._latest = finished_at
@@ -398,6 +407,11 @@ class WorkflowRun(Host):
             self._chunks += 1
             self._unwritten = {}
             self._written_at = self._latest
+        if self._live_changed:
+            # One small key, rewritten in the rounds that start or end activations, so that an
+            # agent at work (a long model call) shows as running before it has an outcome.
+            self._live_changed = False
+            self.ctx.set(LIVE, list(self._live.values()), serde=JSON)
         if self._waiting_changed or finished:  # what the run waits on is never stale
             self._waiting_changed = False
             record = self._run_record()
@@ -460,7 +474,7 @@ def run_workflow(app: CompiledApp, retention: timedelta | None = None) -> restat
         if run is None:
             return None
         chunks = sorted((k for k in await ctx.state_keys() if k.startswith(CHUNK)), key=chunk_number)
-        records: dict[str, Any] = {}
+        records: dict[str, Any] = {r["id"]: r for r in await ctx.get(LIVE, type_hint=list) or []}
         for key in chunks:
             for record in await ctx.get(key, type_hint=list) or []:
                 records[record["id"]] = record  # a later chunk has the newer record
