@@ -92,10 +92,14 @@ if how == "timeout":
 elif how == "aclose":
     asyncio.run(close_mid_step())
 else:  # the test sends SIGINT once the step runs
+    import faulthandler
+    # Should asyncio.run not return, the test's failure shows where every thread was.
+    faulthandler.dump_traceback_later(40)
     try:
         asyncio.run(app.arun(Order(amount=5), run_id="r1"))
     except KeyboardInterrupt:
         pass
+    faulthandler.cancel_dump_traceback_later()
 print("stopped", flush=True)
 '''
 
