@@ -83,7 +83,7 @@ def _points() -> dict[str, tuple[str, str, Callable[[Callable[..., Any]], Callab
         "activation start": ("roost.runtime.restate._workflow.WorkflowRun", "_run", lambda f: _fail_async_on(2, f),
                              False),
         "keyed object": ("roost.runtime.restate._objects.ObjectRun", "_main", lambda f: _fail_async_on(1, f), True),
-        "activation outcome": ("roost.runtime.restate._context", "perform", lambda f: _fail_async_on(1, f), False),
+        "activation outcome": ("roost._activation", "perform", lambda f: _fail_async_on(1, f), False),
     }
 
 
