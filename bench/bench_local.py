@@ -418,7 +418,7 @@ async def child_memory(mode: str, n: int, warm: int, journal: str) -> None:
         gc.collect()
         samples.append(((k + 1) * chunk, rss_mb()))
     elapsed = time.perf_counter() - t0
-    rt: Any = app._runtime
+    rt: Any = await app.runtime()  # the runtime of this event loop
     internals = {"live_runs": len(rt._live), "locks": len(rt._locks), "tasks": len(rt._tasks), "waiters": sum(len(live.waiters) for live in rt._live.values()), "queued": len(rt._queue._specs)}
     await app.aclose()
     print(json.dumps({"rss_start_mb": start, "samples_runs_mb": samples, "elapsed_s": elapsed,

@@ -212,6 +212,7 @@ class Bench:
         self.native_stop = asyncio.Event()
         self.native_tasks: list[asyncio.Task[None]] = []
         self.apps: list[App] = []
+        self.runtimes: dict[str, RestateRuntime] = {}
         self.marks = {"roost": Marks(), "native": Marks()}
         self.polls: list[int] = []
 
@@ -272,13 +273,12 @@ class Bench:
         runtime = RestateRuntime(ingress=self.ingress, admin=self.admin, endpoint=self.roost_endpoint)
         app = App(agents, name=name, runtime=runtime, **options)
         self.apps.append(app)
+        self.runtimes[name] = runtime
         return app
 
     @property
     def pipe_runtime(self) -> RestateRuntime:
-        rt = self.pipe._runtime
-        assert isinstance(rt, RestateRuntime)
-        return rt
+        return self.runtimes["bench"]
 
     async def close(self) -> None:
         for app in self.apps:
