@@ -19,7 +19,7 @@
     │   ├── StepFailedError        a step failed after its retry policy (seen inside orchestration code)
     │   ├── ActivationLimitError   a loop went past the per-run activation limit
     │   ├── PromiseError           resolving a finished run, a resolved or unknown name, an approval with no yes/no
-    │   ├── CancelError            cancelling a run that has finished (completed, failed or rejected)
+    │   ├── CancelError            cancelling a finished run (completed, failed, rejected); a fault while cancelling
     │   ├── RunTimeoutError        a run did not finish within the time a caller waited (it goes on)
     │   ├── CallFailedError        ctx.call: the callee failed, was rejected or was cancelled
     │   └── CallCycleError         ctx.call to an agent already waiting up the call chain
@@ -245,7 +245,8 @@ class RunTimeoutError(RunError, TimeoutError):
 
 
 class CancelError(RunError):
-    """A run cannot be cancelled: it finished already (cancelling a cancelled run is no error)."""
+    """A run cannot be cancelled: it finished already (cancelling a cancelled run is no error), or
+    roost itself failed while cancelling it (the message says whether the request was recorded)."""
 
 
 class CallFailedError(RunError):

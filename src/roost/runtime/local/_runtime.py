@@ -52,6 +52,7 @@ from ...errors import (
     CancelError,
     ConfigError,
     PromiseError,
+    RoostError,
     RunConflictError,
     RunNotFoundError,
     RunTimeoutError,
@@ -143,6 +144,9 @@ class LocalRuntime(DurableRuntime):
         self.app_refs: dict[str, str | None] = {}
         self.listeners: list[Listener] = []
         self._live: dict[str, _LiveRun] = {}
+        self._stopped: dict[str, _LiveRun] = {}
+        """Runs that stopped in this process after a fault (``_break``), still this runtime's in the
+        journal: a cancel requested for one is carried out once the journal can be written."""
         self._locks: dict[tuple[str, str], tuple[asyncio.Lock, int]] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
         self._journal: Journal | None = None
@@ -224,6 +228,7 @@ class LocalRuntime(DurableRuntime):
         self._journal.close()
         self._journal = None
         self._live.clear()
+        self._stopped.clear()
         self._running = 0
         self.max_running = self._max_running
 
@@ -454,6 +459,8 @@ class LocalRuntime(DurableRuntime):
         self._finish(live)
         if live.lost:
             self._spawn(self._retake(live), f"roost:retake:{live.run_id}")
+        else:  # still this runtime's: _watch_cancels carries out a cancel requested for it
+            self._stopped[live.run_id] = live
 
     async def _retake(self, live: _LiveRun) -> None:
         """After a LostRun: if the run is still this runtime's (only an entity it held was taken
@@ -542,15 +549,20 @@ class LocalRuntime(DurableRuntime):
             live.engine.handle(decode(data))
             live.seq += 1
         self._live[run_id] = live
+        self._stopped.pop(run_id, None)
+        requested = self.journal.cancel_requests([run_id])
+        if run_id in requested and not live.engine.ending:
+            # Asked while no process ran it (or while it was stopped here by a fault): carried out
+            # before anything restarts, so no step that was in flight starts again after the cancel.
+            await self._cancel_live(live, requested[run_id])
+            if live.broken is not None:
+                return True  # stopped again by a fault (in _stopped): nothing restarts
         if live.engine.ending:
             live.aborted.set()
         for spec in live.engine.pending():
             self._start(live, spec, replay=True)
         if live.engine.waiting():
             self._poll(live)
-        requested = self.journal.cancel_requests([run_id])
-        if run_id in requested:  # asked while no process ran it
-            self._spawn(self._cancel_live(live, requested[run_id]), f"roost:cancel:{run_id}")
         return True
 
     async def wait(self, run_id: str, timeout: float | None = None) -> RunRecord:
@@ -569,6 +581,10 @@ class LocalRuntime(DurableRuntime):
                 # another process took it over: follow it there
             if await self._follow(run_id, deadline):
                 return await self.get(run_id)
+            stopped = self._stopped.get(run_id)
+            if run_id not in self._live and stopped is not None and stopped.broken is not None:
+                # taken over here, and stopped at once by a fault: its end in this process
+                return self._broken_record(await self.get(run_id), stopped.broken)
             if deadline is not None and time.monotonic() > deadline:
                 raise self._timeout(run_id, timeout)
 
@@ -671,7 +687,21 @@ class LocalRuntime(DurableRuntime):
         if row["status"] in FINISHED:
             raise CancelError(f"run {run_id!r} is {row['status']}: there is nothing to cancel", run_id=run_id)
         # Durable first: the process that runs it (this one, another, or the next to resume it) applies it.
-        await self.write(lambda db: Journal.request_cancel(db, run_id, reason))
+        recorded = False
+        try:
+            await self.write(lambda db: Journal.request_cancel(db, run_id, reason))
+            recorded = True
+            await self._carry_out_cancel(row, reason)
+        except RoostError:  # JournalError (the journal cannot be written), RunConflictError, ...
+            raise
+        except Exception as exc:  # a bug in roost: still a typed error, saying where the cancel stands
+            where = ("it is recorded: the process that runs the run, or the next to take it over, carries it out"
+                     if recorded else "nothing was recorded: the run goes on as it was")
+            raise CancelError(f"cancelling run {run_id!r} failed ({type(exc).__name__}: {exc}); {where}",
+                              run_id=run_id) from exc
+
+    async def _carry_out_cancel(self, row: sqlite3.Row, reason: str | None) -> None:
+        run_id = row["run_id"]
         live = self._live.get(run_id)
         if live is not None:
             await self._cancel_live(live, reason)
@@ -685,8 +715,9 @@ class LocalRuntime(DurableRuntime):
         # No process runs it and none here has its code: nothing of it is in flight; it ends here.
         data, owner = encode(CancelRequested(reason or "cancelled")), row["owner"]
         seq = self.journal.last_seq(run_id) + 1
-        await self.write(lambda db: Journal.cancel_unowned(db, run_id, seq, data, owner))
-        self.emit("run", run_id, "", "cancelled")
+        if await self.write(lambda db: Journal.cancel_unowned(db, run_id, seq, data, owner)):
+            self.emit("run", run_id, "", "cancelled")
+        # else another process took it over meanwhile: it found the request, and carries it out
 
     async def _cancel_live(self, live: _LiveRun, reason: str | None) -> None:
         """Cancel a run this process drives: nothing new starts, waits are dropped, async steps
@@ -694,21 +725,40 @@ class LocalRuntime(DurableRuntime):
         if live.cancelling or live.done.is_set():
             return
         live.cancelling = True
-        await self.apply(live, CancelRequested(reason or "cancelled"))
-        for task in list(live.steps):
-            task.cancel()
+        try:
+            await self.apply(live, CancelRequested(reason or "cancelled"))
+        finally:  # also when the run broke meanwhile: its async steps must not go on for ever
+            for task in list(live.steps):
+                task.cancel()
 
     async def _watch_cancels(self) -> None:
+        """Carry out the cancels requested in the journal (by another process) for the runs this
+        runtime runs, and for those it stopped after a fault (``_stopped``): a recorded cancel is
+        never left undone while its run's owner lives."""
         while True:
             await asyncio.sleep(_CANCEL_POLL)
             try:
                 ids = [rid for rid, live in self._live.items() if not live.cancelling]
+                ids += [rid for rid in self._stopped if rid not in self._live]
                 for rid, reason in (self.journal.cancel_requests(ids) if ids else {}).items():
                     live = self._live.get(rid)
                     if live is not None:
                         await self._cancel_live(live, reason)
+                    elif rid in self._stopped:
+                        await self._cancel_stopped(rid)
             except Exception:  # the journal is busy or closing: look again next time
                 _log.warning("looking for cancel requests failed", exc_info=True)
+
+    async def _cancel_stopped(self, run_id: str) -> None:
+        """Take a run stopped here by a fault back from its journal and cancel it (``_adopt``
+        applies the request). While the journal still fails this raises, and it is tried again."""
+        app = self._stopped[run_id].app
+        row = self.journal.run_row(run_id)
+        if row is None or row["status"] != "running" or row["owner"] != self.owner:
+            del self._stopped[run_id]  # it ended, or another process took it over
+            return
+        if not await self._adopt(app, run_id):
+            self._stopped.pop(run_id, None)
 
     # -- promises and replies -----------------------------------------------------------------
 
@@ -799,7 +849,9 @@ class LocalRuntime(DurableRuntime):
     # -- activations ------------------------------------------------------------------------
 
     def _start(self, live: _LiveRun, spec: Activation, *, replay: bool = False) -> None:
-        delay = (spec.not_before - time.time()) if spec.not_before else 0.0
+        # A run that is ending starts nothing: a delayed activation ends (cancelled) at once,
+        # rather than holding the run open until its time.
+        delay = (spec.not_before - time.time()) if spec.not_before and not live.engine.ending else 0.0
         if delay > 0:
             live.timers[spec.id] = asyncio.get_running_loop().call_later(
                 delay, lambda: self._admit(live, spec, replay))
@@ -834,7 +886,8 @@ class LocalRuntime(DurableRuntime):
             handle = live.timers.pop(aid, None)
             if handle is not None:  # a delayed message that never started
                 handle.cancel()
-                self._spawn(self.apply(live, ActivationFinished(aid, "cancelled")), f"roost:cancel:{aid}")
+                self._spawn(self.apply(live, ActivationFinished(aid, "cancelled"), [_cancelled(live, aid)]),
+                            f"roost:cancel:{aid}")
 
     def _lock(self, key: tuple[str, str]) -> asyncio.Lock:
         lock, users = self._locks.get(key) or (asyncio.Lock(), 0)
@@ -901,7 +954,7 @@ class LocalRuntime(DurableRuntime):
     async def _run_activation(self, live: _LiveRun, spec: Activation, key: str, replay: bool,
                               release: Callable[[], None], holder: str | None = None) -> None:
         if live.engine.ending or live.broken is not None:
-            self.apply_soon(live, ActivationFinished(spec.id, "cancelled"), None, release)
+            self.apply_soon(live, ActivationFinished(spec.id, "cancelled"), [_cancelled(live, spec.id)], release)
             return
         started = time.time()
         if self._committer is not None:  # for readers of the journal (roost ui, runs show): it runs now
@@ -998,6 +1051,12 @@ def _left(deadline: float | None) -> float | None:
 def _quiet(fut: asyncio.Future[Any]) -> None:
     if not fut.cancelled():
         fut.exception()  # a release that failed: the lease runs out instead
+
+
+def _cancelled(live: _LiveRun, aid: str) -> Op:
+    """The record of an activation that ends cancelled without having run (the projection leaves
+    the finished activation's record to its outcome)."""
+    return _op(Journal.update_activation, live.run_id, aid, "cancelled", attempts=0)
 
 
 def _op(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Op:
