@@ -46,6 +46,23 @@ def proc_cpu(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+async def until_ok(what: str, attempt: Callable[[int], Awaitable[Any]], timeout: float = 30.0,
+                   pause: float = 0.2) -> None:
+    """Call ``attempt(0)``, ``attempt(1)``... until one succeeds: the first run on a new server may
+    fail while it learns the services (Restate's ingress answers 404 for a moment, Temporal's
+    namespace may not be ready). Gives up after ``timeout`` seconds, naming ``what``."""
+    deadline = time.monotonic() + timeout
+    for k in range(10_000):
+        try:
+            await asyncio.wait_for(attempt(k), timeout)
+            return
+        except Exception as exc:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{what}: the first run still fails after {timeout} s") from exc
+            await asyncio.sleep(pause)
+    raise RuntimeError(f"{what}: no attempt succeeded")
+
+
 # -- the command line
 
 

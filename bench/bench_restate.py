@@ -243,16 +243,8 @@ class Bench:
         await self.until_ok("roost steps", lambda k: self.steps.arun(Msg(n=0), run_id=f"probe-s-{k}", timeout=30))
         await self.until_ok("roost pipeline", lambda k: self.roost_once(f"probe-r-{k}"))
 
-    async def until_ok(self, what: str, attempt: Callable[[int], Awaitable[Any]], timeout: float = 15.0) -> None:
-        deadline = time.monotonic() + timeout
-        for k in range(10_000):
-            try:
-                await attempt(k)
-                return
-            except Exception as exc:  # 404 from the ingress until it knows the services
-                if time.monotonic() > deadline:
-                    raise RuntimeError(f"{what}: the first run still fails after {timeout} s") from exc
-                await asyncio.sleep(0.1)
+    async def until_ok(self, what: str, attempt: Callable[[int], Awaitable[Any]]) -> None:
+        await _common.until_ok(what, attempt, timeout=15.0, pause=0.1)  # 404 from the ingress until it knows the services
 
     async def serve_native(self, asgi: Any) -> str:
         port = free_port()

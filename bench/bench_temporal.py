@@ -140,16 +140,8 @@ class Bench:
         self.apps.append(app)
         return app
 
-    async def until_ok(self, what: str, attempt: Callable[[int], Awaitable[Any]], timeout: float = 30.0) -> None:
-        deadline = time.monotonic() + timeout
-        for k in range(10_000):
-            try:
-                await asyncio.wait_for(attempt(k), timeout)
-                return
-            except Exception as exc:
-                if time.monotonic() > deadline:
-                    raise RuntimeError(f"{what}: the first run still fails after {timeout} s") from exc
-                await asyncio.sleep(0.2)
+    async def until_ok(self, what: str, attempt: Callable[[int], Awaitable[Any]]) -> None:
+        await _common.until_ok(what, attempt, timeout=30.0)
 
     async def close(self) -> None:
         for app in self.apps:

@@ -48,7 +48,7 @@ from pathlib import Path
 from typing import Any
 
 import _common
-from _common import ROOT, bounded, pct  # bench/ is on sys.path when run as a script
+from _common import ROOT, bounded, pct, until_ok  # bench/ is on sys.path when run as a script
 from opentelemetry import trace
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import (
@@ -470,20 +470,6 @@ class Bench:
 def probe(once: Callable[[App, str], Awaitable[None]], app: App, prefix: str) -> Callable[[int], Awaitable[None]]:
     """``until_ok``'s attempt k: one run of ``app`` with the run id ``prefix-k``."""
     return lambda k: once(app, f"{prefix}-{k}")
-
-
-async def until_ok(what: str, attempt: Callable[[int], Awaitable[Any]], timeout: float = 60.0) -> None:
-    """The first run on a new server may fail while it learns the services (Restate's ingress
-    answers 404 for a moment, Temporal's namespace may not be ready)."""
-    deadline = time.monotonic() + timeout
-    for k in range(10_000):
-        try:
-            await asyncio.wait_for(attempt(k), timeout)
-            return
-        except Exception as exc:
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"{what}: the first run still fails after {timeout} s") from exc
-            await asyncio.sleep(0.2)
 
 
 # --------------------------------------------------------------------------------------------
