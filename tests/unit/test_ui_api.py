@@ -96,6 +96,22 @@ def test_graph_without_the_apps_code_comes_from_the_activations() -> None:
                               {"source": "c", "target": "d"}]
 
 
+def test_what_waited_when_the_run_ended_shows_the_runs_end() -> None:
+    """A cancelled run's approval no longer waits: the timeline shows it ended with the run."""
+    from roost.ui._data import record_json
+
+    def record(status: str) -> RunRecord:
+        return RunRecord("r", "x", status, "local", activations=[
+            ActivationRecord("e1", "editor", "entry", "cancelled",
+                             steps=[StepRecord("approval", "promise", "editor", "waiting"),
+                                    StepRecord(0, "step", "draft", "done")])])
+
+    steps = record_json(record("cancelled"), None)["activations"][0]["steps"]
+    assert [(s["name"], s["status"]) for s in steps] == [("editor", "cancelled"), ("draft", "done")]
+    live = record_json(record("waiting"), None)["activations"][0]["steps"]
+    assert [(s["name"], s["status"]) for s in live] == [("editor", "waiting"), ("draft", "done")]
+
+
 def test_bad_input_gets_a_clear_answer_not_a_crash(tmp_path: Path) -> None:
     journal = tmp_path / "roost.db"
     app_file = write_app(tmp_path, approval=True)

@@ -92,4 +92,9 @@ def record_json(record: RunRecord, app: CompiledApp | None, note: str | None = N
     data["approvals"] = [name for name in record.waiting_on if name in approvals or app is None]
     data["finished"] = record.status in FINISHED
     data["note"] = note
+    if data["finished"]:  # what still waited when the run ended waits no more: it ended with the run
+        for act in data.get("activations") or ():
+            for step in act.get("steps") or ():
+                if step.get("status") == "waiting":
+                    step["status"] = record.status
     return data
