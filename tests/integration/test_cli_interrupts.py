@@ -93,6 +93,10 @@ elif how == "aclose":
     asyncio.run(close_mid_step())
 else:  # the test sends SIGINT once the step runs
     import faulthandler
+    import signal
+    # Ctrl-C as in a terminal: started from a background job (a CI runner's), this process
+    # inherits SIGINT ignored, and asyncio.run then leaves it ignored.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     # Should asyncio.run not return, the test's failure shows where every thread was.
     faulthandler.dump_traceback_later(40)
     try:
