@@ -65,6 +65,17 @@ class WorkerHarness:
     def stderr(self, proc: subprocess.Popen[bytes] | None) -> str:
         return "" if proc is None else self.logs[proc.pid][1].read_text(errors="replace")[-3000:]
 
+    def last_json(self, proc: subprocess.Popen[bytes], timeout: float) -> Any:
+        """Wait (bounded) for ``proc`` to exit 0; the last line it printed, as JSON."""
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"process did not finish within {timeout} s:\n{self.stderr(proc)}")
+        assert proc.returncode == 0, f"process failed ({proc.returncode}):\n{self.stderr(proc)}"
+        lines = self.logs[proc.pid][0].read_text().strip().splitlines()
+        assert lines, f"process printed no result:\n{self.stderr(proc)}"
+        return json.loads(lines[-1])
+
     def wait_until(self, proc: subprocess.Popen[bytes] | None, what: str, check: Callable[[], Any],
                    timeout: float = MARKER_TIMEOUT) -> float:
         """Poll ``check`` (bounded); fail early if the process exits. Returns the seconds waited."""

@@ -68,14 +68,7 @@ class Procs(WorkerHarness):
 
     def result(self, proc: subprocess.Popen[bytes], timeout: float = FINISH_TIMEOUT) -> dict[str, Any]:
         """Wait (bounded) for ``proc`` to exit 0; its last stdout line, as JSON."""
-        try:
-            proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            pytest.fail(f"process did not finish within {timeout} s:\n{self.stderr(proc)}")
-        assert proc.returncode == 0, f"process failed ({proc.returncode}):\n{self.stderr(proc)}"
-        lines = self.logs[proc.pid][0].read_text().strip().splitlines()
-        assert lines, f"process printed no result:\n{self.stderr(proc)}"
-        result: dict[str, Any] = json.loads(lines[-1])
+        result: dict[str, Any] = self.last_json(proc, timeout)
         return result
 
     def query(self, sql: str, *params: Any) -> list[tuple[Any, ...]]:

@@ -17,7 +17,6 @@ step after them runs.
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import signal
 import sqlite3
@@ -49,14 +48,7 @@ class Procs(WorkerHarness):
         return self.spawn([SCRIPT, mode, str(self.journal), str(self.counter_dir)], mode, block=False)
 
     def result(self, proc: subprocess.Popen[bytes]) -> dict[str, str]:
-        try:
-            proc.wait(timeout=FINISH_TIMEOUT)
-        except subprocess.TimeoutExpired:
-            pytest.fail(f"process did not end the run within {FINISH_TIMEOUT} s:\n{self.stderr(proc)}")
-        assert proc.returncode == 0, f"process failed ({proc.returncode}):\n{self.stderr(proc)}"
-        lines = self.logs[proc.pid][0].read_text().strip().splitlines()
-        assert lines, f"process printed no result:\n{self.stderr(proc)}"
-        result: dict[str, str] = json.loads(lines[-1])
+        result: dict[str, str] = self.last_json(proc, FINISH_TIMEOUT)
         return result
 
     def statuses(self) -> tuple[str, set[str]]:
