@@ -73,6 +73,8 @@ a worker killed in the middle of one is noticed after this."""
 RESOLVE_WAIT = 10.0
 """Seconds to wait for a worker to accept a resolution before sending it as a signal instead."""
 QUERY_TIMEOUT = timedelta(seconds=5)
+STARTING_WAIT = 30.0
+"""Seconds ``open`` waits for a server whose frontend is not healthy yet (it has just started)."""
 AWAIT_TRIES = 200
 """Times ``await_waiting`` asks again when its update was cut short by a continue-as-new."""
 
@@ -125,8 +127,7 @@ class TemporalRuntime(DurableRuntime):
         if self._client is not None:
             return
         try:
-            self._client = await Client.connect(self.settings.address, namespace=self.settings.namespace,
-                                                runtime=_sdk_runtime())
+            self._client = await self._connect()
         except RuntimeError as exc:  # the SDK reports connection failures as RuntimeError
             raise BackendError(
                 f"cannot reach Temporal at {self.settings.address} (namespace {self.settings.namespace!r}): {exc}. "
@@ -134,6 +135,20 @@ class TemporalRuntime(DurableRuntime):
         _open.add(self)
         if self.settings.serve:
             await self.serve()
+
+    async def _connect(self) -> Client:
+        """A client of the server. A server that has just started listens a moment before its
+        frontend is healthy; that answer is waited out (up to ``STARTING_WAIT`` seconds), any
+        other failure is not."""
+        deadline = time.monotonic() + STARTING_WAIT
+        while True:
+            try:
+                return await Client.connect(self.settings.address, namespace=self.settings.namespace,
+                                            runtime=_sdk_runtime())
+            except RuntimeError as exc:
+                if "not healthy yet" not in str(exc) or time.monotonic() > deadline:
+                    raise
+            await asyncio.sleep(0.2)
 
     async def serve(self) -> None:
         """Start one worker per task queue of the registered apps (in a thread of their own: see

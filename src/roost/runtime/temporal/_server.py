@@ -6,7 +6,7 @@ then next to the running Python, then ``PATH``.
 
 :class:`TemporalDevServer` runs one server bound to 127.0.0.1 with its SQLite database under a
 directory of its own (so workflows survive a restart or a kill -9), waits until its frontend
-accepts connections, and stops, kills or restarts it by pid.
+says it is healthy, and stops, kills or restarts it by pid.
 """
 
 from __future__ import annotations
@@ -124,12 +124,20 @@ class TemporalDevServer(ServerProcess):
                                           f"{(done.stderr or done.stdout).strip()}")
 
     def is_ready(self) -> bool:
-        """The frontend accepts connections."""
+        """The frontend accepts connections and says it is healthy (``temporal operator cluster
+        health``: SERVING). It listens a moment before it is: a client connecting then fails
+        with 'Frontend is not healthy yet'."""
         try:
             with socket.create_connection((_HOST, self.port), timeout=0.5):
-                return True
+                pass
         except OSError:
             return False
+        cmd = [str(self.binary or find_temporal()), "operator", "cluster", "health", "--address", self.address]
+        try:
+            done = subprocess.run(cmd, capture_output=True, text=True, timeout=10, check=False)
+        except (OSError, subprocess.SubprocessError):
+            return False
+        return done.returncode == 0 and "SERVING" in done.stdout
 
     def __repr__(self) -> str:
         return f"TemporalDevServer({self.address}, pid={self.pid}, db={self.db_file if self.persist else 'memory'})"
