@@ -162,12 +162,8 @@ class Harness(WorkerHarness):
 
 @pytest.fixture(scope="module")
 def temporal(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TemporalDevServer]:
-    server = TemporalDevServer(tmp_path_factory.mktemp("temporal-crash-batches"))
-    server.start()
-    try:
+    with TemporalDevServer(tmp_path_factory.mktemp("temporal-crash-batches")) as server:
         yield server
-    finally:
-        server.stop()
 
 
 @pytest.fixture

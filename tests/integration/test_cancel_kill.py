@@ -123,12 +123,8 @@ def restate_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
 def temporal_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     from roost.runtime.temporal import TemporalDevServer
 
-    server = TemporalDevServer(tmp_path_factory.mktemp("temporal-cancel-kill"))
-    server.start()
-    try:
+    with TemporalDevServer(tmp_path_factory.mktemp("temporal-cancel-kill")) as server:
         yield server
-    finally:
-        server.stop()
 
 
 def served_backend(backend: str, procs: Procs, request: pytest.FixtureRequest) -> tuple[list[str], Any]:

@@ -97,12 +97,8 @@ asyncio.run(main())
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TemporalDevServer]:
-    started = TemporalDevServer(tmp_path_factory.mktemp("temporal-exit"))
-    started.start()
-    try:
+    with TemporalDevServer(tmp_path_factory.mktemp("temporal-exit")) as started:
         yield started
-    finally:
-        started.stop()
 
 
 def _run(script: Path, env: dict[str, str]) -> tuple[int | None, str, str]:
